@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite uses: the real Cyrus 3.6.1
+# (mupdatetest, ctl_mboxlist, master(8), mupdate) and Cyrus SASL's saslauthd
+# and saslpasswd2. Starts no system service. Idempotent; needs root.
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+    echo "install-test-deps.sh: run as root (apt-get install)" >&2
+    exit 1
+fi
+packages=(cyrus-murder cyrus-clients sasl2-bin libsasl2-modules)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+created_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    # 101 tells invoke-rc.d not to start the services these packages ship.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    created_policy=1
+fi
+cleanup() { if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup EXIT
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,14 @@
+//! mupdate: a Cyrus-compatible MUPDATE (RFC 3656) server.
+//!
+//! Layout:
+//! - [`protocol`]: sans-I/O parser and encoder of the wire protocol;
+//! - [`store`]: the redb mailbox list, its single group-committing writer and change feed;
+//! - [`server`]: the listener, per-connection sessions and command handlers;
+//! - [`auth`]: SASL PLAIN and the password sources (passwd file, saslauthd);
+//! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
+//! - [`observability`]: logging set-up;
+//! - [`app`]: the composition root that wires them together.
+
+#![forbid(unsafe_code)]
+
+pub mod protocol;

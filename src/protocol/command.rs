@@ -1,0 +1,167 @@
+//! Parsed MUPDATE client commands and their wire encoding (used by clients and round-trip tests).
+
+/// A complete client command: its tag (echoed verbatim) and what it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The tag exactly as received.
+    pub tag: Vec<u8>,
+    /// The command and its arguments.
+    pub kind: CommandKind,
+}
+
+/// Every command the server understands, with its string arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandKind {
+    /// `AUTHENTICATE mech [initial-response]`
+    Authenticate {
+        /// SASL mechanism name as sent.
+        mechanism: Vec<u8>,
+        /// Base64 initial response, if the client sent one.
+        initial_response: Option<Vec<u8>>,
+    },
+    /// `ACTIVATE name location acl`
+    Activate {
+        /// Mailbox name.
+        name: Vec<u8>,
+        /// `server!partition`.
+        location: Vec<u8>,
+        /// Cyrus ACL text.
+        acl: Vec<u8>,
+    },
+    /// `RESERVE name location`
+    Reserve {
+        /// Mailbox name.
+        name: Vec<u8>,
+        /// `server!partition`.
+        location: Vec<u8>,
+    },
+    /// `DEACTIVATE name location`
+    Deactivate {
+        /// Mailbox name.
+        name: Vec<u8>,
+        /// `server!partition`.
+        location: Vec<u8>,
+    },
+    /// `DELETE name`
+    Delete {
+        /// Mailbox name.
+        name: Vec<u8>,
+    },
+    /// `FIND name`
+    Find {
+        /// Mailbox name.
+        name: Vec<u8>,
+    },
+    /// `LIST [location-prefix]`
+    List {
+        /// Byte prefix of the location, if given.
+        prefix: Option<Vec<u8>>,
+    },
+    /// `UPDATE [host ...]`
+    Update {
+        /// Server names for a partial update; empty means everything.
+        hosts: Vec<Vec<u8>>,
+    },
+    /// `NOOP`
+    Noop,
+    /// `LOGOUT`
+    Logout,
+    /// `STARTTLS`
+    Starttls,
+    /// `COMPRESS alg`
+    Compress {
+        /// The algorithm as the client spelled it.
+        algorithm: Vec<u8>,
+    },
+}
+
+impl CommandKind {
+    /// The command name as Cyrus spells it on the wire (upper case).
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandKind::Authenticate { .. } => "AUTHENTICATE",
+            CommandKind::Activate { .. } => "ACTIVATE",
+            CommandKind::Reserve { .. } => "RESERVE",
+            CommandKind::Deactivate { .. } => "DEACTIVATE",
+            CommandKind::Delete { .. } => "DELETE",
+            CommandKind::Find { .. } => "FIND",
+            CommandKind::List { .. } => "LIST",
+            CommandKind::Update { .. } => "UPDATE",
+            CommandKind::Noop => "NOOP",
+            CommandKind::Logout => "LOGOUT",
+            CommandKind::Starttls => "STARTTLS",
+            CommandKind::Compress { .. } => "COMPRESS",
+        }
+    }
+
+    /// True for the commands that change the mailbox list (refused on a slave).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            CommandKind::Activate { .. }
+                | CommandKind::Reserve { .. }
+                | CommandKind::Deactivate { .. }
+                | CommandKind::Delete { .. }
+        )
+    }
+
+    fn arguments(&self) -> Vec<&[u8]> {
+        match self {
+            CommandKind::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                let mut args = vec![mechanism.as_slice()];
+                if let Some(ir) = initial_response {
+                    args.push(ir);
+                }
+                args
+            }
+            CommandKind::Activate {
+                name,
+                location,
+                acl,
+            } => vec![name, location, acl],
+            CommandKind::Reserve { name, location } | CommandKind::Deactivate { name, location } => {
+                vec![name, location]
+            }
+            CommandKind::Delete { name } | CommandKind::Find { name } => vec![name],
+            CommandKind::List { prefix } => prefix.iter().map(Vec::as_slice).collect(),
+            CommandKind::Update { hosts } => hosts.iter().map(Vec::as_slice).collect(),
+            CommandKind::Compress { algorithm } => vec![algorithm],
+            CommandKind::Noop | CommandKind::Logout | CommandKind::Starttls => Vec::new(),
+        }
+    }
+}
+
+impl Command {
+    /// Encodes the command as a client would send it: each argument a quoted string when it
+    /// can be one, otherwise a non-synchronising literal (as Cyrus clients do).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.tag);
+        out.push(b' ');
+        out.extend_from_slice(self.kind.name().as_bytes());
+        for arg in self.kind.arguments() {
+            out.push(b' ');
+            encode_string_argument(arg, out);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes `value` as a quoted string if it has no CR, LF or NUL, else as a `{n+}` literal.
+pub fn encode_string_argument(value: &[u8], out: &mut Vec<u8>) {
+    if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        out.extend_from_slice(format!("{{{}+}}\r\n", value.len()).as_bytes());
+        out.extend_from_slice(value);
+    } else {
+        out.push(b'"');
+        for &b in value {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+}
