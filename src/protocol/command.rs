@@ -122,7 +122,8 @@ impl CommandKind {
                 location,
                 acl,
             } => vec![name, location, acl],
-            CommandKind::Reserve { name, location } | CommandKind::Deactivate { name, location } => {
+            CommandKind::Reserve { name, location }
+            | CommandKind::Deactivate { name, location } => {
                 vec![name, location]
             }
             CommandKind::Delete { name } | CommandKind::Find { name } => vec![name],

@@ -146,12 +146,28 @@ enum State {
     Tag,
     CommandName,
     ArgumentStart,
-    Quoted { escaped: bool },
-    LiteralDigits { n: u64, any: bool },
-    LiteralClose { n: u64, sync: bool },
-    LiteralCr { n: u64, sync: bool },
-    LiteralLf { n: u64, sync: bool },
-    LiteralData { remaining: u64 },
+    Quoted {
+        escaped: bool,
+    },
+    LiteralDigits {
+        n: u64,
+        any: bool,
+    },
+    LiteralClose {
+        n: u64,
+        sync: bool,
+    },
+    LiteralCr {
+        n: u64,
+        sync: bool,
+    },
+    LiteralLf {
+        n: u64,
+        sync: bool,
+    },
+    LiteralData {
+        remaining: u64,
+    },
     Terminator,
     EndOfLine,
     Discard {
@@ -178,7 +194,10 @@ pub struct Parser {
 }
 
 fn is_word_end(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | b'(' | b')' | b'"')
+    matches!(
+        b,
+        b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | b'(' | b')' | b'"'
+    )
 }
 
 /// Cyrus normalises a command name to `Xxxx` before comparing.
@@ -638,9 +657,7 @@ impl Parser {
     fn invalid_argument(&mut self, term: Term) -> Event {
         let kind = match self.name {
             Some(Name::Update) => ParseErrorKind::BadlyFormedArguments,
-            Some(name) if self.args.len() + 1 < name.arity().0 => {
-                ParseErrorKind::MissingArguments
-            }
+            Some(name) if self.args.len() + 1 < name.arity().0 => ParseErrorKind::MissingArguments,
             _ => ParseErrorKind::ExtraArguments,
         };
         self.refuse(kind, term)
@@ -677,16 +694,16 @@ impl Parser {
     }
 
     fn start_discard(&mut self, term: Term) {
-        if let Term::Byte(byte) = term {
-            if byte != b'\n' {
-                self.state = State::Discard {
-                    scan: BraceScan::None,
-                    skip: 0,
-                    extra_lines: 0,
-                };
-                if byte == b'{' {
-                    self.discard_byte(byte, BraceScan::None, 0, 0);
-                }
+        if let Term::Byte(byte) = term
+            && byte != b'\n'
+        {
+            self.state = State::Discard {
+                scan: BraceScan::None,
+                skip: 0,
+                extra_lines: 0,
+            };
+            if byte == b'{' {
+                self.discard_byte(byte, BraceScan::None, 0, 0);
             }
         }
     }
@@ -712,18 +729,22 @@ impl Parser {
                 name: take(&mut args),
                 location: take(&mut args),
             },
-            Some(Name::Delete) => CommandKind::Delete { name: take(&mut args) },
-            Some(Name::Find) => CommandKind::Find { name: take(&mut args) },
+            Some(Name::Delete) => CommandKind::Delete {
+                name: take(&mut args),
+            },
+            Some(Name::Find) => CommandKind::Find {
+                name: take(&mut args),
+            },
             Some(Name::List) => CommandKind::List {
                 prefix: args.pop_front(),
             },
-            Some(Name::Update) => CommandKind::Update {
-                hosts: args.into(),
-            },
+            Some(Name::Update) => CommandKind::Update { hosts: args.into() },
             Some(Name::Noop) | None => CommandKind::Noop,
             Some(Name::Logout) => CommandKind::Logout,
             Some(Name::Starttls) => CommandKind::Starttls,
-            Some(Name::Compress) => CommandKind::Compress { algorithm: take(&mut args) },
+            Some(Name::Compress) => CommandKind::Compress {
+                algorithm: take(&mut args),
+            },
         };
         let echoed = match tag.iter().position(|&b| b == 0) {
             Some(end) => tag[..end].to_vec(),

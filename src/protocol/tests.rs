@@ -40,9 +40,8 @@ fn answers(input: &[u8], ctx: ParseContext) -> String {
             Event::Error { tag, kind } => response::parse_error(&mut out, tag.as_deref(), kind),
             Event::Command(c) => out.extend_from_slice(format!("CMD {:?}\n", c.kind).as_bytes()),
             Event::Continue => out.extend_from_slice(response::GO_AHEAD),
-            Event::Fatal { tag } => {
-                out.extend_from_slice(format!("FATAL {:?}\n", tag.map(String::from_utf8)).as_bytes())
-            }
+            Event::Fatal { tag } => out
+                .extend_from_slice(format!("FATAL {:?}\n", tag.map(String::from_utf8)).as_bytes()),
             Event::Sasl(r) => out.extend_from_slice(format!("SASL {r:?}\n").as_bytes()),
         }
     }
@@ -54,60 +53,138 @@ fn framing_errors_match_cyrus() {
     assert_eq!(answers(b"\r\n", ANON), "* BAD \"Need command\"\r\n");
     assert_eq!(answers(b"A01\r\n", ANON), "* BAD \"Need command\"\r\n");
     assert_eq!(answers(b"A01 \r\n", ANON), "A01 BAD \"Null command\"\r\n");
-    assert_eq!(answers(b"A1  NOOP\r\n", ANON), "A1 BAD \"Null command\"\r\n");
+    assert_eq!(
+        answers(b"A1  NOOP\r\n", ANON),
+        "A1 BAD \"Null command\"\r\n"
+    );
     assert_eq!(answers(b"A1\tNOOP\r\n", ANON), "* BAD \"Need command\"\r\n");
-    assert_eq!(answers(b"a\"b NOOP\r\n", ANON), "* BAD \"Need command\"\r\n");
-    assert_eq!(answers(b" NOOP\r\n", ANON), " BAD \"Please login first\"\r\n");
-    assert_eq!(answers(b"* NOOP\r\n", ANON), "* BAD \"Please login first\"\r\n");
-    assert_eq!(answers(b"\x00\x01\x02\r\n", ANON), "* BAD \"Need command\"\r\n");
-    assert_eq!(answers(b"a\x00b NOOP\r\n", ANON), "a BAD \"Please login first\"\r\n");
-    assert_eq!(answers(b"N3 NOOP\r\r\n", AUTHED), "N3 BAD \"Extra arguments\"\r\n");
+    assert_eq!(
+        answers(b"a\"b NOOP\r\n", ANON),
+        "* BAD \"Need command\"\r\n"
+    );
+    assert_eq!(
+        answers(b" NOOP\r\n", ANON),
+        " BAD \"Please login first\"\r\n"
+    );
+    assert_eq!(
+        answers(b"* NOOP\r\n", ANON),
+        "* BAD \"Please login first\"\r\n"
+    );
+    assert_eq!(
+        answers(b"\x00\x01\x02\r\n", ANON),
+        "* BAD \"Need command\"\r\n"
+    );
+    assert_eq!(
+        answers(b"a\x00b NOOP\r\n", ANON),
+        "a BAD \"Please login first\"\r\n"
+    );
+    assert_eq!(
+        answers(b"N3 NOOP\r\r\n", AUTHED),
+        "N3 BAD \"Extra arguments\"\r\n"
+    );
     assert_eq!(answers(b"N2 NOOP\n", AUTHED), "CMD Noop\n");
     assert_eq!(answers(b"A4 noop\r\n", AUTHED), "CMD Noop\n");
 }
 
 #[test]
 fn unauthenticated_dispatch_by_first_letter() {
-    assert_eq!(answers(b"A01 FOO\r\n", ANON), "A01 BAD \"Please login first\"\r\n");
-    assert_eq!(answers(b"A02 XYZZY\r\n", ANON), "A02 BAD \"Unrecognized command\"\r\n");
-    assert_eq!(answers(b"A02 CAPA\r\n", ANON), "A02 BAD \"Unrecognized command\"\r\n");
-    assert_eq!(answers(b"A02 XYZZY\r\n", AUTHED), "A02 BAD \"Unrecognized command\"\r\n");
-    assert_eq!(answers(b"A02 FOO\r\n", AUTHED), "A02 BAD \"Unrecognized command\"\r\n");
+    assert_eq!(
+        answers(b"A01 FOO\r\n", ANON),
+        "A01 BAD \"Please login first\"\r\n"
+    );
+    assert_eq!(
+        answers(b"A02 XYZZY\r\n", ANON),
+        "A02 BAD \"Unrecognized command\"\r\n"
+    );
+    assert_eq!(
+        answers(b"A02 CAPA\r\n", ANON),
+        "A02 BAD \"Unrecognized command\"\r\n"
+    );
+    assert_eq!(
+        answers(b"A02 XYZZY\r\n", AUTHED),
+        "A02 BAD \"Unrecognized command\"\r\n"
+    );
+    assert_eq!(
+        answers(b"A02 FOO\r\n", AUTHED),
+        "A02 BAD \"Unrecognized command\"\r\n"
+    );
     // No `+ go ahead`: the login check precedes argument parsing.
-    assert_eq!(answers(b"F1 FIND {5}\r\n", ANON), "F1 BAD \"Please login first\"\r\n");
-    assert_eq!(answers(b"A1 NO\x00OP\r\n", AUTHED), "A1 BAD \"Unrecognized command\"\r\n");
+    assert_eq!(
+        answers(b"F1 FIND {5}\r\n", ANON),
+        "F1 BAD \"Please login first\"\r\n"
+    );
+    assert_eq!(
+        answers(b"A1 NO\x00OP\r\n", AUTHED),
+        "A1 BAD \"Unrecognized command\"\r\n"
+    );
 }
 
 #[test]
 fn argument_errors_follow_cyrus_order() {
     let cases: &[(&[u8], &str)] = &[
-        (b"A2 ACTIVATE abc \"h!p\" \"\"\r\n", "A2 BAD \"Missing arguments\"\r\n"),
-        (b"A3 ACTIVATE \"abc\" \"h!p\"\r\n", "A3 BAD \"Missing arguments\"\r\n"),
+        (
+            b"A2 ACTIVATE abc \"h!p\" \"\"\r\n",
+            "A2 BAD \"Missing arguments\"\r\n",
+        ),
+        (
+            b"A3 ACTIVATE \"abc\" \"h!p\"\r\n",
+            "A3 BAD \"Missing arguments\"\r\n",
+        ),
         (b"A5 ACTIVATE\r\n", "A5 BAD \"Missing arguments\"\r\n"),
-        (b"A1 ACTIVATE \"a\" \"b\" \r\n", "A1 BAD \"Extra arguments\"\r\n"),
-        (b"A4 ACTIVATE \"a\"  \"b\" \"c\"\r\n", "A4 BAD \"Missing arguments\"\r\n"),
-        (b"A6 ACTIVATE \"t6\" \"h!p\" \"\" \"extra\"\r\n", "A6 BAD \"Extra arguments\"\r\n"),
+        (
+            b"A1 ACTIVATE \"a\" \"b\" \r\n",
+            "A1 BAD \"Extra arguments\"\r\n",
+        ),
+        (
+            b"A4 ACTIVATE \"a\"  \"b\" \"c\"\r\n",
+            "A4 BAD \"Missing arguments\"\r\n",
+        ),
+        (
+            b"A6 ACTIVATE \"t6\" \"h!p\" \"\" \"extra\"\r\n",
+            "A6 BAD \"Extra arguments\"\r\n",
+        ),
         (b"F2 FIND\r\n", "F2 BAD \"Missing arguments\"\r\n"),
         (b"F1 FIND \r\n", "F1 BAD \"Extra arguments\"\r\n"),
         (b"F3 FIND abc\r\n", "F3 BAD \"Extra arguments\"\r\n"),
-        (b"F4 FIND \"abc\" \"x\"\r\n", "F4 BAD \"Extra arguments\"\r\n"),
+        (
+            b"F4 FIND \"abc\" \"x\"\r\n",
+            "F4 BAD \"Extra arguments\"\r\n",
+        ),
         (b"FIND(\"x\"\r\n", "* BAD \"Need command\"\r\n"),
         (b"F1 FIND(\"x\"\r\n", "F1 BAD \"Missing arguments\"\r\n"),
         (b"L1 LIST(\"x\"\r\n", "L1 BAD \"Extra arguments\"\r\n"),
         (b"N1 NOOP(\r\n", "N1 BAD \"Extra arguments\"\r\n"),
         (b"L3 LIST h\r\n", "L3 BAD \"Extra arguments\"\r\n"),
         (b"L1 LIST \r\n", "L1 BAD \"Extra arguments\"\r\n"),
-        (b"X4 AUTHENTICATE PLAIN\r\n", "X4 BAD \"Extra arguments\"\r\n"),
+        (
+            b"X4 AUTHENTICATE PLAIN\r\n",
+            "X4 BAD \"Extra arguments\"\r\n",
+        ),
         (b"X5 AUTHENTICATE\r\n", "X5 BAD \"Missing arguments\"\r\n"),
-        (b"A3 AUTHENTICATE \"PLAIN\" \r\n", "A3 BAD \"Extra arguments\"\r\n"),
-        (b"U1 UPDATE \"\"\r\n", "U1 BAD \"Badly formed arguments\"\r\n"),
-        (b"U2 UPDATE be9\r\n", "U2 BAD \"Badly formed arguments\"\r\n"),
-        (b"U3 UPDATE \"be9\" \r\n", "U3 BAD \"Badly formed arguments\"\r\n"),
+        (
+            b"A3 AUTHENTICATE \"PLAIN\" \r\n",
+            "A3 BAD \"Extra arguments\"\r\n",
+        ),
+        (
+            b"U1 UPDATE \"\"\r\n",
+            "U1 BAD \"Badly formed arguments\"\r\n",
+        ),
+        (
+            b"U2 UPDATE be9\r\n",
+            "U2 BAD \"Badly formed arguments\"\r\n",
+        ),
+        (
+            b"U3 UPDATE \"be9\" \r\n",
+            "U3 BAD \"Badly formed arguments\"\r\n",
+        ),
         (b"C2 COMPRESS DEFLATE\r\n", "C2 BAD \"Extra arguments\"\r\n"),
         (b"C3 COMPRESS\r\n", "C3 BAD \"Missing arguments\"\r\n"),
         (b"F10 FIND \"abc\r\n", "F10 BAD \"Extra arguments\"\r\n"),
         (b"F8 FIND {x}\r\n", "F8 BAD \"Extra arguments\"\r\n"),
-        (b"F7 FIND {3+}\r\na\x00c\r\n", "F7 BAD \"Extra arguments\"\r\n"),
+        (
+            b"F7 FIND {3+}\r\na\x00c\r\n",
+            "F7 BAD \"Extra arguments\"\r\n",
+        ),
         (
             b"F9 FIND {3+ }\r\nabc\r\n",
             "F9 BAD \"Extra arguments\"\r\n* BAD \"Need command\"\r\n",
@@ -118,7 +195,12 @@ fn argument_errors_follow_cyrus_order() {
         ),
     ];
     for (input, expected) in cases {
-        assert_eq!(&answers(input, AUTHED), expected, "input {:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            &answers(input, AUTHED),
+            expected,
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
     }
 }
 
@@ -128,7 +210,9 @@ fn strings_and_literals() {
         run(b"F5 FIND \"ab\\c\"\r\n", AUTHED),
         vec![Event::Command(Command {
             tag: b"F5".to_vec(),
-            kind: CommandKind::Find { name: b"abc".to_vec() }
+            kind: CommandKind::Find {
+                name: b"abc".to_vec()
+            }
         })]
     );
     assert_eq!(
@@ -173,7 +257,10 @@ fn oversized_inputs() {
     let mut atom = b"F3 FIND ".to_vec();
     atom.extend(std::iter::repeat_n(b'a', 200_000));
     atom.extend_from_slice(b"\r\nN1 NOOP\r\n");
-    assert_eq!(answers(&atom, AUTHED), "F3 BAD \"Extra arguments\"\r\nCMD Noop\n");
+    assert_eq!(
+        answers(&atom, AUTHED),
+        "F3 BAD \"Extra arguments\"\r\nCMD Noop\n"
+    );
     let mut spaces = b"F5 NOOP".to_vec();
     spaces.extend(std::iter::repeat_n(b' ', 300_000));
     spaces.extend_from_slice(b"\r\n");
@@ -200,7 +287,9 @@ fn update_host_limit() {
     }
     let mut thirty = line.clone();
     thirty.extend_from_slice(b"\r\n");
-    assert!(matches!(&run(&thirty, AUTHED)[..], [Event::Command(Command { kind: CommandKind::Update { hosts }, .. })] if hosts.len() == 30));
+    assert!(
+        matches!(&run(&thirty, AUTHED)[..], [Event::Command(Command { kind: CommandKind::Update { hosts }, .. })] if hosts.len() == 30)
+    );
     line.extend_from_slice(b" \"h30\"\r\n");
     assert_eq!(answers(&line, AUTHED), "U0 BAD \"Extra arguments\"\r\n");
 }
@@ -219,7 +308,13 @@ fn interrupted_commands_are_answered_as_cyrus_does() {
     );
     let (_, event) = parser.advance(b"A1 FIND {5+}\r\nab", &AUTHED);
     assert_eq!(event, None);
-    assert!(matches!(parser.interrupt(), Some(Event::Error { kind: ParseErrorKind::ExtraArguments, .. })));
+    assert!(matches!(
+        parser.interrupt(),
+        Some(Event::Error {
+            kind: ParseErrorKind::ExtraArguments,
+            ..
+        })
+    ));
     let (_, event) = parser.advance(b"A1 FI", &AUTHED);
     assert_eq!(event, None);
     assert_eq!(parser.interrupt(), None);
@@ -235,7 +330,10 @@ fn sasl_lines() {
     assert_eq!(event, Some(Event::Sasl(SaslResponse::Cancel)));
     parser.expect_sasl_response();
     let (_, event) = parser.advance(b"AG11\n", &ANON);
-    assert_eq!(event, Some(Event::Sasl(SaslResponse::Line(b"AG11".to_vec()))));
+    assert_eq!(
+        event,
+        Some(Event::Sasl(SaslResponse::Line(b"AG11".to_vec())))
+    );
 }
 
 #[test]
@@ -282,7 +380,10 @@ fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
 fn arb_tag() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(
         any::<u8>().prop_filter("word byte", |b| {
-            !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | b'(' | b')' | b'"' | 0)
+            !matches!(
+                b,
+                b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | b'(' | b')' | b'"' | 0
+            )
         }),
         0..12,
     )
@@ -290,9 +391,15 @@ fn arb_tag() -> impl Strategy<Value = Vec<u8>> {
 
 fn arb_kind() -> impl Strategy<Value = CommandKind> {
     prop_oneof![
-        (arb_bytes(), arb_bytes(), arb_bytes())
-            .prop_map(|(name, location, acl)| CommandKind::Activate { name, location, acl }),
-        (arb_bytes(), arb_bytes()).prop_map(|(name, location)| CommandKind::Reserve { name, location }),
+        (arb_bytes(), arb_bytes(), arb_bytes()).prop_map(|(name, location, acl)| {
+            CommandKind::Activate {
+                name,
+                location,
+                acl,
+            }
+        }),
+        (arb_bytes(), arb_bytes())
+            .prop_map(|(name, location)| CommandKind::Reserve { name, location }),
         (arb_bytes(), arb_bytes())
             .prop_map(|(name, location)| CommandKind::Deactivate { name, location }),
         arb_bytes().prop_map(|name| CommandKind::Delete { name }),
@@ -300,9 +407,14 @@ fn arb_kind() -> impl Strategy<Value = CommandKind> {
         proptest::option::of(arb_bytes()).prop_map(|prefix| CommandKind::List { prefix }),
         proptest::collection::vec(proptest::collection::vec(1u8..=255, 1..10), 0..=30)
             .prop_map(|hosts| CommandKind::Update { hosts }),
-        (arb_bytes(), proptest::option::of(arb_bytes())).prop_map(|(mechanism, initial_response)| {
-            CommandKind::Authenticate { mechanism, initial_response }
-        }),
+        (arb_bytes(), proptest::option::of(arb_bytes())).prop_map(
+            |(mechanism, initial_response)| {
+                CommandKind::Authenticate {
+                    mechanism,
+                    initial_response,
+                }
+            }
+        ),
         Just(CommandKind::Noop),
         Just(CommandKind::Logout),
     ]

@@ -1,0 +1,429 @@
+//! The mailbox list on redb: one table of records in Cyrus order, a bounded change log with
+//! a sequence number per committed change, and a feed that publishes each change after its
+//! commit. Reads run on MVCC snapshots and never wait for the writer.
+
+mod key;
+mod record;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use key::{name_of, row_key};
+pub use record::{MailboxRecord, MailboxState, normalize_acl, server_of};
+
+const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_LAST_SEQ: &str = "last_seq";
+const META_EPOCH: &str = "epoch";
+const META_SCHEMA: &str = "schema_version";
+const SCHEMA_VERSION: u64 = 1;
+
+/// Errors of the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// redb reported an error.
+    #[error("database error: {0}")]
+    Database(Arc<redb::Error>),
+    /// Another process holds the database file.
+    #[error("the database is in use by another process")]
+    InUse,
+    /// A row could not be decoded.
+    #[error("corrupt record for mailbox {0:?}")]
+    Corrupt(String),
+    /// The database was written by an incompatible version.
+    #[error("unsupported schema version {0} (this build reads {SCHEMA_VERSION})")]
+    Schema(u64),
+    /// The writer thread has stopped.
+    #[error("the store is shut down")]
+    Closed,
+}
+
+impl StoreError {
+    fn from_redb(error: impl Into<redb::Error>) -> Self {
+        match error.into() {
+            redb::Error::DatabaseAlreadyOpen => StoreError::InUse,
+            other => StoreError::Database(Arc::new(other)),
+        }
+    }
+}
+
+/// How conflicting writes are resolved (spec §5.3, §5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConflictPolicy {
+    /// RESERVE elsewhere is refused; DELETE of an unknown name is refused.
+    #[default]
+    Standard,
+    /// `mupdate_config: replicated` or `unified` with `mupdate_server` set: RESERVE
+    /// overwrites, DELETE of an unknown name succeeds.
+    Replicated,
+}
+
+/// A write request (spec §5.2-§5.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// ACTIVATE
+    Activate {
+        /// Mailbox name.
+        name: Vec<u8>,
+        /// Location.
+        location: Vec<u8>,
+        /// ACL as sent (normalised when stored).
+        acl: Vec<u8>,
+    },
+    /// RESERVE
+    Reserve {
+        /// Mailbox name.
+        name: Vec<u8>,
+        /// Location.
+        location: Vec<u8>,
+    },
+    /// DEACTIVATE
+    Deactivate {
+        /// Mailbox name.
+        name: Vec<u8>,
+        /// Location.
+        location: Vec<u8>,
+    },
+    /// DELETE
+    Delete {
+        /// Mailbox name.
+        name: Vec<u8>,
+    },
+}
+
+impl Mutation {
+    /// The mailbox the mutation is about.
+    pub fn name(&self) -> &[u8] {
+        match self {
+            Mutation::Activate { name, .. }
+            | Mutation::Reserve { name, .. }
+            | Mutation::Deactivate { name, .. }
+            | Mutation::Delete { name } => name,
+        }
+    }
+
+    /// The location given in the command, if any.
+    pub fn location(&self) -> Option<&[u8]> {
+        match self {
+            Mutation::Activate { location, .. }
+            | Mutation::Reserve { location, .. }
+            | Mutation::Deactivate { location, .. } => Some(location),
+            Mutation::Delete { .. } => None,
+        }
+    }
+}
+
+/// Result of a write, mapped to the wire by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `OK "done"`
+    Done,
+    /// `NO "mailbox already exists"`
+    AlreadyExists,
+    /// `NO "mailbox not currently active"`
+    NotActive,
+    /// `NO "mailbox doesn't exist"`
+    DoesNotExist,
+}
+
+/// One committed change, as streamed to UPDATE listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Sequence number of the change (monotonic, never reused).
+    pub seq: u64,
+    /// The mailbox.
+    pub name: Vec<u8>,
+    /// The record after the change; `None` when it was deleted.
+    pub record: Option<MailboxRecord>,
+    /// Server part of the location before the change, if the record existed.
+    pub old_server: Option<Vec<u8>>,
+    /// Server part of the location the command gave, if any.
+    pub given_server: Option<Vec<u8>>,
+}
+
+impl Change {
+    /// Whether a PARTIAL-UPDATE listener for `hosts` is told about this change (spec §7.3).
+    pub fn concerns_any(&self, hosts: &[Vec<u8>]) -> bool {
+        hosts.is_empty()
+            || hosts.iter().any(|h| {
+                self.old_server.as_deref() == Some(h.as_slice())
+                    || self.given_server.as_deref() == Some(h.as_slice())
+            })
+    }
+
+    fn encode_log_entry(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.name.len() + 64);
+        out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.name);
+        if let Some(record) = &self.record {
+            record::encode_value(record.state, &record.location, &record.acl, &mut out);
+        }
+        out
+    }
+}
+
+/// Counters the writer keeps for observability.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    commit_micros: AtomicU64,
+}
+
+impl WriterStats {
+    fn record_commit(&self, batch: usize, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(batch as u64, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (commits, writes, total commit time in µs) since start.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+            self.commit_micros.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Options of [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How conflicting writes are resolved.
+    pub policy: ConflictPolicy,
+    /// How many changes the log keeps.
+    pub changelog_max: u64,
+    /// How many changes a lagging listener may fall behind before it is dropped.
+    pub feed_capacity: usize,
+    /// redb page cache size in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            policy: ConflictPolicy::Standard,
+            changelog_max: 100_000,
+            feed_capacity: 16_384,
+            cache_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Handle to the mailbox list; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    requests: mpsc::Sender<WriteRequest>,
+    feed: broadcast::Sender<Arc<Change>>,
+    last_seq: Arc<AtomicU64>,
+    epoch: u64,
+    stats: Arc<WriterStats>,
+}
+
+use writer::{WriteRequest, Writer};
+
+impl Store {
+    /// Opens (or creates) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(StoreError::from_redb)?;
+        let db = Arc::new(db);
+        let (last_seq, epoch) = initialise(&db)?;
+        let (requests_tx, requests_rx) = mpsc::channel(4096);
+        let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
+        let last_seq = Arc::new(AtomicU64::new(last_seq));
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer {
+            db: db.clone(),
+            requests: requests_rx,
+            feed: feed.clone(),
+            policy: options.policy,
+            changelog_max: options.changelog_max.max(1),
+            last_seq: last_seq.clone(),
+            metrics: stats.clone(),
+        };
+        std::thread::Builder::new()
+            .name("mupdate-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Database(Arc::new(redb::Error::Io(e))))?;
+        Ok(Store {
+            db,
+            requests: requests_tx,
+            feed,
+            last_seq,
+            epoch,
+            stats,
+        })
+    }
+
+    /// Applies a mutation; returns once it is durable (or refused).
+    pub async fn apply(&self, mutation: Mutation) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(WriteRequest { mutation, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The current record of `name`, if any.
+    pub fn find(&self, name: &[u8]) -> Result<Option<MailboxRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let table = txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
+        let value = table
+            .get(row_key(name).as_slice())
+            .map_err(StoreError::from_redb)?;
+        value
+            .map(|v| {
+                MailboxRecord::decode(name, v.value())
+                    .ok_or_else(|| StoreError::Corrupt(String::from_utf8_lossy(name).into()))
+            })
+            .transpose()
+    }
+
+    /// A consistent read-only view and the sequence number it reflects.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let seq = {
+            let meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+            meta.get(META_LAST_SEQ)
+                .map_err(StoreError::from_redb)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+        };
+        Ok(Snapshot { txn, seq })
+    }
+
+    /// Receives every change committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.feed.subscribe()
+    }
+
+    /// Sequence number of the last committed change.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Identity of this database's history (new when the database is created).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Commit counters.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.stats
+    }
+}
+
+fn initialise(db: &Database) -> Result<(u64, u64), StoreError> {
+    let txn = db.begin_write().map_err(StoreError::from_redb)?;
+    let (last_seq, epoch) = {
+        txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
+        txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
+        let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+        let read = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, StoreError> {
+            Ok(meta
+                .get(key)
+                .map_err(StoreError::from_redb)?
+                .map(|v| v.value()))
+        };
+        match read(&meta, META_SCHEMA)? {
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => return Err(StoreError::Schema(other)),
+            None => {
+                meta.insert(META_SCHEMA, SCHEMA_VERSION)
+                    .map_err(StoreError::from_redb)?;
+            }
+        }
+        let epoch = match read(&meta, META_EPOCH)? {
+            Some(epoch) => epoch,
+            None => {
+                let epoch = rand::random::<u64>() | 1;
+                meta.insert(META_EPOCH, epoch)
+                    .map_err(StoreError::from_redb)?;
+                epoch
+            }
+        };
+        (read(&meta, META_LAST_SEQ)?.unwrap_or(0), epoch)
+    };
+    txn.commit().map_err(StoreError::from_redb)?;
+    Ok((last_seq, epoch))
+}
+
+/// A consistent view of the mailbox list at one sequence number.
+pub struct Snapshot {
+    txn: ReadTransaction,
+    seq: u64,
+}
+
+/// A borrowed view of one record during a walk.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// Mailbox name.
+    pub name: &'a [u8],
+    /// State.
+    pub state: MailboxState,
+    /// Location.
+    pub location: &'a [u8],
+    /// ACL (empty for reserved).
+    pub acl: &'a [u8],
+}
+
+impl Snapshot {
+    /// Sequence number of the last change this view contains.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Calls `visit` for every record in Cyrus order until it returns `false`.
+    pub fn walk(&self, mut visit: impl FnMut(RecordRef<'_>) -> bool) -> Result<(), StoreError> {
+        let table = self
+            .txn
+            .open_table(MAILBOXES)
+            .map_err(StoreError::from_redb)?;
+        for row in table.iter().map_err(StoreError::from_redb)? {
+            let (key, value) = row.map_err(StoreError::from_redb)?;
+            let key = key.value();
+            let name = name_of(key);
+            let (state, location, acl) = record::decode_value(value.value())
+                .ok_or_else(|| StoreError::Corrupt(String::from_utf8_lossy(name).into()))?;
+            if !visit(RecordRef {
+                name,
+                state,
+                location,
+                acl,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of (active, reserved) records.
+    pub fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+        let (mut active, mut reserved) = (0, 0);
+        self.walk(|r| {
+            match r.state {
+                MailboxState::Active => active += 1,
+                MailboxState::Reserved => reserved += 1,
+            }
+            true
+        })?;
+        Ok((active, reserved))
+    }
+}
+
+#[cfg(test)]
+mod tests;

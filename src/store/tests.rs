@@ -1,0 +1,178 @@
+//! Store tests: the state machine of spec §6, the change feed and persistence.
+
+use super::*;
+
+fn open(dir: &tempfile::TempDir, policy: ConflictPolicy) -> Store {
+    Store::open(
+        &dir.path().join("mailboxes.redb"),
+        StoreOptions {
+            policy,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open store")
+}
+
+fn activate(name: &str, location: &str, acl: &str) -> Mutation {
+    Mutation::Activate {
+        name: name.into(),
+        location: location.into(),
+        acl: acl.into(),
+    }
+}
+
+fn reserve(name: &str, location: &str) -> Mutation {
+    Mutation::Reserve {
+        name: name.into(),
+        location: location.into(),
+    }
+}
+
+fn deactivate(name: &str, location: &str) -> Mutation {
+    Mutation::Deactivate {
+        name: name.into(),
+        location: location.into(),
+    }
+}
+
+fn delete(name: &str) -> Mutation {
+    Mutation::Delete { name: name.into() }
+}
+
+#[tokio::test]
+async fn state_machine_standard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, ConflictPolicy::Standard);
+    assert_eq!(
+        store.apply(deactivate("m", "a!b")).await.unwrap(),
+        Outcome::DoesNotExist
+    );
+    assert_eq!(
+        store.apply(delete("m")).await.unwrap(),
+        Outcome::DoesNotExist
+    );
+    assert_eq!(
+        store.apply(reserve("m", "be1!p")).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        store.apply(reserve("m", "be2!p")).await.unwrap(),
+        Outcome::AlreadyExists
+    );
+    assert_eq!(
+        store.apply(deactivate("m", "be1!p")).await.unwrap(),
+        Outcome::NotActive
+    );
+    assert_eq!(
+        store.apply(activate("m", "be1!p", "a\tl")).await.unwrap(),
+        Outcome::Done
+    );
+    let found = store.find(b"m").unwrap().unwrap();
+    assert_eq!(found.state, MailboxState::Active);
+    assert_eq!(found.acl, b"a\tl\t");
+    // RESERVE by the same location downgrades an active mailbox.
+    assert_eq!(
+        store.apply(reserve("m", "be1!p")).await.unwrap(),
+        Outcome::Done
+    );
+    let found = store.find(b"m").unwrap().unwrap();
+    assert_eq!((found.state, found.acl.len()), (MailboxState::Reserved, 0));
+    assert_eq!(
+        store.apply(activate("m", "be1!p", "a\tl\t")).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        store.apply(deactivate("m", "be9!x")).await.unwrap(),
+        Outcome::Done
+    );
+    let found = store.find(b"m").unwrap().unwrap();
+    assert_eq!(
+        (found.state, found.location.as_slice()),
+        (MailboxState::Reserved, &b"be9!x"[..])
+    );
+    assert_eq!(store.apply(delete("m")).await.unwrap(), Outcome::Done);
+    assert_eq!(store.find(b"m").unwrap(), None);
+    assert_eq!(store.last_seq(), 6);
+}
+
+#[tokio::test]
+async fn state_machine_replicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, ConflictPolicy::Replicated);
+    let mut feed = store.subscribe();
+    assert_eq!(store.apply(delete("nosuch")).await.unwrap(), Outcome::Done);
+    let change = feed.recv().await.unwrap();
+    assert_eq!((change.seq, change.record.clone()), (1, None));
+    assert_eq!(
+        store.apply(activate("m2", "h1!p", "a\tl\t")).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        store.apply(reserve("m2", "h2!q")).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(store.find(b"m2").unwrap().unwrap().location, b"h2!q");
+}
+
+#[tokio::test]
+async fn changes_carry_filter_servers_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir, ConflictPolicy::Standard);
+        let mut feed = store.subscribe();
+        store.apply(activate("user.a", "be9!x", "")).await.unwrap();
+        store.apply(activate("user.a", "be3!p", "")).await.unwrap();
+        feed.recv().await.unwrap();
+        let moved = feed.recv().await.unwrap();
+        assert!(moved.concerns_any(&[b"be9".to_vec()]));
+        assert!(moved.concerns_any(&[b"be3".to_vec()]));
+        assert!(!moved.concerns_any(&[b"be1".to_vec()]));
+        store.apply(activate("user.b", "be1!p", "")).await.unwrap();
+    }
+    // The writer thread exits when the last handle goes; wait for the file lock to drop.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match Store::open(&dir.path().join("mailboxes.redb"), StoreOptions::default()) {
+            Ok(store) => {
+                reopened = Some(store);
+                break;
+            }
+            Err(StoreError::InUse) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(other) => panic!("reopen: {other}"),
+        }
+    }
+    let store = reopened.expect("database released");
+    assert_eq!(store.last_seq(), 3);
+    let snapshot = store.snapshot().unwrap();
+    assert_eq!(snapshot.seq(), 3);
+    let mut names = Vec::new();
+    snapshot
+        .walk(|r| {
+            names.push(String::from_utf8_lossy(r.name).into_owned());
+            true
+        })
+        .unwrap();
+    assert_eq!(names, ["user.a", "user.b"]);
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, ConflictPolicy::Standard);
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .apply(activate(&format!("user.u{i}"), "be1!p", "u\tl\t"))
+                .await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), Outcome::Done);
+    }
+    let (commits, writes, _) = store.writer_stats().snapshot();
+    assert_eq!(writes, 64);
+    assert!(commits <= 64);
+    assert_eq!(store.snapshot().unwrap().count_by_state().unwrap(), (64, 0));
+}

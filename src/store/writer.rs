@@ -1,0 +1,198 @@
+//! The single writer: one thread owns every write transaction. Requests that queue up while a
+//! commit is in flight are applied together and made durable by one commit (group commit);
+//! only then are their callers answered and their changes published.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableTable, WriteTransaction};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::key::row_key;
+use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
+use super::{
+    CHANGES, Change, ConflictPolicy, MAILBOXES, META, META_LAST_SEQ, Mutation, Outcome, StoreError,
+};
+
+/// Most requests applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+pub(crate) struct WriteRequest {
+    pub(crate) mutation: Mutation,
+    pub(crate) reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+pub(crate) struct Writer {
+    pub(crate) db: Arc<Database>,
+    pub(crate) requests: mpsc::Receiver<WriteRequest>,
+    pub(crate) feed: broadcast::Sender<Arc<Change>>,
+    pub(crate) policy: ConflictPolicy,
+    pub(crate) changelog_max: u64,
+    pub(crate) last_seq: Arc<AtomicU64>,
+    pub(crate) metrics: Arc<super::WriterStats>,
+}
+
+impl Writer {
+    /// Runs until every [`super::Store`] handle is dropped.
+    pub(crate) fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = self.requests.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match self.requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let started = std::time::Instant::now();
+            match self.commit(&batch) {
+                Ok((outcomes, changes)) => {
+                    self.metrics.record_commit(batch.len(), started.elapsed());
+                    // Publish before answering, so a client that saw OK and then asks a
+                    // streaming connection for a NOOP barrier finds the change queued.
+                    for change in changes {
+                        let _ = self.feed.send(Arc::new(change));
+                    }
+                    for (request, outcome) in batch.drain(..).zip(outcomes) {
+                        let _ = request.reply.send(Ok(outcome));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, batch = batch.len(), "commit failed; no change of this batch was made");
+                    for request in batch.drain(..) {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&self, batch: &[WriteRequest]) -> Result<(Vec<Outcome>, Vec<Change>), StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
+        let mut seq = self.last_seq.load(Ordering::Acquire);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut changes = Vec::new();
+        {
+            let mut mailboxes = txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
+            let mut log = txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
+            for request in batch {
+                let (outcome, change) = apply(&mut mailboxes, &request.mutation, self.policy)?;
+                outcomes.push(outcome);
+                if let Some(mut change) = change {
+                    seq += 1;
+                    change.seq = seq;
+                    log.insert(seq, change.encode_log_entry().as_slice())
+                        .map_err(StoreError::from_redb)?;
+                    changes.push(change);
+                }
+            }
+            if seq > self.changelog_max {
+                let keep_from = seq - self.changelog_max + 1;
+                log.retain_in(..keep_from, |_, _| false)
+                    .map_err(StoreError::from_redb)?;
+            }
+            let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+            meta.insert(META_LAST_SEQ, seq)
+                .map_err(StoreError::from_redb)?;
+        }
+        commit_durably(txn)?;
+        self.last_seq.store(seq, Ordering::Release);
+        Ok((outcomes, changes))
+    }
+}
+
+fn commit_durably(txn: WriteTransaction) -> Result<(), StoreError> {
+    // Durability::Immediate is redb's default: commit() returns after the fsync.
+    txn.commit().map_err(StoreError::from_redb)
+}
+
+type MailboxTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// The state machine of spec §6 for one mutation inside the batch's transaction.
+fn apply(
+    table: &mut MailboxTable<'_>,
+    mutation: &Mutation,
+    policy: ConflictPolicy,
+) -> Result<(Outcome, Option<Change>), StoreError> {
+    let name = mutation.name();
+    let key = row_key(name);
+    let existing = table
+        .get(key.as_slice())
+        .map_err(StoreError::from_redb)?
+        .map(|value| MailboxRecord::decode(name, value.value()))
+        .map(|decoded| decoded.ok_or_else(|| StoreError::Corrupt(lossy(name))))
+        .transpose()?;
+    let old_server = existing.as_ref().map(|r| server_of(&r.location).to_vec());
+    let new_record = |state, location: &[u8], acl: Vec<u8>| MailboxRecord {
+        name: name.to_vec(),
+        state,
+        location: location.to_vec(),
+        acl,
+    };
+    let (outcome, next) = match (mutation, &existing) {
+        (Mutation::Activate { location, acl, .. }, _) => (
+            Outcome::Done,
+            Some(Some(new_record(
+                MailboxState::Active,
+                location,
+                normalize_acl(acl),
+            ))),
+        ),
+        (Mutation::Reserve { location, .. }, Some(current))
+            if current.location != *location && policy == ConflictPolicy::Standard =>
+        {
+            (Outcome::AlreadyExists, None)
+        }
+        (Mutation::Reserve { location, .. }, _) => (
+            Outcome::Done,
+            Some(Some(new_record(
+                MailboxState::Reserved,
+                location,
+                Vec::new(),
+            ))),
+        ),
+        (Mutation::Deactivate { .. }, None) => (Outcome::DoesNotExist, None),
+        (Mutation::Deactivate { .. }, Some(current)) if current.state == MailboxState::Reserved => {
+            (Outcome::NotActive, None)
+        }
+        (Mutation::Deactivate { location, .. }, Some(_)) => (
+            Outcome::Done,
+            Some(Some(new_record(
+                MailboxState::Reserved,
+                location,
+                Vec::new(),
+            ))),
+        ),
+        (Mutation::Delete { .. }, None) if policy == ConflictPolicy::Standard => {
+            (Outcome::DoesNotExist, None)
+        }
+        (Mutation::Delete { .. }, _) => (Outcome::Done, Some(None)),
+    };
+    let Some(next) = next else {
+        return Ok((outcome, None));
+    };
+    match &next {
+        Some(record) => {
+            table
+                .insert(key.as_slice(), record.encode_value().as_slice())
+                .map_err(StoreError::from_redb)?;
+        }
+        None => {
+            table
+                .remove(key.as_slice())
+                .map_err(StoreError::from_redb)?;
+        }
+    }
+    let change = Change {
+        seq: 0,
+        name: name.to_vec(),
+        record: next,
+        old_server,
+        given_server: mutation.location().map(|l| server_of(l).to_vec()),
+    };
+    Ok((outcome, Some(change)))
+}
+
+fn lossy(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
