@@ -13,3 +13,4 @@
 
 pub mod protocol;
 pub mod store;
+pub mod config;

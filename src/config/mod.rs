@@ -1,0 +1,346 @@
+//! Configuration: imapd.conf (Cyrus syntax) layered under `IMAPD_<KEY>` environment variables
+//! with figment, then typed into [`Settings`]. Every error names where the value came from.
+
+mod imapd_conf;
+mod values;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+pub use imapd_conf::{ImapdConf, Origin};
+pub use values::{parse_count, parse_duration, parse_int, parse_list, parse_switch};
+
+use crate::protocol::Limits;
+
+/// Prefix of environment variables that override imapd.conf options.
+pub const ENV_PREFIX: &str = "IMAPD_";
+
+/// A configuration problem; the process exits with `EX_CONFIG` (78).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A problem in a file (line 0: the file as a whole).
+    #[error("{}:{line}: {message}", file.display())]
+    File {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line, or 0.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A bad value for an option, with where it was set.
+    #[error("{origin}: option '{key}': {message}")]
+    Value {
+        /// Where the value came from.
+        origin: String,
+        /// The option.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A required option is missing.
+    #[error("option '{0}' is required (set it in imapd.conf or as {ENV_PREFIX}<OPTION>)")]
+    Missing(String),
+    /// The layers could not be merged.
+    #[error("{0}")]
+    Figment(String),
+}
+
+/// `mupdate_config` (spec §5.3, §5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MupdateConfig {
+    /// `standard`
+    Standard,
+    /// `unified`
+    Unified,
+    /// `replicated`
+    Replicated,
+}
+
+/// Every setting the server reads, typed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `configdirectory`
+    pub config_directory: PathBuf,
+    /// `servername` (default: host name)
+    pub server_name: String,
+    /// `admins`: the only identities that may log in
+    pub admins: Vec<String>,
+    /// `loginrealms`
+    pub login_realms: Vec<String>,
+    /// `allowplaintext`
+    pub allow_plaintext: bool,
+    /// `sasl_mech_list`, if set
+    pub sasl_mech_list: Option<Vec<String>>,
+    /// `sasl_pwcheck_method`
+    pub sasl_pwcheck_method: Vec<String>,
+    /// `sasl_saslauthd_path`
+    pub saslauthd_path: PathBuf,
+    /// `mupdate_passwd_file` (new)
+    pub passwd_file: Option<PathBuf>,
+    /// `mupdate_db_path` (new; default `<configdirectory>/mailboxes.redb`)
+    pub db_path: PathBuf,
+    /// `mupdate_listen` (new; default `0.0.0.0:3905`)
+    pub listen: String,
+    /// `mupdate_connections_max`
+    pub connections_max: usize,
+    /// `failedloginpause`
+    pub failed_login_pause: Duration,
+    /// `maxword`, `maxquoted`, `maxliteral`
+    pub limits: Limits,
+    /// `mupdate_server`
+    pub mupdate_server: Option<String>,
+    /// `mupdate_config`
+    pub mupdate_config: MupdateConfig,
+    /// `mupdate_idle_timeout` (new; Cyrus: fixed 180 minutes)
+    pub idle_timeout: Duration,
+    /// `mupdate_changelog_max` (new): changes kept for resumable replication
+    pub changelog_max: u64,
+    /// `mupdate_listener_queue` (new): changes a streaming client may lag behind
+    pub listener_queue: usize,
+    /// `mupdate_authname` (slave)
+    pub mupdate_authname: Option<String>,
+    /// `mupdate_username` (slave)
+    pub mupdate_username: Option<String>,
+    /// `mupdate_password` (slave)
+    pub mupdate_password: Option<String>,
+    /// `mupdate_realm` (slave)
+    pub mupdate_realm: Option<String>,
+    /// `mupdate_retry_delay` (slave)
+    pub retry_delay: Duration,
+    /// `client_timeout` (slave)
+    pub client_timeout: Duration,
+    /// `mupdate_banner_implementation` (new; default `Cyrus IMAP`)
+    pub banner_implementation: String,
+    /// `mupdate_banner_version` (new)
+    pub banner_version: String,
+    /// Cyrus service name (`CYRUS_SERVICE`, default `mupdate`): telemetry file prefix.
+    pub service_name: String,
+}
+
+/// Environment variables `IMAPD_<KEY>` as raw strings (figment's own `Env` would parse
+/// `1` as a number and `[a]` as an array; Cyrus values are always text).
+struct RawEnv;
+
+impl Provider for RawEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict: Dict = figment::providers::Env::prefixed(ENV_PREFIX)
+            .iter()
+            .map(|(key, value)| (key.as_str().to_ascii_lowercase(), Value::from(value)))
+            .collect();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// The service name Cyrus master(8) passes, or `mupdate`.
+pub fn service_name() -> String {
+    std::env::var("CYRUS_SERVICE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "mupdate".into())
+}
+
+/// Loads `path` and the environment into [`Settings`].
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let service = service_name();
+    let conf = ImapdConf::read(path, &service)?;
+    let figment = Figment::new().merge(conf.clone()).merge(RawEnv);
+    let values: BTreeMap<String, String> = figment
+        .extract()
+        .map_err(|e| ConfigError::Figment(e.to_string()))?;
+    Settings::from_values(&Options {
+        values,
+        conf: &conf,
+        figment: &figment,
+        service,
+    })
+}
+
+struct Options<'a> {
+    values: BTreeMap<String, String>,
+    conf: &'a ImapdConf,
+    figment: &'a Figment,
+    service: String,
+}
+
+impl Options<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn origin(&self, key: &str) -> String {
+        let from_env = self
+            .figment
+            .find_metadata(key)
+            .is_some_and(|m| m.name == "environment");
+        match (from_env, self.conf.origin(key)) {
+            (false, Some(origin)) => format!("{}:{}", origin.file.display(), origin.line),
+            _ => format!("environment variable {ENV_PREFIX}{}", key.to_ascii_uppercase()),
+        }
+    }
+
+    fn typed<T>(
+        &self,
+        key: &str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => parse(raw).map_err(|message| ConfigError::Value {
+                origin: self.origin(key),
+                key: key.into(),
+                message,
+            }),
+        }
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.get(key).map(str::to_owned)
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Settings {
+    fn from_values(o: &Options<'_>) -> Result<Settings, ConfigError> {
+        let config_directory = PathBuf::from(
+            o.get("configdirectory")
+                .ok_or_else(|| ConfigError::Missing("configdirectory".into()))?,
+        );
+        let db_path = o
+            .string("mupdate_db_path")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config_directory.join("mailboxes.redb"));
+        let mupdate_config = o.typed("mupdate_config", MupdateConfig::Standard, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "standard" => Ok(MupdateConfig::Standard),
+                "unified" => Ok(MupdateConfig::Unified),
+                "replicated" => Ok(MupdateConfig::Replicated),
+                _ => Err(format!("{v:?} is not one of standard, unified, replicated")),
+            }
+        })?;
+        let limit = |key| o.typed(key, 131_072, parse_count);
+        let listen = o.string("mupdate_listen").unwrap_or_else(|| "0.0.0.0:3905".into());
+        if !listen.contains(':') {
+            return Err(ConfigError::Value {
+                origin: o.origin("mupdate_listen"),
+                key: "mupdate_listen".into(),
+                message: format!("{listen:?} is not host:port"),
+            });
+        }
+        Ok(Settings {
+            server_name: o.string("servername").unwrap_or_else(host_name),
+            admins: o.get("admins").map(parse_list).unwrap_or_default(),
+            login_realms: o.get("loginrealms").map(parse_list).unwrap_or_default(),
+            allow_plaintext: o.typed("allowplaintext", false, parse_switch)?,
+            sasl_mech_list: o.get("sasl_mech_list").map(parse_list),
+            sasl_pwcheck_method: o
+                .get("sasl_pwcheck_method")
+                .map(parse_list)
+                .unwrap_or_else(|| vec!["auxprop".into()]),
+            saslauthd_path: o
+                .string("sasl_saslauthd_path")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/run/saslauthd/mux")),
+            passwd_file: o.string("mupdate_passwd_file").map(PathBuf::from),
+            db_path,
+            listen,
+            connections_max: o.typed("mupdate_connections_max", 128, parse_count)?,
+            failed_login_pause: o.typed("failedloginpause", Duration::from_secs(3), |v| {
+                parse_duration(v, 's')
+            })?,
+            limits: Limits {
+                max_word: limit("maxword")?,
+                max_quoted: limit("maxquoted")?,
+                max_literal: limit("maxliteral")?,
+            },
+            mupdate_server: o.string("mupdate_server"),
+            mupdate_config,
+            idle_timeout: o.typed(
+                "mupdate_idle_timeout",
+                Duration::from_secs(180 * 60),
+                |v| parse_duration(v, 'm'),
+            )?,
+            changelog_max: o.typed("mupdate_changelog_max", 100_000u64, |v| {
+                parse_count(v).map(|n| n as u64)
+            })?,
+            listener_queue: o.typed("mupdate_listener_queue", 16_384, parse_count)?,
+            mupdate_authname: o.string("mupdate_authname"),
+            mupdate_username: o.string("mupdate_username"),
+            mupdate_password: o.string("mupdate_password"),
+            mupdate_realm: o.string("mupdate_realm"),
+            retry_delay: o.typed("mupdate_retry_delay", Duration::from_secs(20), |v| {
+                parse_duration(v, 's')
+            })?,
+            client_timeout: o.typed("client_timeout", Duration::from_secs(10), |v| {
+                parse_duration(v, 's')
+            })?,
+            banner_implementation: o
+                .string("mupdate_banner_implementation")
+                .unwrap_or_else(|| "Cyrus IMAP".into()),
+            banner_version: o
+                .string("mupdate_banner_version")
+                .unwrap_or_else(|| format!("3.6.1-mupdate-rs-{}", env!("CARGO_PKG_VERSION"))),
+            service_name: o.service.clone(),
+            config_directory,
+        })
+    }
+
+    /// Whether writes follow the replicated rules (spec §5.5: only with `mupdate_server`).
+    pub fn replicated_writes(&self) -> bool {
+        self.mupdate_server.is_some() && self.mupdate_config != MupdateConfig::Standard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imapd.conf");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let s = load_text("configdirectory: /tmp/x\nservername: m1\nadmins: mupdate other\nfailedloginpause: 0\n").unwrap();
+        assert_eq!(s.server_name, "m1");
+        assert_eq!(s.admins, ["mupdate", "other"]);
+        assert_eq!(s.failed_login_pause, Duration::ZERO);
+        assert_eq!(s.db_path, PathBuf::from("/tmp/x/mailboxes.redb"));
+        assert_eq!(s.connections_max, 128);
+        assert_eq!(s.listen, "0.0.0.0:3905");
+        assert_eq!(s.idle_timeout, Duration::from_secs(10_800));
+        assert!(!s.replicated_writes());
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key() {
+        let err = load_text("configdirectory: /tmp/x\nallowplaintext: perhaps\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("imapd.conf:2") && err.contains("allowplaintext"), "{err}");
+        let err = load_text("servername: x\n").unwrap_err().to_string();
+        assert!(err.contains("configdirectory"), "{err}");
+    }
+
+    // Environment overrides are tested in tests/cli.rs, in a child process, so that no test
+    // changes this process's environment.
+}
