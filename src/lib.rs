@@ -14,3 +14,4 @@
 pub mod protocol;
 pub mod store;
 pub mod config;
+pub mod auth;
