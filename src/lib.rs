@@ -11,7 +11,11 @@
 
 #![forbid(unsafe_code)]
 
-pub mod protocol;
-pub mod store;
-pub mod config;
+pub mod app;
 pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod observability;
+pub mod protocol;
+pub mod server;
+pub mod store;

@@ -134,10 +134,17 @@ impl Authenticator {
             }
             None => (credentials.authcid.clone(), self.default_realm.clone()),
         };
-        if !self.check_password(&user, &realm, &credentials.password).await? {
+        if !self
+            .check_password(&user, &realm, &credentials.password)
+            .await?
+        {
             return Err(AuthFailure::BadCredentials(user));
         }
-        if !self.admins.iter().any(|a| *a == user || *a == credentials.authcid) {
+        if !self
+            .admins
+            .iter()
+            .any(|a| *a == user || *a == credentials.authcid)
+        {
             return Err(AuthFailure::NotAdmin(user));
         }
         Ok(Identity {
@@ -150,7 +157,12 @@ impl Authenticator {
         })
     }
 
-    async fn check_password(&self, user: &str, realm: &str, password: &[u8]) -> Result<bool, AuthFailure> {
+    async fn check_password(
+        &self,
+        user: &str,
+        realm: &str,
+        password: &[u8],
+    ) -> Result<bool, AuthFailure> {
         let mut last_error = None;
         for source in &self.sources {
             let verdict = match source {

@@ -47,7 +47,11 @@ pub fn verify_in(text: &str, user: &str, password: &[u8]) -> bool {
 }
 
 /// Reads `path` and verifies `user`'s password.
-pub fn verify_file(path: &std::path::Path, user: &str, password: &[u8]) -> Result<bool, PasswdError> {
+pub fn verify_file(
+    path: &std::path::Path,
+    user: &str,
+    password: &[u8],
+) -> Result<bool, PasswdError> {
     let text = std::fs::read_to_string(path).map_err(|source| PasswdError::Io {
         path: path.display().to_string(),
         source,

@@ -40,7 +40,10 @@ mod tests {
     #[test]
     fn plain_messages() {
         let c = parse(b"\0mupdate\0mupdatepass").unwrap();
-        assert_eq!((c.authzid.as_str(), c.authcid.as_str()), ("mupdate", "mupdate"));
+        assert_eq!(
+            (c.authzid.as_str(), c.authcid.as_str()),
+            ("mupdate", "mupdate")
+        );
         assert_eq!(c.password, b"mupdatepass");
         let c = parse(b"bob\0mupdate\0pw").unwrap();
         assert_eq!(c.authzid, "bob");

@@ -126,7 +126,9 @@ fn parse_text(
         }
         let key_len = content
             .char_indices()
-            .find(|&(i, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || (i == 0 && c == '@')))
+            .find(|&(i, c)| {
+                !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || (i == 0 && c == '@'))
+            })
             .map(|(i, _)| i)
             .unwrap_or(content.len());
         let key = content[..key_len].to_ascii_lowercase();
@@ -205,9 +207,15 @@ mod tests {
         let err = parse("a: 1\nbad key: x\n").unwrap_err().to_string();
         assert!(err.contains("test.conf:2"), "{err}");
         let err = parse("a:\n").unwrap_err().to_string();
-        assert!(err.contains("test.conf:1") && err.contains("empty"), "{err}");
+        assert!(
+            err.contains("test.conf:1") && err.contains("empty"),
+            "{err}"
+        );
         let err = parse("a: 1\nA: 2\n").unwrap_err().to_string();
-        assert!(err.contains("twice") && err.contains("test.conf:2"), "{err}");
+        assert!(
+            err.contains("twice") && err.contains("test.conf:2"),
+            "{err}"
+        );
         assert!(parse("key : x\n").is_err());
     }
 
@@ -219,7 +227,10 @@ mod tests {
         let main = dir.path().join("imapd.conf");
         std::fs::write(
             &main,
-            format!("admins: generic\n@include: {}\nmupdate_server: m:3905\n", inc.display()),
+            format!(
+                "admins: generic\n@include: {}\nmupdate_server: m:3905\n",
+                inc.display()
+            ),
         )
         .unwrap();
         let conf = ImapdConf::read(&main, "mupdate").unwrap();

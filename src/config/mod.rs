@@ -183,7 +183,10 @@ impl Options<'_> {
             .is_some_and(|m| m.name == "environment");
         match (from_env, self.conf.origin(key)) {
             (false, Some(origin)) => format!("{}:{}", origin.file.display(), origin.line),
-            _ => format!("environment variable {ENV_PREFIX}{}", key.to_ascii_uppercase()),
+            _ => format!(
+                "environment variable {ENV_PREFIX}{}",
+                key.to_ascii_uppercase()
+            ),
         }
     }
 
@@ -235,7 +238,9 @@ impl Settings {
             }
         })?;
         let limit = |key| o.typed(key, 131_072, parse_count);
-        let listen = o.string("mupdate_listen").unwrap_or_else(|| "0.0.0.0:3905".into());
+        let listen = o
+            .string("mupdate_listen")
+            .unwrap_or_else(|| "0.0.0.0:3905".into());
         if !listen.contains(':') {
             return Err(ConfigError::Value {
                 origin: o.origin("mupdate_listen"),
@@ -271,11 +276,9 @@ impl Settings {
             },
             mupdate_server: o.string("mupdate_server"),
             mupdate_config,
-            idle_timeout: o.typed(
-                "mupdate_idle_timeout",
-                Duration::from_secs(180 * 60),
-                |v| parse_duration(v, 'm'),
-            )?,
+            idle_timeout: o.typed("mupdate_idle_timeout", Duration::from_secs(180 * 60), |v| {
+                parse_duration(v, 'm')
+            })?,
             changelog_max: o.typed("mupdate_changelog_max", 100_000u64, |v| {
                 parse_count(v).map(|n| n as u64)
             })?,
@@ -320,7 +323,10 @@ mod tests {
 
     #[test]
     fn defaults_and_values() {
-        let s = load_text("configdirectory: /tmp/x\nservername: m1\nadmins: mupdate other\nfailedloginpause: 0\n").unwrap();
+        let s = load_text(
+            "configdirectory: /tmp/x\nservername: m1\nadmins: mupdate other\nfailedloginpause: 0\n",
+        )
+        .unwrap();
         assert_eq!(s.server_name, "m1");
         assert_eq!(s.admins, ["mupdate", "other"]);
         assert_eq!(s.failed_login_pause, Duration::ZERO);
@@ -336,7 +342,10 @@ mod tests {
         let err = load_text("configdirectory: /tmp/x\nallowplaintext: perhaps\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("imapd.conf:2") && err.contains("allowplaintext"), "{err}");
+        assert!(
+            err.contains("imapd.conf:2") && err.contains("allowplaintext"),
+            "{err}"
+        );
         let err = load_text("servername: x\n").unwrap_err().to_string();
         assert!(err.contains("configdirectory"), "{err}");
     }

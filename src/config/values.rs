@@ -8,10 +8,16 @@ pub fn parse_switch(value: &str) -> Result<bool, String> {
     let lower = value.to_ascii_lowercase();
     if lower == "1" || lower.starts_with('y') || lower == "on" || lower.starts_with('t') {
         Ok(true)
-    } else if lower == "0" || lower.starts_with('n') || lower.starts_with("of") || lower.starts_with('f') {
+    } else if lower == "0"
+        || lower.starts_with('n')
+        || lower.starts_with("of")
+        || lower.starts_with('f')
+    {
         Ok(false)
     } else {
-        Err(format!("{value:?} is not a switch (use yes/no, on/off, true/false or 1/0)"))
+        Err(format!(
+            "{value:?} is not a switch (use yes/no, on/off, true/false or 1/0)"
+        ))
     }
 }
 
@@ -64,7 +70,10 @@ pub fn parse_duration(value: &str, default_unit: char) -> Result<Duration, Strin
         }
         let n: u64 = number.parse().map_err(|_| bad())?;
         total = total
-            .checked_add(n.checked_mul(unit_seconds(c).ok_or_else(bad)?).ok_or_else(bad)?)
+            .checked_add(
+                n.checked_mul(unit_seconds(c).ok_or_else(bad)?)
+                    .ok_or_else(bad)?,
+            )
             .ok_or_else(bad)?;
         number.clear();
     }
@@ -135,6 +144,9 @@ mod tests {
 
     #[test]
     fn lists() {
-        assert_eq!(parse_list("mupdate  admin,root"), ["mupdate", "admin", "root"]);
+        assert_eq!(
+            parse_list("mupdate  admin,root"),
+            ["mupdate", "admin", "root"]
+        );
     }
 }

@@ -1,0 +1,194 @@
+//! Composition root: reads the configuration, opens the store, picks the role, binds the
+//! listener, handles signals, and maps failures to Cyrus-style exit codes.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, MupdateConfig, Settings};
+use crate::server::{self, Role, ServerContext};
+use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
+
+/// `EX_CONFIG`: bad configuration, or the database is held by another instance.
+pub const EXIT_CONFIG: i32 = 78;
+/// `EX_OSERR`: the listener or another OS resource could not be set up.
+pub const EXIT_OS: i32 = 71;
+/// `EX_SOFTWARE`: anything else.
+pub const EXIT_SOFTWARE: i32 = 70;
+
+/// A start-up failure with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Fatal {
+    /// Process exit status.
+    pub code: i32,
+    /// What to tell the operator.
+    pub message: String,
+}
+
+fn fatal(code: i32, message: impl Into<String>) -> Fatal {
+    Fatal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main(cli: Cli) -> i32 {
+    if let Some(Command::HashPassword { user, scheme }) = &cli.command {
+        return hash_password(user, *scheme);
+    }
+    crate::observability::init_logging();
+    let result = (|| {
+        let settings = config::load(&cli.config).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+        let role = choose_role(&cli, &settings)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fatal(EXIT_OS, format!("cannot start the runtime: {e}")))?;
+        runtime.block_on(serve(settings, role))
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(Fatal { code, message }) => {
+            tracing::error!("{message}");
+            eprintln!("mupdate: {message}");
+            code
+        }
+    }
+}
+
+fn hash_password(user: &str, scheme: crate::auth::passwd_file::Scheme) -> i32 {
+    let mut password = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut password) {
+        eprintln!("mupdate: cannot read the password from stdin: {e}");
+        return EXIT_OS;
+    }
+    let password = password.strip_suffix('\n').unwrap_or(&password);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    match crate::auth::passwd_file::hash(scheme, password.as_bytes()) {
+        Ok(hash) => {
+            println!("{user}:{hash}");
+            0
+        }
+        Err(e) => {
+            eprintln!("mupdate: {e}");
+            EXIT_SOFTWARE
+        }
+    }
+}
+
+fn choose_role(cli: &Cli, settings: &Settings) -> Result<Role, Fatal> {
+    let master = cli.master
+        || (cli.autoselect
+            && settings
+                .mupdate_server
+                .as_deref()
+                .is_some_and(names_this_host));
+    if master {
+        if settings.mupdate_server.is_some() && settings.mupdate_config == MupdateConfig::Unified {
+            return Err(fatal(
+                EXIT_CONFIG,
+                "cannot run mupdate master on a unified server (mupdate_config: unified with mupdate_server set)",
+            ));
+        }
+        return Ok(Role::Master);
+    }
+    match &settings.mupdate_server {
+        None => Err(fatal(
+            EXIT_CONFIG,
+            "slave mode needs mupdate_server (or run the master with -m)",
+        )),
+        Some(_) => Err(fatal(
+            EXIT_CONFIG,
+            "slave mode is not available in this build yet; run the master with -m",
+        )),
+    }
+}
+
+/// Whether `mupdate_server` (`host` or `host:port`) names this machine.
+fn names_this_host(server: &str) -> bool {
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    host.eq_ignore_ascii_case(own.trim())
+}
+
+async fn serve(settings: Settings, role: Role) -> Result<(), Fatal> {
+    if let Some(parent) = settings.db_path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| fatal(EXIT_OS, format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let policy = if settings.replicated_writes() {
+        ConflictPolicy::Replicated
+    } else {
+        ConflictPolicy::Standard
+    };
+    let store = Store::open(
+        &settings.db_path,
+        StoreOptions {
+            policy,
+            changelog_max: settings.changelog_max,
+            feed_capacity: settings.listener_queue,
+            ..StoreOptions::default()
+        },
+    )
+    .map_err(|e| match e {
+        StoreError::InUse => fatal(
+            EXIT_CONFIG,
+            format!(
+                "{} is in use by another mupdate process",
+                settings.db_path.display()
+            ),
+        ),
+        other => fatal(
+            EXIT_SOFTWARE,
+            format!("{}: {other}", settings.db_path.display()),
+        ),
+    })?;
+    let listener = TcpListener::bind(&settings.listen).await.map_err(|e| {
+        fatal(
+            EXIT_OS,
+            format!("cannot listen on {}: {e}", settings.listen),
+        )
+    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let ctx = Arc::new(ServerContext::new(settings, store, role, shutdown));
+    if !ctx.auth.has_password_source() {
+        tracing::warn!(
+            "no password source: set mupdate_passwd_file or sasl_pwcheck_method: saslauthd"
+        );
+    }
+    tracing::info!(%address, role = ?ctx.role, db = %ctx.settings.db_path.display(), "listening on {address}");
+    server::run(listener, ctx).await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), Fatal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen =
+        |kind| signal(kind).map_err(|e| fatal(EXIT_OS, format!("cannot handle signals: {e}")));
+    let mut terminate = listen(SignalKind::terminate())?;
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    // master(8) sends SIGHUP to recycle a child: exit cleanly so a fresh one starts.
+    let mut hangup = listen(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = hangup.recv() => {}
+        }
+        tracing::info!("signal received; shutting down");
+        shutdown.cancel();
+    });
+    Ok(())
+}

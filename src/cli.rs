@@ -1,0 +1,43 @@
+//! Command line, as `mupdate(8)`: `-C config`, `-m` (master), `-a` (autoselect), plus the
+//! `hash-password` helper for `mupdate_passwd_file`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::auth::passwd_file::Scheme;
+
+/// mupdate: the Cyrus murder mailbox-list server.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Configuration file (imapd.conf syntax).
+    #[arg(short = 'C', value_name = "CONFIG", default_value = "/etc/imapd.conf")]
+    pub config: PathBuf,
+    /// Run as the master (default: slave).
+    #[arg(short = 'm')]
+    pub master: bool,
+    /// Master if `mupdate_server` names this host, slave otherwise.
+    #[arg(short = 'a')]
+    pub autoselect: bool,
+    /// Accepted for Cyrus compatibility (Cyrus runs its debug_command); ignored.
+    #[arg(short = 'D', hide = true)]
+    pub debug: bool,
+    /// A helper instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Helpers.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read a password on stdin and print a `user:{SCHEME}hash` line for mupdate_passwd_file.
+    HashPassword {
+        /// User name to put in front of the hash.
+        #[arg(long, default_value = "mupdate")]
+        user: String,
+        /// Hashing scheme.
+        #[arg(long, value_enum, default_value = "argon2id")]
+        scheme: Scheme,
+    },
+}

@@ -1,0 +1,116 @@
+//! The byte pipe of one client: socket, optional COMPRESS layer and telemetry log. Everything
+//! above it sees plain MUPDATE bytes.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::compress::{Deflate, InflateError};
+use super::telemetry::TelemetryLog;
+
+/// Why reading from the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A COMPRESS stream could not be inflated.
+    #[error(transparent)]
+    Inflate(#[from] InflateError),
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    deflate: Option<Deflate>,
+    telemetry: Option<TelemetryLog>,
+}
+
+impl Connection {
+    /// Wraps an accepted socket.
+    pub fn new(stream: TcpStream) -> Connection {
+        let _ = stream.set_nodelay(true);
+        Connection {
+            stream,
+            raw: Vec::with_capacity(4096),
+            deflate: None,
+            telemetry: None,
+        }
+    }
+
+    /// Reads what the client sent next and appends it, decompressed, to `input`.
+    /// Returns `Ok(false)` at EOF. Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn read(&mut self, input: &mut Vec<u8>) -> Result<bool, ReadError> {
+        let start = input.len();
+        match &mut self.deflate {
+            None => {
+                input.reserve(16 * 1024);
+                let n = self.stream.read_buf(input).await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+            }
+            Some(deflate) => {
+                self.raw.clear();
+                self.raw.reserve(16 * 1024);
+                let n = self.stream.read_buf(&mut self.raw).await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                deflate.inflate(&self.raw, input)?;
+            }
+        }
+        if let Some(log) = &mut self.telemetry {
+            log.record_read(&input[start..]);
+        }
+        Ok(true)
+    }
+
+    /// Sends `bytes` (compressed if COMPRESS is on) and logs them.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if let Some(log) = &mut self.telemetry {
+            log.record_write(bytes);
+        }
+        match &mut self.deflate {
+            None => self.stream.write_all(bytes).await,
+            Some(deflate) => {
+                let wire = deflate.deflate(bytes);
+                self.stream.write_all(&wire).await
+            }
+        }
+    }
+
+    /// From the next byte on, both directions are raw deflate; `pending` holds bytes the
+    /// client already sent after its COMPRESS command and is inflated in place.
+    pub fn start_compression(&mut self, pending: &mut Vec<u8>) -> Result<(), InflateError> {
+        let mut deflate = Deflate::default();
+        let raw = std::mem::take(pending);
+        deflate.inflate(&raw, pending)?;
+        self.deflate = Some(deflate);
+        Ok(())
+    }
+
+    /// Whether COMPRESS is on.
+    pub fn compressed(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// Starts logging this session.
+    pub fn set_telemetry(&mut self, log: TelemetryLog) {
+        self.telemetry = Some(log);
+    }
+
+    /// Sends raw bytes, bypassing compression and telemetry (connection-limit refusal).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Closes the write side so the client sees EOF after everything sent.
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}

@@ -1,0 +1,385 @@
+//! Command execution: the per-command rules of spec §5, on top of the store.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::session::{Flow, Session, Stream};
+use super::telemetry::TelemetryLog;
+use crate::protocol::response::{self, Status, Text};
+use crate::protocol::{Command, CommandKind, SaslResponse};
+use crate::store::{Change, MailboxState, Mutation, Outcome, RecordRef, Snapshot, server_of};
+
+/// Bytes of dump output produced before they are handed to the socket.
+const DUMP_CHUNK: usize = 64 * 1024;
+
+/// Which records a LIST or UPDATE dump sends.
+enum RecordFilter {
+    /// LIST: byte prefix of the location.
+    LocationPrefix(Vec<u8>),
+    /// UPDATE: exact server parts; empty means all.
+    Servers(Vec<Vec<u8>>),
+}
+
+impl RecordFilter {
+    fn matches(&self, record: &RecordRef<'_>) -> bool {
+        match self {
+            RecordFilter::LocationPrefix(prefix) => record.location.starts_with(prefix),
+            RecordFilter::Servers(hosts) => {
+                hosts.is_empty() || {
+                    let server = server_of(record.location);
+                    hosts.iter().any(|h| h.as_slice() == server)
+                }
+            }
+        }
+    }
+}
+
+fn encode_record(out: &mut Vec<u8>, tag: &[u8], record: &RecordRef<'_>) {
+    match record.state {
+        MailboxState::Active => {
+            response::mailbox(out, tag, record.name, record.location, record.acl)
+        }
+        MailboxState::Reserved => response::reserve(out, tag, record.name, record.location),
+    }
+}
+
+/// The stream notice for a committed change (spec §7.2), tagged with the UPDATE tag.
+pub(super) fn encode_change(out: &mut Vec<u8>, tag: &[u8], change: &Change) {
+    match &change.record {
+        Some(record) => encode_record(
+            out,
+            tag,
+            &RecordRef {
+                name: &record.name,
+                state: record.state,
+                location: &record.location,
+                acl: &record.acl,
+            },
+        ),
+        None => response::delete(out, tag, &change.name),
+    }
+}
+
+fn ok(out: &mut Vec<u8>, tag: &[u8], text: &str) {
+    response::tagged(out, tag, Status::Ok, Text::Quoted(text));
+}
+
+fn no(out: &mut Vec<u8>, tag: &[u8], text: &str) {
+    response::tagged(out, tag, Status::No, Text::Quoted(text));
+}
+
+fn bad(out: &mut Vec<u8>, tag: &[u8], text: &str) {
+    response::tagged(out, tag, Status::Bad, Text::Quoted(text));
+}
+
+impl Session {
+    pub(super) async fn execute(&mut self, command: Command) -> std::io::Result<Flow> {
+        let Command { tag, kind } = command;
+        let streaming = self.stream.is_some();
+        match kind {
+            CommandKind::Authenticate {
+                mechanism,
+                initial_response,
+            } => self.authenticate(tag, mechanism, initial_response).await,
+            CommandKind::Logout => {
+                ok(&mut self.out, &tag, "bye-bye");
+                Ok(Flow::Close)
+            }
+            CommandKind::Noop => {
+                if self.drain_ready_changes() == Flow::Close {
+                    return Ok(Flow::Close);
+                }
+                ok(&mut self.out, &tag, "Noop done");
+                Ok(Flow::Continue)
+            }
+            CommandKind::Starttls => {
+                // TLS is not configured, so Cyrus answers as for an unknown command, after
+                // dropping whatever the client pipelined behind STARTTLS.
+                bad(&mut self.out, &tag, "Unrecognized command");
+                Ok(Flow::DiscardInput)
+            }
+            CommandKind::Compress { algorithm } => Ok(self.compress(&tag, &algorithm)),
+            _ if streaming => {
+                bad(&mut self.out, &tag, "not legal when streaming");
+                Ok(Flow::Continue)
+            }
+            CommandKind::Find { name } => {
+                match self.ctx.store.find(&name) {
+                    Ok(Some(record)) => encode_change(
+                        &mut self.out,
+                        &tag,
+                        &Change {
+                            seq: 0,
+                            name: record.name.clone(),
+                            record: Some(record),
+                            old_server: None,
+                            given_server: None,
+                        },
+                    ),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(%error, "FIND failed");
+                        no(&mut self.out, &tag, "database error");
+                        return Ok(Flow::Continue);
+                    }
+                }
+                ok(&mut self.out, &tag, "Search completed");
+                Ok(Flow::Continue)
+            }
+            CommandKind::List { prefix } => {
+                let filter = RecordFilter::LocationPrefix(prefix.unwrap_or_default());
+                let snapshot = match self.ctx.store.snapshot() {
+                    Ok(snapshot) => snapshot,
+                    Err(error) => {
+                        tracing::error!(%error, "LIST failed");
+                        no(&mut self.out, &tag, "database error");
+                        return Ok(Flow::Continue);
+                    }
+                };
+                if self.send_dump(snapshot, &tag, filter).await? {
+                    ok(&mut self.out, &tag, "list complete");
+                } else {
+                    no(&mut self.out, &tag, "database error");
+                }
+                Ok(Flow::Continue)
+            }
+            CommandKind::Update { hosts } => self.update(tag, hosts).await,
+            kind @ (CommandKind::Activate { .. }
+            | CommandKind::Reserve { .. }
+            | CommandKind::Deactivate { .. }
+            | CommandKind::Delete { .. }) => {
+                if self.ctx.read_only() {
+                    bad(&mut self.out, &tag, "read-only session");
+                    return Ok(Flow::Continue);
+                }
+                self.write(&tag, kind).await;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    async fn write(&mut self, tag: &[u8], kind: CommandKind) {
+        let mutation = match kind {
+            CommandKind::Activate {
+                name,
+                location,
+                acl,
+            } => Mutation::Activate {
+                name,
+                location,
+                acl,
+            },
+            CommandKind::Reserve { name, location } => Mutation::Reserve { name, location },
+            CommandKind::Deactivate { name, location } => Mutation::Deactivate { name, location },
+            CommandKind::Delete { name } => Mutation::Delete { name },
+            _ => return,
+        };
+        let creates = matches!(
+            mutation,
+            Mutation::Activate { .. } | Mutation::Reserve { .. }
+        );
+        if creates && mutation.name().is_empty() {
+            // D-7: Cyrus accepts the empty name and corrupts its database.
+            no(&mut self.out, tag, "invalid mailbox name");
+            return;
+        }
+        match self.ctx.store.apply(mutation).await {
+            Ok(Outcome::Done) => ok(&mut self.out, tag, "done"),
+            Ok(Outcome::AlreadyExists) => no(&mut self.out, tag, "mailbox already exists"),
+            Ok(Outcome::NotActive) => no(&mut self.out, tag, "mailbox not currently active"),
+            Ok(Outcome::DoesNotExist) => no(&mut self.out, tag, "mailbox doesn't exist"),
+            Err(error) => {
+                tracing::error!(%error, "write failed");
+                no(&mut self.out, tag, "database error");
+            }
+        }
+    }
+
+    async fn update(&mut self, tag: Vec<u8>, hosts: Vec<Vec<u8>>) -> std::io::Result<Flow> {
+        // Subscribe before taking the snapshot: every change after the snapshot is then
+        // in the feed, and the ones already in the snapshot are skipped by sequence.
+        let feed = self.ctx.store.subscribe();
+        let snapshot = match self.ctx.store.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::error!(%error, "UPDATE failed");
+                no(&mut self.out, &tag, "database error");
+                return Ok(Flow::Continue);
+            }
+        };
+        let dumped_through = snapshot.seq();
+        if !self
+            .send_dump(snapshot, &tag, RecordFilter::Servers(hosts.clone()))
+            .await?
+        {
+            no(&mut self.out, &tag, "database error");
+            return Ok(Flow::Continue);
+        }
+        ok(&mut self.out, &tag, "streaming starts");
+        self.stream = Some(Stream {
+            tag,
+            hosts,
+            feed,
+            dumped_through,
+        });
+        Ok(Flow::Continue)
+    }
+
+    /// Streams the matching records of `snapshot` to the client in Cyrus order. Walks the
+    /// snapshot on a blocking thread and sends it in chunks, so a dump of a million
+    /// mailboxes neither stalls other sessions nor sits in memory at once.
+    async fn send_dump(
+        &mut self,
+        snapshot: Snapshot,
+        tag: &[u8],
+        filter: RecordFilter,
+    ) -> std::io::Result<bool> {
+        self.flush().await?;
+        let (chunks, mut receive) = mpsc::channel::<Vec<u8>>(2);
+        let dump_tag = tag.to_vec();
+        let walker = tokio::task::spawn_blocking(move || {
+            let mut buffer = Vec::with_capacity(DUMP_CHUNK + 1024);
+            let mut receiver_gone = false;
+            let walked = snapshot.walk(|record| {
+                if filter.matches(&record) {
+                    encode_record(&mut buffer, &dump_tag, &record);
+                    if buffer.len() >= DUMP_CHUNK {
+                        let full =
+                            std::mem::replace(&mut buffer, Vec::with_capacity(DUMP_CHUNK + 1024));
+                        receiver_gone = chunks.blocking_send(full).is_err();
+                    }
+                }
+                !receiver_gone
+            });
+            if !buffer.is_empty() && !receiver_gone {
+                let _ = chunks.blocking_send(buffer);
+            }
+            walked
+        });
+        let mut sent = Ok(());
+        while let Some(chunk) = receive.recv().await {
+            if sent.is_ok() {
+                sent = self.conn.send(&chunk).await;
+            }
+            if sent.is_err() {
+                receive.close();
+            }
+        }
+        sent?;
+        match walker.await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "walking the mailbox list failed");
+                Ok(false)
+            }
+            Err(error) => {
+                tracing::error!(%error, "dump task failed");
+                Ok(false)
+            }
+        }
+    }
+
+    fn compress(&mut self, tag: &[u8], algorithm: &[u8]) -> Flow {
+        if self.conn.compressed() {
+            response::tagged(
+                &mut self.out,
+                tag,
+                Status::Bad,
+                Text::Bare(b"DEFLATE active via COMPRESS"),
+            );
+            return Flow::Continue;
+        }
+        if !algorithm.eq_ignore_ascii_case(b"DEFLATE") {
+            let mut text = b"Unknown COMPRESS algorithm: ".to_vec();
+            text.extend_from_slice(algorithm);
+            response::tagged(&mut self.out, tag, Status::No, Text::Bare(&text));
+            return Flow::Continue;
+        }
+        let mut text = algorithm.to_vec();
+        text.extend_from_slice(b" active");
+        response::tagged(&mut self.out, tag, Status::Ok, Text::Bare(&text));
+        Flow::StartCompression
+    }
+
+    async fn authenticate(
+        &mut self,
+        tag: Vec<u8>,
+        mechanism: Vec<u8>,
+        initial_response: Option<Vec<u8>>,
+    ) -> std::io::Result<Flow> {
+        if self.identity.is_some() {
+            bad(&mut self.out, &tag, "already authenticated");
+            return Ok(Flow::Continue);
+        }
+        if !self.ctx.auth.offers(&mechanism) {
+            tracing::info!(
+                mechanism = %String::from_utf8_lossy(&mechanism),
+                offered = ?self.ctx.auth.mechanisms(),
+                "login failed: mechanism not offered"
+            );
+            self.login_failed(&tag).await;
+            return Ok(Flow::Continue);
+        }
+        match initial_response {
+            Some(response) => self.check_login(&tag, &response).await?,
+            None => {
+                // The empty PLAIN challenge: a bare line end, no `+ ` (spec §4.2).
+                self.out.extend_from_slice(b"\r\n");
+                self.flush().await?;
+                self.parser.expect_sasl_response();
+                self.sasl_tag = Some(tag);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    pub(super) async fn finish_sasl(&mut self, answer: SaslResponse) -> std::io::Result<Flow> {
+        let Some(tag) = self.sasl_tag.take() else {
+            return Ok(Flow::Continue);
+        };
+        match answer {
+            SaslResponse::Cancel => response::tagged(
+                &mut self.out,
+                &tag,
+                Status::No,
+                Text::Bare(b"Client canceled authentication"),
+            ),
+            SaslResponse::Line(line) => self.check_login(&tag, &line).await?,
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn check_login(&mut self, tag: &[u8], response: &[u8]) -> std::io::Result<()> {
+        match self.ctx.auth.login_plain(response).await {
+            Ok(identity) => {
+                ok(&mut self.out, tag, "Authenticated");
+                // Nothing up to and including the login's OK is logged (spec §4.3).
+                self.flush().await?;
+                tracing::info!(user = %identity.authzid, authcid = %identity.authcid, "login");
+                if let Some(log) = TelemetryLog::open(
+                    &self.ctx.settings.config_directory,
+                    &identity.authzid,
+                    &self.ctx.settings.service_name,
+                ) {
+                    self.conn.set_telemetry(log);
+                }
+                self.identity = Some(identity);
+            }
+            Err(failure) => {
+                tracing::info!(reason = %failure, "login failed");
+                self.login_failed(tag).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn login_failed(&mut self, tag: &[u8]) {
+        let pause: Duration = self.ctx.settings.failed_login_pause;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        // Cyrus passes the wrong code to its SASL error function: the text never varies.
+        no(&mut self.out, tag, "undefined error!");
+    }
+}

@@ -1,0 +1,149 @@
+//! The MUPDATE listener: accepts connections, enforces the connection limit and runs one
+//! task per session. [`run`] takes a bound listener so tests can serve on port 0.
+
+mod compress;
+mod connection;
+mod handlers;
+mod session;
+mod telemetry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::protocol::response::{Banner, SERVER_UNABLE};
+use crate::store::Store;
+use connection::Connection;
+use session::Session;
+
+/// Which side of replication this server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Holds the truth and accepts writes.
+    Master,
+    /// Serves a replica of `master` (the `mupdate_server` value) read-only.
+    Slave {
+        /// The master as configured.
+        master: String,
+    },
+}
+
+/// Everything the sessions share.
+pub struct ServerContext {
+    /// Settings.
+    pub settings: Settings,
+    /// The mailbox list.
+    pub store: Store,
+    /// Login checks.
+    pub auth: Authenticator,
+    /// Master or slave.
+    pub role: Role,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    banner: Vec<u8>,
+    open_connections: AtomicUsize,
+}
+
+impl ServerContext {
+    /// Builds the shared state.
+    pub fn new(settings: Settings, store: Store, role: Role, shutdown: CancellationToken) -> Self {
+        let auth = Authenticator::new(&settings);
+        let mut banner = Vec::new();
+        Banner {
+            mechanisms: auth.mechanisms().to_vec(),
+            starttls: false,
+            compress: true,
+            server_name: settings.server_name.clone(),
+            implementation: settings.banner_implementation.clone(),
+            version: settings.banner_version.clone(),
+            role: match &role {
+                Role::Master => "(master)".into(),
+                Role::Slave { master } => format!("mupdate://{master}"),
+            },
+        }
+        .encode(&mut banner);
+        ServerContext {
+            settings,
+            store,
+            auth,
+            role,
+            shutdown,
+            banner,
+            open_connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// Writes are refused on a slave.
+    pub fn read_only(&self) -> bool {
+        matches!(self.role, Role::Slave { .. })
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+}
+
+struct ConnectionSlot(Arc<ServerContext>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long sessions get to finish after shutdown starts.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Accepts and serves connections until `ctx.shutdown` is cancelled, then waits (up to a
+/// deadline) for the sessions to finish their current commands and say goodbye.
+pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
+    let sessions = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of descriptors and similar: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut conn = Connection::new(stream);
+        let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnectionSlot(ctx.clone());
+        if open >= ctx.settings.connections_max {
+            tracing::warn!(%peer, open, "connection limit reached; refusing");
+            sessions.spawn(async move {
+                let _slot = slot;
+                let _ = conn.send_raw(SERVER_UNABLE).await;
+                conn.shutdown().await;
+            });
+            continue;
+        }
+        let session = Session::new(ctx.clone(), conn);
+        sessions.spawn(async move {
+            let _slot = slot;
+            tracing::debug!(%peer, "connection");
+            session.run().await;
+        });
+    }
+    drop(listener);
+    sessions.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still busy after the drain deadline; exiting anyway");
+    }
+}

@@ -1,0 +1,279 @@
+//! One client connection: reads bytes, feeds the parser, runs commands in order and writes
+//! the answers, and, once it streams, forwards every committed change as it happens.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::ServerContext;
+use super::connection::{Connection, ReadError};
+use crate::auth::Identity;
+use crate::protocol::response::{self, Status, Text};
+use crate::protocol::{Event, ParseContext, Parser};
+use crate::store::Change;
+
+/// What the session does after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    /// Go on with the next input.
+    Continue,
+    /// Close the connection after flushing.
+    Close,
+    /// Drop whatever input is buffered (STARTTLS, spec §5.10).
+    DiscardInput,
+    /// Switch both directions to DEFLATE from the next byte.
+    StartCompression,
+}
+
+/// A registered UPDATE stream.
+pub(super) struct Stream {
+    pub(super) tag: Vec<u8>,
+    pub(super) hosts: Vec<Vec<u8>>,
+    pub(super) feed: broadcast::Receiver<Arc<Change>>,
+    /// Changes up to this sequence number were in the initial dump.
+    pub(super) dumped_through: u64,
+}
+
+/// The state of one connection.
+pub(super) struct Session {
+    pub(super) ctx: Arc<ServerContext>,
+    pub(super) conn: Connection,
+    pub(super) parser: Parser,
+    input: Vec<u8>,
+    pub(super) out: Vec<u8>,
+    pub(super) identity: Option<Identity>,
+    pub(super) sasl_tag: Option<Vec<u8>>,
+    pub(super) stream: Option<Stream>,
+}
+
+enum Wake {
+    Shutdown,
+    Read(Result<bool, ReadError>),
+    Change(Result<Arc<Change>, broadcast::error::RecvError>),
+    Idle,
+}
+
+async fn next_change(
+    stream: &mut Option<Stream>,
+) -> Result<Arc<Change>, broadcast::error::RecvError> {
+    match stream {
+        Some(stream) => stream.feed.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    pub(super) fn new(ctx: Arc<ServerContext>, conn: Connection) -> Session {
+        let parser = Parser::new(ctx.settings.limits);
+        Session {
+            ctx,
+            conn,
+            parser,
+            input: Vec::with_capacity(4096),
+            out: Vec::with_capacity(4096),
+            identity: None,
+            sasl_tag: None,
+            stream: None,
+        }
+    }
+
+    /// Serves the connection until the client leaves, the session ends or the server stops.
+    pub(super) async fn run(mut self) {
+        if let Err(error) = self.serve().await {
+            tracing::debug!(%error, "connection ended");
+        }
+        self.conn.shutdown().await;
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        self.out.extend_from_slice(&self.ctx.banner);
+        self.flush().await?;
+        let idle_timeout = self.ctx.settings.idle_timeout;
+        let mut idle_deadline = Instant::now() + idle_timeout;
+        loop {
+            if self.process_input().await? == Flow::Close {
+                return self.flush().await;
+            }
+            self.flush().await?;
+            let wake = {
+                let Session {
+                    ctx,
+                    conn,
+                    input,
+                    stream,
+                    ..
+                } = self;
+                tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => Wake::Shutdown,
+                    change = next_change(stream) => Wake::Change(change),
+                    read = conn.read(input) => Wake::Read(read),
+                    _ = tokio::time::sleep_until(idle_deadline) => Wake::Idle,
+                }
+            };
+            match wake {
+                Wake::Read(Ok(true)) => idle_deadline = Instant::now() + idle_timeout,
+                Wake::Read(Ok(false)) => return Ok(()),
+                Wake::Read(Err(ReadError::Inflate(_))) => {
+                    response::bye(&mut self.out, "Error decompressing data");
+                    return self.flush().await;
+                }
+                Wake::Read(Err(ReadError::Io(error))) => return Err(error),
+                Wake::Change(change) => {
+                    if self.deliver(change) == Flow::Close
+                        || self.drain_ready_changes() == Flow::Close
+                    {
+                        return self.flush().await;
+                    }
+                }
+                Wake::Idle => {
+                    self.answer_interrupted_command();
+                    response::bye(&mut self.out, "idle for too long");
+                    return self.flush().await;
+                }
+                Wake::Shutdown => {
+                    response::bye(&mut self.out, "server shutting down");
+                    return self.flush().await;
+                }
+            }
+        }
+    }
+
+    /// At an idle timeout Cyrus answers a half-received command as if its line had ended.
+    fn answer_interrupted_command(&mut self) {
+        if let Some(tag) = self.sasl_tag.take() {
+            response::tagged(
+                &mut self.out,
+                &tag,
+                Status::No,
+                Text::Bare(b"Error reading client response: idle for too long"),
+            );
+            return;
+        }
+        if let Some(Event::Error { tag, kind }) = self.parser.interrupt() {
+            response::parse_error(&mut self.out, tag.as_deref(), kind);
+        }
+    }
+
+    /// Parses and executes every complete command in the input buffer.
+    async fn process_input(&mut self) -> std::io::Result<Flow> {
+        let mut pos = 0;
+        loop {
+            let context = ParseContext {
+                authenticated: self.identity.is_some(),
+            };
+            let (used, event) = self.parser.advance(&self.input[pos..], &context);
+            pos += used;
+            let Some(event) = event else { break };
+            match self.handle(event).await? {
+                Flow::Continue => {}
+                Flow::Close => return Ok(Flow::Close),
+                Flow::DiscardInput => pos = self.input.len(),
+                Flow::StartCompression => {
+                    self.input.drain(..pos);
+                    pos = 0;
+                    if self.conn.start_compression(&mut self.input).is_err() {
+                        response::bye(&mut self.out, "Error decompressing data");
+                        return Ok(Flow::Close);
+                    }
+                }
+            }
+        }
+        self.input.drain(..pos);
+        Ok(Flow::Continue)
+    }
+
+    async fn handle(&mut self, event: Event) -> std::io::Result<Flow> {
+        match event {
+            Event::Continue => {
+                self.out.extend_from_slice(response::GO_AHEAD);
+                self.flush().await?;
+                Ok(Flow::Continue)
+            }
+            Event::Error { tag, kind } => {
+                response::parse_error(&mut self.out, tag.as_deref(), kind);
+                Ok(Flow::Continue)
+            }
+            Event::Fatal { tag } => {
+                if let Some(tag) = tag {
+                    response::tagged(
+                        &mut self.out,
+                        &tag,
+                        Status::Bad,
+                        Text::Quoted("Extra arguments"),
+                    );
+                }
+                tracing::info!("input over the configured limits; closing this connection");
+                Ok(Flow::Close)
+            }
+            Event::Sasl(answer) => self.finish_sasl(answer).await,
+            Event::Command(command) => self.execute(command).await,
+        }
+    }
+
+    /// Sends everything queued in `out`.
+    pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.conn.send(&self.out).await;
+        self.out.clear();
+        if self.out.capacity() > 1 << 20 {
+            self.out.shrink_to(64 * 1024);
+        }
+        result
+    }
+
+    /// Writes one stream notice; `Close` when the listener has fallen too far behind.
+    pub(super) fn deliver(
+        &mut self,
+        change: Result<Arc<Change>, broadcast::error::RecvError>,
+    ) -> Flow {
+        let Some(stream) = &self.stream else {
+            return Flow::Continue;
+        };
+        match change {
+            Ok(change) => {
+                if change.seq > stream.dumped_through && change.concerns_any(&stream.hosts) {
+                    super::handlers::encode_change(&mut self.out, &stream.tag, &change);
+                }
+                Flow::Continue
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "UPDATE listener fell too far behind; disconnecting it"
+                );
+                response::bye(&mut self.out, "too far behind, reconnect");
+                Flow::Close
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                response::bye(&mut self.out, "server shutting down");
+                Flow::Close
+            }
+        }
+    }
+
+    /// Queues every change already published (the NOOP barrier, and batching under load).
+    pub(super) fn drain_ready_changes(&mut self) -> Flow {
+        loop {
+            let Some(stream) = &mut self.stream else {
+                return Flow::Continue;
+            };
+            let next = match stream.feed.try_recv() {
+                Ok(change) => Ok(change),
+                Err(broadcast::error::TryRecvError::Empty) => return Flow::Continue,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Err(broadcast::error::RecvError::Closed)
+                }
+            };
+            if self.deliver(next) == Flow::Close {
+                return Flow::Close;
+            }
+        }
+    }
+}
