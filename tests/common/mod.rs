@@ -1,0 +1,259 @@
+//! Shared test fixture: a master served in-process on 127.0.0.1:0 with its own temporary
+//! configdirectory, and a raw MUPDATE client that compares bytes.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use mupdate::server::{self, Role, ServerContext};
+use mupdate::store::{ConflictPolicy, Store, StoreOptions};
+
+/// `\0mupdate\0mupdatepass` in base64.
+pub const B64_ADMIN: &str = "AG11cGRhdGUAbXVwZGF0ZXBhc3M=";
+/// `\0bob\0bobpass`
+pub const B64_BOB: &str = "AGJvYgBib2JwYXNz";
+/// `\0mupdate\0wrong`
+pub const B64_BAD: &str = "AG11cGRhdGUAd3Jvbmc=";
+/// The line that logs in as the admin.
+pub const AUTH: &[u8] = b"A0 AUTHENTICATE \"PLAIN\" \"AG11cGRhdGUAbXVwZGF0ZXBhc3M=\"\r\n";
+
+/// How long a test waits for any expected byte.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The fixture's base configuration (spec §15).
+pub fn base_config(dir: &Path) -> String {
+    format!(
+        "configdirectory: {dir}\nservername: mupdate-master\nadmins: mupdate\nallowplaintext: yes\n\
+         failedloginpause: 0\nmupdate_passwd_file: {dir}/passwd\nmupdate_banner_version: 3.6.1-test\n",
+        dir = dir.display()
+    )
+}
+
+/// Writes the fixture's passwd file (admin `mupdate`, non-admin `bob`).
+pub fn write_passwd(dir: &Path) {
+    std::fs::write(
+        dir.join("passwd"),
+        "mupdate:{PLAIN}mupdatepass\nbob:{PLAIN}bobpass\n",
+    )
+    .expect("write passwd");
+}
+
+/// A master running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub ctx: Arc<ServerContext>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Starts a master with the base configuration plus `extra` imapd.conf lines.
+    pub async fn start(extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra).await
+    }
+
+    /// Starts a master on an existing directory (to restart on the same database).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
+        write_passwd(dir.path());
+        let conf = dir.path().join("imapd.conf");
+        std::fs::write(&conf, format!("{}{extra}", base_config(dir.path()))).expect("write conf");
+        let settings = mupdate::config::load(&conf).expect("config");
+        let policy = if settings.replicated_writes() {
+            ConflictPolicy::Replicated
+        } else {
+            ConflictPolicy::Standard
+        };
+        let store = open_store(&settings.db_path, policy).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ctx = Arc::new(ServerContext::new(
+            settings,
+            store,
+            Role::Master,
+            CancellationToken::new(),
+        ));
+        let task = tokio::spawn(server::run(listener, ctx.clone()));
+        TestServer {
+            addr,
+            dir,
+            ctx,
+            task,
+        }
+    }
+
+    /// Connects and reads the banner.
+    pub async fn client(&self) -> Client {
+        let mut client = Client::connect(self.addr).await;
+        client.read_banner().await;
+        client
+    }
+
+    /// Connects and logs in as the admin.
+    pub async fn admin(&self) -> Client {
+        let mut client = self.client().await;
+        client.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+        client
+    }
+
+    /// Stops the server and waits until its sessions are gone; returns the directory.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.ctx.shutdown.cancel();
+        let _ = tokio::time::timeout(PATIENCE, self.task).await;
+        self.dir
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+/// Opens the store, waiting while a previous instance in this process releases it.
+pub async fn open_store(path: &Path, policy: ConflictPolicy) -> Store {
+    for _ in 0..250 {
+        match Store::open(
+            path,
+            StoreOptions {
+                policy,
+                ..StoreOptions::default()
+            },
+        ) {
+            Ok(store) => return store,
+            Err(mupdate::store::StoreError::InUse) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(other) => panic!("open store: {other}"),
+        }
+    }
+    panic!("store still in use")
+}
+
+/// A raw MUPDATE client.
+pub struct Client {
+    pub stream: TcpStream,
+    pub pending: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    pub async fn read_banner(&mut self) -> Vec<u8> {
+        self.read_until(b"* OK MUPDATE").await;
+        self.read_until(b"\r\n").await
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 65536];
+        match tokio::time::timeout(PATIENCE, self.stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                true
+            }
+            Err(_) => panic!(
+                "timed out waiting for the server; have {:?}",
+                String::from_utf8_lossy(&self.pending)
+            ),
+        }
+    }
+
+    /// Reads exactly `n` bytes.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.pending.len() < n {
+            if !self.fill().await {
+                panic!(
+                    "EOF after {:?}, wanted {n} bytes",
+                    String::from_utf8_lossy(&self.pending)
+                );
+            }
+        }
+        self.pending.drain(..n).collect()
+    }
+
+    /// Reads up to and including `needle`.
+    pub async fn read_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(at) = find(&self.pending, needle) {
+                return self.pending.drain(..at + needle.len()).collect();
+            }
+            if !self.fill().await {
+                panic!(
+                    "EOF before {:?}; have {:?}",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(&self.pending)
+                );
+            }
+        }
+    }
+
+    /// Sends `request` and asserts the next bytes are exactly `expected`.
+    pub async fn exchange(&mut self, request: &[u8], expected: &[u8]) {
+        self.send(request).await;
+        self.expect(expected).await;
+    }
+
+    /// Asserts the next bytes are exactly `expected`.
+    pub async fn expect(&mut self, expected: &[u8]) {
+        let got = self.read_exact(expected.len()).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected),
+            "server bytes differ"
+        );
+    }
+
+    /// Asserts nothing more was sent before a NOOP's answer (the connection must be
+    /// authenticated), proving no stray responses.
+    pub async fn expect_quiet(&mut self) {
+        self.exchange(b"QUIET NOOP\r\n", b"QUIET OK \"Noop done\"\r\n")
+            .await;
+    }
+
+    /// Asserts the server closes the connection (after any bytes in `before`).
+    pub async fn expect_eof(&mut self, before: &[u8]) {
+        self.expect(before).await;
+        loop {
+            if !self.fill().await {
+                assert!(
+                    self.pending.is_empty(),
+                    "unexpected bytes before EOF: {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                );
+                return;
+            }
+        }
+    }
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether real Cyrus programs are installed; under CI their absence is a failure.
+pub fn cyrus_available(what: &str, path: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what}: {path} is missing under CI=true; .ci/run should have installed it");
+    }
+    eprintln!("SKIPPED {what}: {path} not installed (run scripts/install-test-deps.sh as root)");
+    false
+}
