@@ -160,13 +160,10 @@ impl Client {
     }
 
     async fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 65536];
-        match tokio::time::timeout(PATIENCE, self.stream.read(&mut buf)).await {
+        self.pending.reserve(64 * 1024);
+        match tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.pending)).await {
             Ok(Ok(0)) | Ok(Err(_)) => false,
-            Ok(Ok(n)) => {
-                self.pending.extend_from_slice(&buf[..n]);
-                true
-            }
+            Ok(Ok(_)) => true,
             Err(_) => panic!(
                 "timed out waiting for the server; have {:?}",
                 String::from_utf8_lossy(&self.pending)
