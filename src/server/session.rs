@@ -171,6 +171,8 @@ impl Session {
                 Flow::Close => return Ok(Flow::Close),
                 Flow::DiscardInput => pos = self.input.len(),
                 Flow::StartCompression => {
+                    // The OK goes out in clear; everything after it is compressed.
+                    self.flush().await?;
                     self.input.drain(..pos);
                     pos = 0;
                     if self.conn.start_compression(&mut self.input).is_err() {
