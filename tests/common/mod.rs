@@ -254,3 +254,88 @@ pub fn cyrus_available(what: &str, path: &str) -> bool {
     eprintln!("SKIPPED {what}: {path} not installed (run scripts/install-test-deps.sh as root)");
     false
 }
+
+/// The `mupdate` binary running as a child process.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Starts `mupdate -C conf args…` and waits for its "listening on" line.
+    pub fn start(conf: &Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"));
+        command
+            .arg("-C")
+            .arg(conf)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn mupdate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (found, wait) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("listening on ") {
+                    let addr = line[at + 13..].split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = found.send(addr);
+                }
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let addr = match wait.recv_timeout(PATIENCE) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mupdate did not start: {}", log.lock().map(|l| l.clone()).unwrap_or_default());
+            }
+        };
+        ServerProcess {
+            child,
+            addr,
+            stderr: log,
+        }
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("kill");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes a configuration for a child-process master in `dir`, listening on port 0.
+pub fn write_process_config(dir: &Path, extra: &str) -> PathBuf {
+    write_passwd(dir);
+    let conf = dir.join("imapd.conf");
+    std::fs::write(
+        &conf,
+        format!("{}mupdate_listen: 127.0.0.1:0\n{extra}", base_config(dir)),
+    )
+    .expect("write conf");
+    conf
+}

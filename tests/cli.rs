@@ -1,0 +1,151 @@
+//! The `mupdate` binary: flags, configuration errors and exit codes, environment
+//! overrides, signals, and the hash-password helper.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+fn mupdate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mupdate"))
+}
+
+#[test]
+fn bad_config_value_exits_78_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("imapd.conf");
+    std::fs::write(
+        &conf,
+        format!("configdirectory: {}\nmupdate_connections_max: lots\n", dir.path().display()),
+    )
+    .unwrap();
+    let out = mupdate().arg("-C").arg(&conf).arg("-m").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2", conf.display())) && stderr.contains("mupdate_connections_max"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_config_syntax_and_missing_file_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("imapd.conf");
+    std::fs::write(&conf, "configdirectory /x\n").unwrap();
+    let out = mupdate().arg("-C").arg(&conf).arg("-m").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":1: invalid option name"));
+    let out = mupdate()
+        .arg("-C")
+        .arg(dir.path().join("missing.conf"))
+        .arg("-m")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn environment_overrides_the_file_and_reports_its_own_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let mut server = ServerProcess::start(&conf, &["-m"], &[("IMAPD_SERVERNAME", "from-env")]);
+    let banner = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket;s=socket.create_connection(('127.0.0.1',{}));import time;time.sleep(0.3);print(s.recv(4096).decode())",
+                server.addr.port()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&banner.stdout).contains("\"from-env\""),
+        "{}",
+        String::from_utf8_lossy(&banner.stdout)
+    );
+    assert_eq!(server.signal_and_wait(Signal::SIGTERM).code(), Some(0));
+    let out = mupdate()
+        .arg("-C")
+        .arg(&conf)
+        .arg("-m")
+        .env("IMAPD_FAILEDLOGINPAUSE", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("environment variable IMAPD_FAILEDLOGINPAUSE"), "{stderr}");
+}
+
+#[test]
+fn sigterm_and_sighup_exit_zero() {
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = write_process_config(dir.path(), "");
+        let mut server = ServerProcess::start(&conf, &["-m"], &[]);
+        assert_eq!(server.signal_and_wait(signal).code(), Some(0), "{signal}");
+    }
+}
+
+#[test]
+fn second_instance_on_the_same_database_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let mut first = ServerProcess::start(&conf, &["-m"], &[]);
+    let out = mupdate().arg("-C").arg(&conf).arg("-m").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    assert_eq!(first.signal_and_wait(Signal::SIGTERM).code(), Some(0));
+}
+
+#[test]
+fn slave_mode_without_mupdate_server_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let out = mupdate().arg("-C").arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mupdate_server"));
+}
+
+#[test]
+fn unified_master_with_mupdate_server_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(
+        dir.path(),
+        "mupdate_server: 127.0.0.1:1\nmupdate_config: unified\n",
+    );
+    let out = mupdate().arg("-C").arg(&conf).arg("-m").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unified"));
+}
+
+#[test]
+fn hash_password_lines_log_in() {
+    for scheme in ["argon2id", "ssha256", "plain"] {
+        let mut child = mupdate()
+            .args(["hash-password", "--user", "mupdate", "--scheme", scheme])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"mupdatepass\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let line = String::from_utf8(out.stdout).unwrap();
+        assert!(line.starts_with("mupdate:{"), "{line}");
+        assert!(
+            mupdate::auth::passwd_file::verify_in(&line, "mupdate", b"mupdatepass"),
+            "{scheme}: {line}"
+        );
+        assert!(!line.contains("mupdatepass") || scheme == "plain");
+    }
+}
