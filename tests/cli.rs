@@ -18,14 +18,18 @@ fn bad_config_value_exits_78_naming_file_line_and_key() {
     let conf = dir.path().join("imapd.conf");
     std::fs::write(
         &conf,
-        format!("configdirectory: {}\nmupdate_connections_max: lots\n", dir.path().display()),
+        format!(
+            "configdirectory: {}\nmupdate_connections_max: lots\n",
+            dir.path().display()
+        ),
     )
     .unwrap();
     let out = mupdate().arg("-C").arg(&conf).arg("-m").output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{}:2", conf.display())) && stderr.contains("mupdate_connections_max"),
+        stderr.contains(&format!("{}:2", conf.display()))
+            && stderr.contains("mupdate_connections_max"),
         "{stderr}"
     );
 }
@@ -77,7 +81,10 @@ fn environment_overrides_the_file_and_reports_its_own_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("environment variable IMAPD_FAILEDLOGINPAUSE"), "{stderr}");
+    assert!(
+        stderr.contains("environment variable IMAPD_FAILEDLOGINPAUSE"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -15,8 +15,15 @@ const WRITERS: usize = 8;
 const ROUNDS: usize = 20;
 
 /// Writes until the connection breaks; records each name the server acknowledged.
-async fn writer(addr: std::net::SocketAddr, round: usize, id: usize, acked: Arc<Mutex<BTreeSet<String>>>) {
-    let Ok(stream) = TcpStream::connect(addr).await else { return };
+async fn writer(
+    addr: std::net::SocketAddr,
+    round: usize,
+    id: usize,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+) {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return;
+    };
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     loop {
@@ -55,7 +62,10 @@ fn listed_names(answer: &[u8]) -> BTreeSet<String> {
     while let Some(at) = find(rest, b" MAILBOX {").or_else(|| find(rest, b" RESERVE {")) {
         rest = &rest[at + 10..];
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        let len: usize = std::str::from_utf8(&rest[..digits]).unwrap().parse().unwrap();
+        let len: usize = std::str::from_utf8(&rest[..digits])
+            .unwrap()
+            .parse()
+            .unwrap();
         rest = &rest[digits + 4..]; // "+}\r\n"
         names.insert(String::from_utf8_lossy(&rest[..len]).into_owned());
         rest = &rest[len..];
@@ -89,8 +99,14 @@ async fn every_acknowledged_write_survives_sigkill() {
         let present = listed_names(&answer);
         let acked = acked.lock().unwrap().clone();
         let lost: Vec<_> = acked.difference(&present).collect();
-        assert!(lost.is_empty(), "round {round}: acknowledged but lost: {lost:?}");
-        assert!(acked.len() > total_acked, "round {round}: no write was acknowledged");
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged but lost: {lost:?}"
+        );
+        assert!(
+            acked.len() > total_acked,
+            "round {round}: no write was acknowledged"
+        );
         total_acked = acked.len();
         drop(server);
     }

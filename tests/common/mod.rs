@@ -287,7 +287,11 @@ impl ServerProcess {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(at) = line.find("listening on ") {
-                    let addr = line[at + 13..].split_whitespace().next().unwrap_or("").to_owned();
+                    let addr = line[at + 13..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
                     let _ = found.send(addr);
                 }
                 if let Ok(mut log) = sink.lock() {
@@ -301,7 +305,10 @@ impl ServerProcess {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("mupdate did not start: {}", log.lock().map(|l| l.clone()).unwrap_or_default());
+                panic!(
+                    "mupdate did not start: {}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
             }
         };
         ServerProcess {
@@ -312,7 +319,10 @@ impl ServerProcess {
     }
 
     /// Sends `signal` and waits for the exit status.
-    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("kill");
         self.child.wait().expect("wait")
