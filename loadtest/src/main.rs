@@ -261,7 +261,7 @@ async fn main() -> Result<()> {
                         bail!("EOF during dump");
                     }
                     seen.extend_from_slice(&buf[..n]);
-                    if seen.ends_with(marker) || seen == &marker[2..] {
+                    if seen.ends_with(marker) || seen == marker[2..] {
                         break;
                     }
                 }
