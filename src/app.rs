@@ -45,7 +45,11 @@ pub fn main(cli: Cli) -> i32 {
     let result = (|| {
         let settings = config::load(&cli.config).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
         let role = choose_role(&cli, &settings)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if settings.worker_threads > 0 {
+            builder.worker_threads(settings.worker_threads);
+        }
+        let runtime = builder
             .enable_all()
             .build()
             .map_err(|e| fatal(EXIT_OS, format!("cannot start the runtime: {e}")))?;
@@ -168,8 +172,14 @@ async fn serve(settings: Settings, role: Role) -> Result<(), Fatal> {
         );
     }
     tracing::info!(%address, role = ?ctx.role, db = %ctx.settings.db_path.display(), "listening on {address}");
-    server::run(listener, ctx).await;
-    tracing::info!("shut down");
+    server::run(listener, ctx.clone()).await;
+    let (commits, writes, commit_micros) = ctx.store.writer_stats().snapshot();
+    tracing::info!(
+        commits,
+        writes,
+        mean_commit_us = commit_micros.checked_div(commits).unwrap_or(0),
+        "shut down"
+    );
     Ok(())
 }
 

@@ -120,6 +120,8 @@ pub struct Settings {
     pub banner_version: String,
     /// Cyrus service name (`CYRUS_SERVICE`, default `mupdate`): telemetry file prefix.
     pub service_name: String,
+    /// `mupdate_worker_threads` (new): async worker threads; 0 means one per CPU.
+    pub worker_threads: usize,
 }
 
 /// Environment variables `IMAPD_<KEY>` as raw strings (figment's own `Env` would parse
@@ -300,6 +302,7 @@ impl Settings {
                 .string("mupdate_banner_version")
                 .unwrap_or_else(|| format!("3.6.1-mupdate-rs-{}", env!("CARGO_PKG_VERSION"))),
             service_name: o.service.clone(),
+            worker_threads: o.typed("mupdate_worker_threads", 0, parse_count)?,
             config_directory,
         })
     }

@@ -90,7 +90,13 @@ impl Session {
         self.out.extend_from_slice(&self.ctx.banner);
         self.flush().await?;
         let idle_timeout = self.ctx.settings.idle_timeout;
-        let mut idle_deadline = Instant::now() + idle_timeout;
+        // Both futures live across iterations: re-creating a timer and a cancellation
+        // waiter for every command costs more than the command itself.
+        let cancelled = self.ctx.shutdown.clone().cancelled_owned();
+        tokio::pin!(cancelled);
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        let mut last_read = Instant::now();
         loop {
             if self.process_input().await? == Flow::Close {
                 return self.flush().await;
@@ -98,7 +104,6 @@ impl Session {
             self.flush().await?;
             let wake = {
                 let Session {
-                    ctx,
                     conn,
                     input,
                     stream,
@@ -106,14 +111,14 @@ impl Session {
                 } = self;
                 tokio::select! {
                     biased;
-                    _ = ctx.shutdown.cancelled() => Wake::Shutdown,
+                    _ = &mut cancelled => Wake::Shutdown,
                     change = next_change(stream) => Wake::Change(change),
                     read = conn.read(input) => Wake::Read(read),
-                    _ = tokio::time::sleep_until(idle_deadline) => Wake::Idle,
+                    _ = &mut idle => Wake::Idle,
                 }
             };
             match wake {
-                Wake::Read(Ok(true)) => idle_deadline = Instant::now() + idle_timeout,
+                Wake::Read(Ok(true)) => last_read = Instant::now(),
                 Wake::Read(Ok(false)) => return Ok(()),
                 Wake::Read(Err(ReadError::Inflate(_))) => {
                     response::bye(&mut self.out, "Error decompressing data");
@@ -126,6 +131,10 @@ impl Session {
                     {
                         return self.flush().await;
                     }
+                }
+                Wake::Idle if last_read.elapsed() < idle_timeout => {
+                    // The timer is only re-armed when it fires, not on every read.
+                    idle.as_mut().reset(last_read + idle_timeout);
                 }
                 Wake::Idle => {
                     self.answer_interrupted_command();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 pub use key::{name_of, row_key};
 pub use record::{MailboxRecord, MailboxState, normalize_acl, server_of};
@@ -20,7 +20,6 @@ pub use record::{MailboxRecord, MailboxState, normalize_acl, server_of};
 const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const META_LAST_SEQ: &str = "last_seq";
 const META_EPOCH: &str = "epoch";
 const META_SCHEMA: &str = "schema_version";
 const SCHEMA_VERSION: u64 = 1;
@@ -223,7 +222,7 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    requests: mpsc::Sender<WriteRequest>,
+    requests: std::sync::mpsc::Sender<WriteRequest>,
     feed: broadcast::Sender<Arc<Change>>,
     last_seq: Arc<AtomicU64>,
     epoch: u64,
@@ -241,7 +240,8 @@ impl Store {
             .map_err(StoreError::from_redb)?;
         let db = Arc::new(db);
         let (last_seq, epoch) = initialise(&db)?;
-        let (requests_tx, requests_rx) = mpsc::channel(4096);
+        // Unbounded, but each session has at most one write outstanding.
+        let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let stats = Arc::new(WriterStats::default());
@@ -273,7 +273,6 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(WriteRequest { mutation, reply })
-            .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -297,11 +296,8 @@ impl Store {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::from_redb)?;
         let seq = {
-            let meta = txn.open_table(META).map_err(StoreError::from_redb)?;
-            meta.get(META_LAST_SEQ)
-                .map_err(StoreError::from_redb)?
-                .map(|v| v.value())
-                .unwrap_or(0)
+            let log = txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
+            last_logged_seq(&log)?
         };
         Ok(Snapshot { txn, seq })
     }
@@ -331,7 +327,7 @@ fn initialise(db: &Database) -> Result<(u64, u64), StoreError> {
     let txn = db.begin_write().map_err(StoreError::from_redb)?;
     let (last_seq, epoch) = {
         txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
-        txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
+        let last_seq = last_logged_seq(&txn.open_table(CHANGES).map_err(StoreError::from_redb)?)?;
         let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
         let read = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, StoreError> {
             Ok(meta
@@ -356,10 +352,20 @@ fn initialise(db: &Database) -> Result<(u64, u64), StoreError> {
                 epoch
             }
         };
-        (read(&meta, META_LAST_SEQ)?.unwrap_or(0), epoch)
+        (last_seq, epoch)
     };
     txn.commit().map_err(StoreError::from_redb)?;
     Ok((last_seq, epoch))
+}
+
+/// The sequence number of the newest change: the log always keeps at least its last entry,
+/// so the sequence needs no separate row (one page fewer written per commit).
+fn last_logged_seq(log: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
+    Ok(log
+        .last()
+        .map_err(StoreError::from_redb)?
+        .map(|(seq, _)| seq.value())
+        .unwrap_or(0))
 }
 
 /// A consistent view of the mailbox list at one sequence number.

@@ -6,16 +6,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, ReadableTable, WriteTransaction};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, oneshot};
 
 use super::key::row_key;
 use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
-use super::{
-    CHANGES, Change, ConflictPolicy, MAILBOXES, META, META_LAST_SEQ, Mutation, Outcome, StoreError,
-};
+use super::{CHANGES, Change, ConflictPolicy, MAILBOXES, Mutation, Outcome, StoreError};
 
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// Longest a commit waits for the writers that joined the previous batch.
+const GATHER_WINDOW: Duration = Duration::from_micros(150);
+
+/// The change log may exceed its bound by this much before it is trimmed.
+const TRIM_STEP: u64 = 1024;
 
 pub(crate) struct WriteRequest {
     pub(crate) mutation: Mutation,
@@ -34,16 +41,13 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Runs until every [`super::Store`] handle is dropped.
-    pub(crate) fn run(mut self) {
+    pub(crate) fn run(self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = self.requests.blocking_recv() {
+        let mut expected = 1;
+        while let Ok(first) = self.requests.recv() {
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
+            self.gather(&mut batch, expected);
+            expected = batch.len();
             let started = std::time::Instant::now();
             match self.commit(&batch) {
                 Ok((outcomes, changes)) => {
@@ -61,6 +65,32 @@ impl Writer {
                     tracing::error!(%error, batch = batch.len(), "commit failed; no change of this batch was made");
                     for request in batch.drain(..) {
                         let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes what is queued; when the previous batch was larger, waits a moment for that
+    /// many writers, since clients in a closed loop come back just after their OK and
+    /// would otherwise alternate between a batch of one and a batch of the rest.
+    fn gather(&self, batch: &mut Vec<WriteRequest>, expected: usize) {
+        let deadline = Instant::now() + GATHER_WINDOW;
+        while batch.len() < MAX_BATCH {
+            match self.requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => {
+                    if batch.len() >= expected {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return;
+                    }
+                    match self.requests.recv_timeout(deadline - now) {
+                        Ok(request) => batch.push(request),
+                        Err(_) => return,
                     }
                 }
             }
@@ -86,14 +116,12 @@ impl Writer {
                     changes.push(change);
                 }
             }
-            if seq > self.changelog_max {
+            // Trim in steps rather than on every commit: fewer pages touched per commit.
+            if seq > self.changelog_max + TRIM_STEP {
                 let keep_from = seq - self.changelog_max + 1;
                 log.retain_in(..keep_from, |_, _| false)
                     .map_err(StoreError::from_redb)?;
             }
-            let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
-            meta.insert(META_LAST_SEQ, seq)
-                .map_err(StoreError::from_redb)?;
         }
         commit_durably(txn)?;
         self.last_seq.store(seq, Ordering::Release);

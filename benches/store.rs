@@ -1,0 +1,48 @@
+//! Store micro-benchmark: sequential durable ACTIVATEs through `Store::apply` (no network),
+//! and FIND lookups, to separate storage cost from protocol and scheduling cost.
+//! Run with `cargo bench --bench store`.
+
+use std::time::Instant;
+
+use mupdate::store::{Mutation, Store, StoreOptions};
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("bench.redb"), StoreOptions::default()).expect("open");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let n = 5_000;
+    let started = Instant::now();
+    runtime.block_on(async {
+        for i in 0..n {
+            store
+                .apply(Mutation::Activate {
+                    name: format!("user.b{i:09}").into_bytes(),
+                    location: b"backend1!default".to_vec(),
+                    acl: b"owner\tlrswipkxtecda\t".to_vec(),
+                })
+                .await
+                .expect("apply");
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sequential durable ACTIVATE: {:.0}/s ({:.1} us each)",
+        n as f64 / secs,
+        secs * 1e6 / n as f64
+    );
+    let started = Instant::now();
+    let lookups = 200_000;
+    for i in 0..lookups {
+        let name = format!("user.b{:09}", (i * 7919) % n);
+        assert!(store.find(name.as_bytes()).expect("find").is_some());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "FIND lookups: {:.0}/s ({:.2} us each)",
+        lookups as f64 / secs,
+        secs * 1e6 / lookups as f64
+    );
+}

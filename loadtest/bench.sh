@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Benchmarks our mupdate against a real Cyrus 3.6.1 mupdate master, same machine, same run,
+# same client (mupdate-load), same workload:
+#   A1 ACTIVATE 20 000 new mailboxes, 1 connection      A2 the same with 8 connections
+#   A5 60 000 more with 8 connections (to 100 000)        A3/A4 FIND 20 000 random, 1 and 8 connections
+#   A6 full UPDATE dump of 100 000 (median of 3)          A8 RSS of the server at 100 000
+# Both servers commit every write durably before answering (Cyrus: twoskip with fsync;
+# ours: redb Durability::Immediate). Needs root and Cyrus (scripts/install-test-deps.sh);
+# installs nothing itself. Usage: loadtest/bench.sh [result.json]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-}
+cargo build --release -q -p mupdate -p loadtest
+load=$PWD/target/release/mupdate-load
+work=$(mktemp -d)
+chmod 755 "$work"
+ours_pid=
+cleanup() {
+    [ -n "$ours_pid" ] && kill -TERM "$ours_pid" 2>/dev/null && wait "$ours_pid" 2>/dev/null
+    loadtest/cyrus-master.sh stop "$work/cyrus" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cport=$(free_port)
+cyrus_pid=$(loadtest/cyrus-master.sh start "$work/cyrus" "$cport")
+
+mkdir -p "$work/ours"
+printf 'mupdate:{PLAIN}mupdatepass\n' > "$work/ours/passwd"
+cat > "$work/ours/imapd.conf" <<CONF
+configdirectory: $work/ours
+servername: mupdate-master
+admins: mupdate
+allowplaintext: yes
+failedloginpause: 0
+mupdate_passwd_file: $work/ours/passwd
+mupdate_listen: 127.0.0.1:0
+mupdate_connections_max: 256
+CONF
+RUST_LOG=warn,mupdate::app=info target/release/mupdate -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
+ours_pid=$!
+for _ in $(seq 1 100); do
+    oport=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/ours/log" | head -n 1 | cut -d: -f2 || true)
+    [ -n "$oport" ] && break
+    sleep 0.1
+done
+[ -n "$oport" ] || { cat "$work/ours/log"; exit 1; }
+
+run() { # server port label args...
+    local server=$1 port=$2 label=$3; shift 3
+    local json
+    json=$("$load" --addr "127.0.0.1:$port" "$@")
+    echo "{\"server\":\"$server\",\"test\":\"$label\",\"result\":$json}" | tee -a "$work/results.jsonl" >&2
+}
+for side in cyrus ours; do
+    if [ $side = cyrus ]; then port=$cport; pid=$cyrus_pid; else port=$oport; pid=$ours_pid; fi
+    run $side "$port" A1 activate --conns 1 --count 20000 --prefix user.b --start 0
+    run $side "$port" A2 activate --conns 8 --count 20000 --prefix user.b --start 20000
+    run $side "$port" A5 activate --conns 8 --count 60000 --prefix user.b --start 40000
+    run $side "$port" A3 find --conns 1 --count 20000 --prefix user.b --existing 100000
+    run $side "$port" A4 find --conns 8 --count 20000 --prefix user.b --existing 100000
+    run $side "$port" A6 dump --repeat 3
+    run $side "$port" A8 rss --pid "$pid"
+done
+[ -n "$out" ] && cp "$work/results.jsonl" "$out"
+python3 - "$work/results.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+r = {(x["server"], x["test"]): x["result"] for x in rows}
+def line(test, what, key, better_high=True, fmt="{:,.0f}"):
+    c, o = r[("cyrus", test)][key], r[("ours", test)][key]
+    ratio = (o / c) if better_high else (c / o if o else float("inf"))
+    print(f"| {test} | {what} | {fmt.format(c)} | {fmt.format(o)} | {ratio:.1f}x |")
+print("| # | measure | Cyrus 3.6.1 | ours | ours vs Cyrus |")
+print("| --- | --- | --- | --- | --- |")
+line("A1", "durable ACTIVATE/s, 1 connection", "ops_per_s")
+line("A2", "durable ACTIVATE/s, 8 connections", "ops_per_s")
+line("A5", "durable ACTIVATE/s, 8 connections, 40k->100k", "ops_per_s")
+line("A1", "ACTIVATE p99 ms, 1 connection", "p99_ms", False, "{:.2f}")
+line("A2", "ACTIVATE p99 ms, 8 connections", "p99_ms", False, "{:.2f}")
+line("A3", "FIND/s, 1 connection", "ops_per_s")
+line("A4", "FIND/s, 8 connections", "ops_per_s")
+line("A6", "full UPDATE dump of 100,000 (s)", "dump_seconds", False, "{:.3f}")
+line("A8", "RSS at 100,000 mailboxes (KiB)", "rss_kib", False)
+PY
