@@ -335,3 +335,80 @@ async fn c114_committed_changes_survive_a_restart() {
     )
     .await;
 }
+
+/// Transcripts §22: every input that kills Cyrus 3.6.1's whole process is answered per
+/// spec §14 while an UPDATE listener and another client keep working throughout.
+#[tokio::test]
+async fn transcripts_22_crash_inputs_leave_everyone_else_working() {
+    let server = TestServer::start("").await;
+    let mut listener = server.admin().await;
+    listener
+        .exchange(b"U1 UPDATE\r\n", b"U1 OK \"streaming starts\"\r\n")
+        .await;
+    let mut c = server.admin().await;
+    // 22a, 22b, 22c: answered on the same connection, which stays usable.
+    c.exchange(
+        b"X01 DELETE \"user.never-existed\"\r\n",
+        b"X01 NO \"mailbox doesn't exist\"\r\n",
+    )
+    .await;
+    c.exchange(
+        b"X02 DEACTIVATE \"user.never-existed\" \"backend1!default\"\r\n",
+        b"X02 NO \"mailbox doesn't exist\"\r\n",
+    )
+    .await;
+    c.exchange(
+        b"X03a RESERVE \"user.resv\" \"backend1!default\"\r\n",
+        b"X03a OK \"done\"\r\n",
+    )
+    .await;
+    c.exchange(
+        b"X03 DEACTIVATE \"user.resv\" \"backend1!default\"\r\n",
+        b"X03 NO \"mailbox not currently active\"\r\n",
+    )
+    .await;
+    listener
+        .expect(b"U1 RESERVE {9+}\r\nuser.resv {16+}\r\nbackend1!default\r\n")
+        .await;
+    // 22g: a 253-byte name is an ordinary name here.
+    let long = format!("user.{}", "x".repeat(248));
+    c.exchange(
+        format!("X06 ACTIVATE \"{long}\" \"backend1!default\" \"bob\tlr\t\"\r\n").as_bytes(),
+        b"X06 OK \"done\"\r\n",
+    )
+    .await;
+    listener
+        .expect(
+            format!(
+                "U1 MAILBOX {{253+}}\r\n{long} {{16+}}\r\nbackend1!default {{7+}}\r\nbob\tlr\t\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    // 22d, 22e, 22f: over-long inputs close only the offending connection.
+    let mut quoted = b"X04 FIND \"".to_vec();
+    quoted.extend(std::iter::repeat_n(b'q', 140_000));
+    quoted.extend_from_slice(b"\"\r\n");
+    let mut word = vec![b'T'; 140_000];
+    word.extend_from_slice(b" NOOP\r\n");
+    let mut literal = b"X05 FIND {131073+}\r\n".to_vec();
+    literal.extend(std::iter::repeat_n(b'z', 131_073));
+    literal.extend_from_slice(b"\r\n");
+    for (input, answer) in [
+        (quoted, &b"X04 BAD \"Extra arguments\"\r\n"[..]),
+        (word, b""),
+        (literal, b"X05 BAD \"Extra arguments\"\r\n"),
+    ] {
+        let mut victim = server.admin().await;
+        victim.send(&input).await;
+        victim.expect_close_maybe_after(answer).await;
+    }
+    c.exchange(
+        b"A1 ACTIVATE \"user.after\" \"backend1!default\" \"z\tl\t\"\r\n",
+        b"A1 OK \"done\"\r\n",
+    )
+    .await;
+    listener
+        .expect(b"U1 MAILBOX {10+}\r\nuser.after {16+}\r\nbackend1!default {4+}\r\nz\tl\t\r\n")
+        .await;
+}

@@ -45,7 +45,14 @@ pub(super) struct Session {
     pub(super) identity: Option<Identity>,
     pub(super) sasl_tag: Option<Vec<u8>>,
     pub(super) stream: Option<Stream>,
+    /// Set when the connection is closed on an over-limit input: the client may still be
+    /// sending, and closing with unread input would reset the connection before it reads
+    /// our last answer.
+    linger: bool,
 }
+
+/// How long a closing connection's unread input is drained after an over-limit input.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum Wake {
     Shutdown,
@@ -75,6 +82,7 @@ impl Session {
             identity: None,
             sasl_tag: None,
             stream: None,
+            linger: false,
         }
     }
 
@@ -84,6 +92,15 @@ impl Session {
             tracing::debug!(%error, "connection ended");
         }
         self.conn.shutdown().await;
+        if self.linger {
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Ok(true) = self.conn.read(&mut sink).await {
+                    sink.clear();
+                }
+            })
+            .await;
+        }
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
@@ -216,6 +233,7 @@ impl Session {
                     );
                 }
                 tracing::info!("input over the configured limits; closing this connection");
+                self.linger = true;
                 Ok(Flow::Close)
             }
             Event::Sasl(answer) => self.finish_sasl(answer).await,

@@ -173,6 +173,6 @@ async fn concurrent_writers_share_commits() {
     }
     let (commits, writes, _) = store.writer_stats().snapshot();
     assert_eq!(writes, 64);
-    assert!(commits <= 64);
+    assert!(commits < 64, "the queued writes should share commits");
     assert_eq!(store.snapshot().unwrap().count_by_state().unwrap(), (64, 0));
 }

@@ -239,6 +239,20 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Spec D-6: the connection closes, optionally after `answer` (a reset may eat it).
+    pub async fn expect_close_maybe_after(&mut self, answer: &[u8]) {
+        while self.fill().await {}
+        let got = std::mem::take(&mut self.pending);
+        assert!(
+            got.is_empty() || got == answer,
+            "expected {:?} or nothing before the close, got {:?}",
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
