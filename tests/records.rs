@@ -202,16 +202,6 @@ async fn d011_deleted_names_are_stored_verbatim() {
     .await;
 }
 
-fn mailbox(tag: &str, name: &str, location: &str, acl: &str) -> Vec<u8> {
-    format!(
-        "{tag} MAILBOX {{{}+}}\r\n{name} {{{}+}}\r\n{location} {{{}+}}\r\n{acl}\r\n",
-        name.len(),
-        location.len(),
-        acl.len()
-    )
-    .into_bytes()
-}
-
 #[tokio::test]
 async fn c084_list_uses_cyrus_mailboxes_db_order() {
     let (_server, mut c) = admin().await;

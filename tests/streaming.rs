@@ -6,29 +6,6 @@ mod common;
 
 use common::*;
 
-fn mailbox(tag: &str, name: &str, location: &str, acl: &str) -> Vec<u8> {
-    format!(
-        "{tag} MAILBOX {{{}+}}\r\n{name} {{{}+}}\r\n{location} {{{}+}}\r\n{acl}\r\n",
-        name.len(),
-        location.len(),
-        acl.len()
-    )
-    .into_bytes()
-}
-
-fn reserve(tag: &str, name: &str, location: &str) -> Vec<u8> {
-    format!(
-        "{tag} RESERVE {{{}+}}\r\n{name} {{{}+}}\r\n{location}\r\n",
-        name.len(),
-        location.len()
-    )
-    .into_bytes()
-}
-
-fn delete(tag: &str, name: &str) -> Vec<u8> {
-    format!("{tag} DELETE {{{}+}}\r\n{name}\r\n", name.len()).into_bytes()
-}
-
 #[tokio::test]
 async fn c090_initial_dump_in_list_order() {
     let server = TestServer::start("").await;

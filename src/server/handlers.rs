@@ -129,13 +129,8 @@ impl Session {
             }
             CommandKind::List { prefix } => {
                 let filter = RecordFilter::LocationPrefix(prefix.unwrap_or_default());
-                let snapshot = match self.ctx.store.snapshot() {
-                    Ok(snapshot) => snapshot,
-                    Err(error) => {
-                        tracing::error!(%error, "LIST failed");
-                        no(&mut self.out, &tag, "database error");
-                        return Ok(Flow::Continue);
-                    }
+                let Some(snapshot) = self.snapshot_or_refuse(&tag) else {
+                    return Ok(Flow::Continue);
                 };
                 if self.send_dump(snapshot, &tag, filter).await? {
                     ok(&mut self.out, &tag, "list complete");
@@ -200,13 +195,8 @@ impl Session {
         // Subscribe before taking the snapshot: every change after the snapshot is then
         // in the feed, and the ones already in the snapshot are skipped by sequence.
         let feed = self.ctx.store.subscribe();
-        let snapshot = match self.ctx.store.snapshot() {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                tracing::error!(%error, "UPDATE failed");
-                no(&mut self.out, &tag, "database error");
-                return Ok(Flow::Continue);
-            }
+        let Some(snapshot) = self.snapshot_or_refuse(&tag) else {
+            return Ok(Flow::Continue);
         };
         let dumped_through = snapshot.seq();
         if !self
@@ -224,6 +214,18 @@ impl Session {
             dumped_through,
         });
         Ok(Flow::Continue)
+    }
+
+    /// A snapshot of the list, or `NO "database error"` queued for `tag`.
+    fn snapshot_or_refuse(&mut self, tag: &[u8]) -> Option<Snapshot> {
+        match self.ctx.store.snapshot() {
+            Ok(snapshot) => Some(snapshot),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the mailbox list");
+                no(&mut self.out, tag, "database error");
+                None
+            }
+        }
     }
 
     /// Streams the matching records of `snapshot` to the client in Cyrus order. Walks the

@@ -253,6 +253,32 @@ impl Client {
     }
 }
 
+/// The expected `MAILBOX` response bytes.
+pub fn mailbox(tag: &str, name: &str, location: &str, acl: &str) -> Vec<u8> {
+    format!(
+        "{tag} MAILBOX {{{}+}}\r\n{name} {{{}+}}\r\n{location} {{{}+}}\r\n{acl}\r\n",
+        name.len(),
+        location.len(),
+        acl.len()
+    )
+    .into_bytes()
+}
+
+/// The expected `RESERVE` response bytes.
+pub fn reserve(tag: &str, name: &str, location: &str) -> Vec<u8> {
+    format!(
+        "{tag} RESERVE {{{}+}}\r\n{name} {{{}+}}\r\n{location}\r\n",
+        name.len(),
+        location.len()
+    )
+    .into_bytes()
+}
+
+/// The expected `DELETE` response bytes.
+pub fn delete(tag: &str, name: &str) -> Vec<u8> {
+    format!("{tag} DELETE {{{}+}}\r\n{name}\r\n", name.len()).into_bytes()
+}
+
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
