@@ -46,9 +46,7 @@ pub fn main(cli: Cli) -> i32 {
         let settings = config::load(&cli.config).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
         let role = choose_role(&cli, &settings)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if settings.worker_threads > 0 {
-            builder.worker_threads(settings.worker_threads);
-        }
+        builder.worker_threads(async_workers(settings.worker_threads));
         let runtime = builder
             .enable_all()
             .build()
@@ -63,6 +61,16 @@ pub fn main(cli: Cli) -> i32 {
             code
         }
     }
+}
+
+/// Async worker threads: as configured, else one per CPU but one, which the store's writer
+/// thread keeps busy under write load.
+fn async_workers(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    cpus.saturating_sub(1).max(1)
 }
 
 fn hash_password(user: &str, scheme: crate::auth::passwd_file::Scheme) -> i32 {

@@ -54,8 +54,10 @@ impl Writer {
                     self.metrics.record_commit(batch.len(), started.elapsed());
                     // Publish before answering, so a client that saw OK and then asks a
                     // streaming connection for a NOOP barrier finds the change queued.
-                    for change in changes {
-                        let _ = self.feed.send(Arc::new(change));
+                    if self.feed.receiver_count() > 0 {
+                        for change in changes {
+                            let _ = self.feed.send(Arc::new(change));
+                        }
                     }
                     for (request, outcome) in batch.drain(..).zip(outcomes) {
                         let _ = request.reply.send(Ok(outcome));
