@@ -138,7 +138,7 @@ async fn c023_logout_closes() {
 }
 
 #[tokio::test]
-async fn c025_to_c029_failed_logins() {
+async fn c025_to_c029_c032_c038_failed_logins() {
     cases(
         false,
         &[
@@ -297,7 +297,7 @@ async fn c039_failed_login_pause_does_not_block_others() {
 }
 
 #[tokio::test]
-async fn c040_c041_synchronising_literals_and_find() {
+async fn c040_c041_c052_c053_literals_escapes_and_case() {
     let server = TestServer::start("").await;
     let mut client = server.admin().await;
     client
@@ -326,7 +326,7 @@ async fn c040_c041_synchronising_literals_and_find() {
 }
 
 #[tokio::test]
-async fn c042_to_c058_argument_errors() {
+async fn c042_to_c058_c066_argument_errors() {
     cases(
         true,
         &[

@@ -203,7 +203,7 @@ async fn d011_deleted_names_are_stored_verbatim() {
 }
 
 #[tokio::test]
-async fn c084_list_uses_cyrus_mailboxes_db_order() {
+async fn c084_c085_c086_list_order_prefix_and_everything() {
     let (_server, mut c) = admin().await;
     let order = [
         "User.bob",

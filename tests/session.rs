@@ -298,7 +298,7 @@ async fn c112b_long_answers_are_logged_in_4096_byte_records() {
 }
 
 #[tokio::test]
-async fn c113_idle_connections_get_bye() {
+async fn c113_c113a_idle_connections_get_bye() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir, "mupdate_idle_timeout: 1s\n").await;
     let mut idle = server.client().await;
