@@ -1,14 +1,15 @@
 //! The mailbox list on redb: one table of records in Cyrus order, a bounded change log with
 //! a sequence number per committed change, and a feed that publishes each change after its
-//! commit. Reads run on MVCC snapshots and never wait for the writer.
+//! commit. Writes are group-committed (see [`Store::apply`]); reads run on MVCC snapshots
+//! and never wait for a commit.
 
 mod key;
 mod record;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
@@ -39,7 +40,7 @@ pub enum StoreError {
     /// The database was written by an incompatible version.
     #[error("unsupported schema version {0} (this build reads {SCHEMA_VERSION})")]
     Schema(u64),
-    /// The writer thread has stopped.
+    /// The request was dropped before it was committed.
     #[error("the store is shut down")]
     Closed,
 }
@@ -222,17 +223,45 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    requests: std::sync::mpsc::Sender<WriteRequest>,
+    committer: Arc<Committer>,
+    queue: Arc<Mutex<WriteQueue>>,
     feed: broadcast::Sender<Arc<Change>>,
     last_seq: Arc<AtomicU64>,
     epoch: u64,
     stats: Arc<WriterStats>,
 }
 
-use writer::{WriteRequest, Writer};
+use writer::{Committer, WriteRequest};
+
+/// Requests waiting for the next commit, and whether some caller is committing.
+#[derive(Default)]
+struct WriteQueue {
+    pending: Vec<WriteRequest>,
+    leader: bool,
+    /// Size of the last batch: how many writers are likely to come back together.
+    last_batch: usize,
+}
+
+/// Longest a leader waits for the writers of the previous batch to queue again.
+const GATHER_WINDOW: Duration = Duration::from_micros(200);
+
+/// Makes sure a leader that is dropped mid-way (its caller cancelled) still commits what
+/// others queued behind it.
+struct Leadership<'a> {
+    store: &'a Store,
+    done: bool,
+}
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.store.lead();
+        }
+    }
+}
 
 impl Store {
-    /// Opens (or creates) the database at `path` and starts its writer thread.
+    /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
@@ -240,27 +269,21 @@ impl Store {
             .map_err(StoreError::from_redb)?;
         let db = Arc::new(db);
         let (last_seq, epoch) = initialise(&db)?;
-        // Unbounded, but each session has at most one write outstanding.
-        let (requests_tx, requests_rx) = std::sync::mpsc::channel();
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let stats = Arc::new(WriterStats::default());
-        let writer = Writer {
+        let committer = Arc::new(Committer {
             db: db.clone(),
-            requests: requests_rx,
             feed: feed.clone(),
             policy: options.policy,
             changelog_max: options.changelog_max.max(1),
             last_seq: last_seq.clone(),
             metrics: stats.clone(),
-        };
-        std::thread::Builder::new()
-            .name("mupdate-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| StoreError::Database(Arc::new(redb::Error::Io(e))))?;
+        });
         Ok(Store {
             db,
-            requests: requests_tx,
+            committer,
+            queue: Arc::new(Mutex::new(WriteQueue::default())),
             feed,
             last_seq,
             epoch,
@@ -269,12 +292,61 @@ impl Store {
     }
 
     /// Applies a mutation; returns once it is durable (or refused).
+    ///
+    /// Group commit without a writer thread: the first caller to find no commit under way
+    /// becomes the leader. It yields once, so that callers ready at the same moment queue
+    /// behind it, then commits everything queued, again and again until the queue is
+    /// empty. The commit blocks the leader's thread for one fsync; in exchange no request
+    /// crosses threads on its way to the disk and back.
     pub async fn apply(&self, mutation: Mutation) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(WriteRequest { mutation, reply })
-            .map_err(|_| StoreError::Closed)?;
+        let lead = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.pending.push(WriteRequest { mutation, reply });
+            !std::mem::replace(&mut queue.leader, true)
+        };
+        if lead {
+            let mut leadership = Leadership {
+                store: self,
+                done: false,
+            };
+            self.gather().await;
+            self.lead();
+            leadership.done = true;
+        }
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Lets the callers that are ready queue behind the leader. When the previous batch
+    /// was larger, keeps yielding for a moment: clients in a closed loop come back just
+    /// after their OK, and each yield lets the runtime poll their sockets.
+    async fn gather(&self) {
+        let started = std::time::Instant::now();
+        loop {
+            tokio::task::yield_now().await;
+            let (queued, expected) = {
+                let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                (queue.pending.len(), queue.last_batch)
+            };
+            if queued >= expected || started.elapsed() >= GATHER_WINDOW {
+                return;
+            }
+        }
+    }
+
+    fn lead(&self) {
+        loop {
+            let batch = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.pending.is_empty() {
+                    queue.leader = false;
+                    return;
+                }
+                queue.last_batch = queue.pending.len();
+                std::mem::take(&mut queue.pending)
+            };
+            self.committer.commit_and_reply(batch);
+        }
     }
 
     /// The current record of `name`, if any.

@@ -1,5 +1,7 @@
 //! Store tests: the state machine of spec §6, the change feed and persistence.
 
+use std::future::Future;
+
 use super::*;
 
 fn open(dir: &tempfile::TempDir, policy: ConflictPolicy) -> Store {
@@ -129,7 +131,7 @@ async fn changes_carry_filter_servers_and_persist() {
         assert!(!moved.concerns_any(&[b"be1".to_vec()]));
         store.apply(activate("user.b", "be1!p", "")).await.unwrap();
     }
-    // The writer thread exits when the last handle goes; wait for the file lock to drop.
+    // The database closes when its last handle goes.
     let mut reopened = None;
     for _ in 0..100 {
         match Store::open(&dir.path().join("mailboxes.redb"), StoreOptions::default()) {
@@ -175,4 +177,24 @@ async fn concurrent_writers_share_commits() {
     assert_eq!(writes, 64);
     assert!(commits < 64, "the queued writes should share commits");
     assert_eq!(store.snapshot().unwrap().count_by_state().unwrap(), (64, 0));
+}
+
+#[tokio::test]
+async fn a_cancelled_leader_still_commits_for_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, ConflictPolicy::Standard);
+    let mut leader = Box::pin(store.apply(activate("first", "be1!p", "")));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // The first caller becomes the leader and yields, waiting for company.
+    assert!(leader.as_mut().poll(&mut cx).is_pending());
+    let follower = tokio::spawn({
+        let store = store.clone();
+        async move { store.apply(activate("second", "be1!p", "")).await }
+    });
+    tokio::task::yield_now().await;
+    // Its caller gives up: the queued writes must still be committed and answered.
+    drop(leader);
+    assert_eq!(follower.await.unwrap().unwrap(), Outcome::Done);
+    assert!(store.find(b"first").unwrap().is_some());
+    assert!(store.find(b"second").unwrap().is_some());
 }

@@ -1,25 +1,19 @@
-//! The single writer: one thread owns every write transaction. Requests that queue up while a
-//! commit is in flight are applied together and made durable by one commit (group commit);
-//! only then are their callers answered and their changes published.
+//! The write path: requests that queue up while a commit is in flight are applied together
+//! and made durable by one commit (group commit); only then are their callers answered and
+//! their changes published.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Instant;
+
 use redb::{Database, ReadableTable, WriteTransaction};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, oneshot};
 
 use super::key::row_key;
 use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
 use super::{CHANGES, Change, ConflictPolicy, MAILBOXES, Mutation, Outcome, StoreError};
-
-/// Most requests applied in one transaction.
-const MAX_BATCH: usize = 1024;
-
-/// Longest a commit waits for the writers that joined the previous batch.
-const GATHER_WINDOW: Duration = Duration::from_micros(150);
 
 /// The change log may exceed its bound by this much before it is trimmed.
 const TRIM_STEP: u64 = 1024;
@@ -29,9 +23,10 @@ pub(crate) struct WriteRequest {
     pub(crate) reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
-pub(crate) struct Writer {
+/// Owns the write path. Whoever holds leadership (see [`super::Store::apply`]) calls it; redb
+/// allows one write transaction at a time and only the leader opens one.
+pub(crate) struct Committer {
     pub(crate) db: Arc<Database>,
-    pub(crate) requests: mpsc::Receiver<WriteRequest>,
     pub(crate) feed: broadcast::Sender<Arc<Change>>,
     pub(crate) policy: ConflictPolicy,
     pub(crate) changelog_max: u64,
@@ -39,61 +34,28 @@ pub(crate) struct Writer {
     pub(crate) metrics: Arc<super::WriterStats>,
 }
 
-impl Writer {
-    /// Runs until every [`super::Store`] handle is dropped.
-    pub(crate) fn run(self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut expected = 1;
-        while let Ok(first) = self.requests.recv() {
-            batch.push(first);
-            self.gather(&mut batch, expected);
-            expected = batch.len();
-            let started = std::time::Instant::now();
-            match self.commit(&batch) {
-                Ok((outcomes, changes)) => {
-                    self.metrics.record_commit(batch.len(), started.elapsed());
-                    // Publish before answering, so a client that saw OK and then asks a
-                    // streaming connection for a NOOP barrier finds the change queued.
-                    if self.feed.receiver_count() > 0 {
-                        for change in changes {
-                            let _ = self.feed.send(Arc::new(change));
-                        }
-                    }
-                    for (request, outcome) in batch.drain(..).zip(outcomes) {
-                        let _ = request.reply.send(Ok(outcome));
+impl Committer {
+    /// Commits `batch` durably, publishes its changes, then answers each request.
+    pub(crate) fn commit_and_reply(&self, batch: Vec<WriteRequest>) {
+        let started = Instant::now();
+        match self.commit(&batch) {
+            Ok((outcomes, changes)) => {
+                self.metrics.record_commit(batch.len(), started.elapsed());
+                // Publish before answering, so a client that saw OK and then asks a
+                // streaming connection for a NOOP barrier finds the change queued.
+                if self.feed.receiver_count() > 0 {
+                    for change in changes {
+                        let _ = self.feed.send(Arc::new(change));
                     }
                 }
-                Err(error) => {
-                    tracing::error!(%error, batch = batch.len(), "commit failed; no change of this batch was made");
-                    for request in batch.drain(..) {
-                        let _ = request.reply.send(Err(error.clone()));
-                    }
+                for (request, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(Ok(outcome));
                 }
             }
-        }
-    }
-
-    /// Takes what is queued; when the previous batch was larger, waits a moment for that
-    /// many writers, since clients in a closed loop come back just after their OK and
-    /// would otherwise alternate between a batch of one and a batch of the rest.
-    fn gather(&self, batch: &mut Vec<WriteRequest>, expected: usize) {
-        let deadline = Instant::now() + GATHER_WINDOW;
-        while batch.len() < MAX_BATCH {
-            match self.requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(mpsc::TryRecvError::Disconnected) => return,
-                Err(mpsc::TryRecvError::Empty) => {
-                    if batch.len() >= expected {
-                        return;
-                    }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return;
-                    }
-                    match self.requests.recv_timeout(deadline - now) {
-                        Ok(request) => batch.push(request),
-                        Err(_) => return,
-                    }
+            Err(error) => {
+                tracing::error!(%error, batch = batch.len(), "commit failed; no change of this batch was made");
+                for request in batch {
+                    let _ = request.reply.send(Err(error.clone()));
                 }
             }
         }
