@@ -7,6 +7,9 @@
 # Both servers commit every write durably before answering (Cyrus: twoskip with fsync;
 # ours: redb Durability::Immediate). Needs root and Cyrus (scripts/install-test-deps.sh);
 # installs nothing itself. Usage: loadtest/bench.sh [result.json]
+# With PIN=1 both servers run on CPU 0 and the client on CPU 1 (needs 2 CPUs), so both pay
+# the same cross-CPU wake-up per round trip; unpinned, the scheduler decides placement, and
+# on a VM a cross-CPU wake-up costs about 40 us, more than our whole FIND.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-}
@@ -21,10 +24,16 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+server_cpu=()
+client_cpu=()
+if [ "${PIN:-0}" = 1 ]; then
+    server_cpu=(taskset -c 0)
+    client_cpu=(taskset -c 1)
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cport=$(free_port)
-cyrus_pid=$(loadtest/cyrus-master.sh start "$work/cyrus" "$cport")
+cyrus_pid=$("${server_cpu[@]}" loadtest/cyrus-master.sh start "$work/cyrus" "$cport")
 
 mkdir -p "$work/ours"
 printf 'mupdate:{PLAIN}mupdatepass\n' > "$work/ours/passwd"
@@ -38,7 +47,7 @@ mupdate_passwd_file: $work/ours/passwd
 mupdate_listen: 127.0.0.1:0
 mupdate_connections_max: 256
 CONF
-RUST_LOG=warn,mupdate::app=info target/release/mupdate -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
+RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" target/release/mupdate -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
 ours_pid=$!
 for _ in $(seq 1 100); do
     oport=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/ours/log" | head -n 1 | cut -d: -f2 || true)
@@ -50,7 +59,7 @@ done
 run() { # server port label args...
     local server=$1 port=$2 label=$3; shift 3
     local json
-    json=$("$load" --addr "127.0.0.1:$port" "$@")
+    json=$("${client_cpu[@]}" "$load" --addr "127.0.0.1:$port" "$@")
     echo "{\"server\":\"$server\",\"test\":\"$label\",\"result\":$json}" | tee -a "$work/results.jsonl" >&2
 }
 for side in cyrus ours; do
