@@ -178,7 +178,7 @@ async fn serve(settings: Settings, role: Role) -> Result<(), Fatal> {
     }
     tracing::info!(%address, role = ?ctx.role, db = %ctx.settings.db_path.display(), "listening on {address}");
     server::run(listener, ctx.clone()).await;
-    let (commits, writes, commit_micros) = ctx.store.writer_stats().snapshot();
+    let (commits, writes, commit_micros) = ctx.store.commit_stats().snapshot();
     tracing::info!(
         commits,
         writes,

@@ -47,16 +47,7 @@ fn encode_record(out: &mut Vec<u8>, tag: &[u8], record: &RecordRef<'_>) {
 /// The stream notice for a committed change (spec §7.2), tagged with the UPDATE tag.
 pub(super) fn encode_change(out: &mut Vec<u8>, tag: &[u8], change: &Change) {
     match &change.record {
-        Some(record) => encode_record(
-            out,
-            tag,
-            &RecordRef {
-                name: &record.name,
-                state: record.state,
-                location: &record.location,
-                acl: &record.acl,
-            },
-        ),
+        Some(record) => encode_record(out, tag, &record.as_ref()),
         None => response::delete(out, tag, &change.name),
     }
 }
@@ -106,17 +97,7 @@ impl Session {
             }
             CommandKind::Find { name } => {
                 match self.ctx.store.find(&name) {
-                    Ok(Some(record)) => encode_change(
-                        &mut self.out,
-                        &tag,
-                        &Change {
-                            seq: 0,
-                            name: record.name.clone(),
-                            record: Some(record),
-                            old_server: None,
-                            given_server: None,
-                        },
-                    ),
+                    Ok(Some(record)) => encode_record(&mut self.out, &tag, &record.as_ref()),
                     Ok(None) => {}
                     Err(error) => {
                         tracing::error!(%error, "FIND failed");

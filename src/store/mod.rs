@@ -169,15 +169,15 @@ impl Change {
     }
 }
 
-/// Counters the writer keeps for observability.
+/// Commit counters, for observability.
 #[derive(Debug, Default)]
-pub struct WriterStats {
+pub struct CommitStats {
     commits: AtomicU64,
     writes: AtomicU64,
     commit_micros: AtomicU64,
 }
 
-impl WriterStats {
+impl CommitStats {
     fn record_commit(&self, batch: usize, took: Duration) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(batch as u64, Ordering::Relaxed);
@@ -228,7 +228,7 @@ pub struct Store {
     feed: broadcast::Sender<Arc<Change>>,
     last_seq: Arc<AtomicU64>,
     epoch: u64,
-    stats: Arc<WriterStats>,
+    stats: Arc<CommitStats>,
 }
 
 use writer::{Committer, WriteRequest};
@@ -271,7 +271,7 @@ impl Store {
         let (last_seq, epoch) = initialise(&db)?;
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let last_seq = Arc::new(AtomicU64::new(last_seq));
-        let stats = Arc::new(WriterStats::default());
+        let stats = Arc::new(CommitStats::default());
         let committer = Arc::new(Committer {
             db: db.clone(),
             feed: feed.clone(),
@@ -390,7 +390,7 @@ impl Store {
     }
 
     /// Commit counters.
-    pub fn writer_stats(&self) -> &WriterStats {
+    pub fn commit_stats(&self) -> &CommitStats {
         &self.stats
     }
 }
@@ -457,6 +457,18 @@ pub struct RecordRef<'a> {
     pub location: &'a [u8],
     /// ACL (empty for reserved).
     pub acl: &'a [u8],
+}
+
+impl MailboxRecord {
+    /// A borrowed view of this record.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            name: &self.name,
+            state: self.state,
+            location: &self.location,
+            acl: &self.acl,
+        }
+    }
 }
 
 impl Snapshot {

@@ -173,7 +173,7 @@ async fn concurrent_writers_share_commits() {
     for task in tasks {
         assert_eq!(task.await.unwrap().unwrap(), Outcome::Done);
     }
-    let (commits, writes, _) = store.writer_stats().snapshot();
+    let (commits, writes, _) = store.commit_stats().snapshot();
     assert_eq!(writes, 64);
     assert!(commits < 64, "the queued writes should share commits");
     assert_eq!(store.snapshot().unwrap().count_by_state().unwrap(), (64, 0));

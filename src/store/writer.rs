@@ -31,7 +31,7 @@ pub(crate) struct Committer {
     pub(crate) policy: ConflictPolicy,
     pub(crate) changelog_max: u64,
     pub(crate) last_seq: Arc<AtomicU64>,
-    pub(crate) metrics: Arc<super::WriterStats>,
+    pub(crate) metrics: Arc<super::CommitStats>,
 }
 
 impl Committer {
