@@ -389,6 +389,21 @@ impl Store {
         self.epoch
     }
 
+    /// First and last sequence numbers still in the change log (`None` when it is empty).
+    pub fn changelog_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let log = txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
+        let first = log
+            .first()
+            .map_err(StoreError::from_redb)?
+            .map(|(k, _)| k.value());
+        let last = log
+            .last()
+            .map_err(StoreError::from_redb)?
+            .map(|(k, _)| k.value());
+        Ok(first.zip(last))
+    }
+
     /// Commit counters.
     pub fn commit_stats(&self) -> &CommitStats {
         &self.stats

@@ -198,3 +198,30 @@ async fn a_cancelled_leader_still_commits_for_the_others() {
     assert!(store.find(b"first").unwrap().is_some());
     assert!(store.find(b"second").unwrap().is_some());
 }
+
+#[tokio::test]
+async fn change_log_stays_bounded_and_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("mailboxes.redb"),
+        StoreOptions {
+            changelog_max: 10,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let writes = 1_100;
+    let tasks: Vec<_> = (0..writes)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.apply(activate(&format!("m{i}"), "h!p", "")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let (first, last) = store.changelog_range().unwrap().unwrap();
+    assert_eq!(last, writes);
+    assert!(last - first < 10 + 1024, "log holds {first}..={last}");
+    assert_eq!(store.snapshot().unwrap().seq(), writes);
+}
