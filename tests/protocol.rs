@@ -504,3 +504,22 @@ async fn c064_c065_long_invalid_arguments_keep_the_connection() {
         .await;
     client.expect_quiet().await;
 }
+
+#[tokio::test]
+async fn passwd_file_login_with_every_scheme() {
+    use mupdate::auth::passwd_file::{Scheme, hash};
+    for scheme in [Scheme::Argon2id, Scheme::Ssha256, Scheme::Plain] {
+        let server = TestServer::start("").await;
+        let line = hash(scheme, b"mupdatepass").unwrap();
+        // The file is read at each login, so it can be replaced under a running server.
+        std::fs::write(server.path().join("passwd"), format!("mupdate:{line}\n")).unwrap();
+        let mut good = server.client().await;
+        good.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+        let mut bad = server.client().await;
+        bad.exchange(
+            format!("X1 AUTHENTICATE \"PLAIN\" \"{B64_BAD}\"\r\n").as_bytes(),
+            b"X1 NO \"undefined error!\"\r\n",
+        )
+        .await;
+    }
+}
