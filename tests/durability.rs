@@ -57,20 +57,7 @@ async fn writer(
 
 /// Names in a LIST answer.
 fn listed_names(answer: &[u8]) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = answer;
-    while let Some(at) = find(rest, b" MAILBOX {").or_else(|| find(rest, b" RESERVE {")) {
-        rest = &rest[at + 10..];
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        let len: usize = std::str::from_utf8(&rest[..digits])
-            .unwrap()
-            .parse()
-            .unwrap();
-        rest = &rest[digits + 4..]; // "+}\r\n"
-        names.insert(String::from_utf8_lossy(&rest[..len]).into_owned());
-        rest = &rest[len..];
-    }
-    names
+    parse_records(answer).into_iter().map(|r| r.name).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //! configdirectory, and a raw MUPDATE client that compares bytes.
 #![allow(dead_code)]
 
+pub mod cyrus;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -277,6 +279,56 @@ pub fn reserve(tag: &str, name: &str, location: &str) -> Vec<u8> {
 /// The expected `DELETE` response bytes.
 pub fn delete(tag: &str, name: &str) -> Vec<u8> {
     format!("{tag} DELETE {{{}+}}\r\n{name}\r\n", name.len()).into_bytes()
+}
+
+/// One record of a LIST, UPDATE or FIND answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub active: bool,
+    pub name: String,
+    pub location: String,
+    pub acl: String,
+}
+
+/// Parses the `MAILBOX` and `RESERVE` responses (literal form) of a server answer.
+pub fn parse_records(answer: &[u8]) -> Vec<Listed> {
+    fn literal(rest: &mut &[u8]) -> String {
+        let open = find(rest, b"{").expect("literal");
+        let close = find(rest, b"+}\r\n").expect("literal end");
+        let len: usize = std::str::from_utf8(&rest[open + 1..close])
+            .expect("digits")
+            .parse()
+            .expect("length");
+        let value = String::from_utf8_lossy(&rest[close + 4..close + 4 + len]).into_owned();
+        *rest = &rest[close + 4 + len..];
+        value
+    }
+    let mut records = Vec::new();
+    let mut rest = answer;
+    loop {
+        let mailbox = find(rest, b" MAILBOX {");
+        let reserve = find(rest, b" RESERVE {");
+        let (at, active) = match (mailbox, reserve) {
+            (Some(m), Some(r)) if m < r => (m, true),
+            (Some(m), None) => (m, true),
+            (_, Some(r)) => (r, false),
+            (None, None) => return records,
+        };
+        rest = &rest[at + 9..];
+        let name = literal(&mut rest);
+        let location = literal(&mut rest);
+        let acl = if active {
+            literal(&mut rest)
+        } else {
+            String::new()
+        };
+        records.push(Listed {
+            active,
+            name,
+            location,
+            acl,
+        });
+    }
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -1,0 +1,217 @@
+//! The Cyrus fixture: real Cyrus 3.6.1 processes (Debian's `cyrus-murder`) under Cyrus
+//! master(8), each from a private directory on 127.0.0.1, stopped by pid. Every interop
+//! scenario builds on this one module.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian installs Cyrus's programs.
+pub const CYRUS_BIN: &str = "/usr/lib/cyrus/bin";
+
+/// A Cyrus master(8) running one service.
+pub struct Cyrus {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    master_pid: u32,
+}
+
+/// What the instance runs.
+pub enum Service<'a> {
+    /// `mupdate -m`
+    MupdateMaster,
+    /// `mupdate` replicating from `master` (host:port)
+    MupdateSlave { master: &'a str, retry_delay: u32 },
+}
+
+/// A port the OS had free a moment ago (Cyrus needs its port in cyrus.conf).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Whether the Cyrus fixture can run here; without Cyrus (or root) the caller skips, and
+/// under `CI=true` that is a failure.
+pub fn available(test: &str) -> bool {
+    if !super::cyrus_available(test, &format!("{CYRUS_BIN}/master")) {
+        return false;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: Cyrus master(8) needs root under CI"
+        );
+        eprintln!("SKIPPED {test}: Cyrus master(8) needs root (it drops to user cyrus)");
+        return false;
+    }
+    true
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl Cyrus {
+    /// Starts master(8) with `service` named `servername`, and waits for its banner.
+    pub fn start(service: Service<'_>, servername: &str, extra: &str) -> Cyrus {
+        let dir = tempfile::Builder::new()
+            .prefix("cyrus-fixture")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().to_owned();
+        for sub in ["conf/socket", "conf/proc", "conf/lock", "conf/log", "spool"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        let (mode, service_conf) = match service {
+            Service::MupdateMaster => ("-m", String::new()),
+            Service::MupdateSlave {
+                master,
+                retry_delay,
+            } => (
+                "",
+                format!(
+                    "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\nmupdate_retry_delay: {retry_delay}\n"
+                ),
+            ),
+        };
+        let r = root.display();
+        std::fs::write(
+            root.join("imapd.conf"),
+            format!(
+                "configdirectory: {r}/conf\nproc_path: {r}/conf/proc\nmboxname_lockpath: {r}/conf/lock\n\
+                 defaultpartition: default\npartition-default: {r}/spool\nservername: {servername}\n\
+                 admins: mupdate\nallowplaintext: yes\nsasl_pwcheck_method: auxprop\nsasl_auxprop_plugin: sasldb\n\
+                 sasl_sasldb_path: {r}/sasldb2\nsasl_mech_list: PLAIN\nsasl_auto_transition: no\nfailedloginpause: 0\n\
+                 {service_conf}{extra}"
+            ),
+        )
+        .expect("imapd.conf");
+        let port = free_port();
+        std::fs::write(
+            root.join("cyrus.conf"),
+            format!(
+                "START {{\n}}\nSERVICES {{\n  mupdate cmd=\"mupdate -C {r}/imapd.conf {mode}\" listen=\"127.0.0.1:{port}\" prefork=1\n}}\nEVENTS {{\n}}\n"
+            ),
+        )
+        .expect("cyrus.conf");
+        for (user, password) in [("mupdate", "mupdatepass"), ("bob", "bobpass")] {
+            let mut child = Command::new("saslpasswd2")
+                .args(["-p", "-c", "-f"])
+                .arg(root.join("sasldb2"))
+                .args(["-u", servername, user])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("saslpasswd2");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(format!("{password}\n").as_bytes())
+                .expect("password");
+            assert!(child.wait().expect("saslpasswd2").success());
+        }
+        // master(8) drops to user cyrus: it must reach and own the instance directory.
+        run(Command::new("chmod").arg("755").arg(&root));
+        run(Command::new("chown").args(["-R", "cyrus"]).arg(&root));
+        run(Command::new("chmod").arg("640").arg(root.join("sasldb2")));
+        run(Command::new(format!("{CYRUS_BIN}/master"))
+            .arg("-d")
+            .arg("-C")
+            .arg(root.join("imapd.conf"))
+            .arg("-M")
+            .arg(root.join("cyrus.conf"))
+            .arg("-p")
+            .arg(root.join("master.pid"))
+            .arg("-L")
+            .arg(root.join("master.log")));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let master_pid = loop {
+            if let Ok(text) = std::fs::read_to_string(root.join("master.pid"))
+                && let Ok(pid) = text.trim().parse::<u32>()
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "master(8) wrote no pid file");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let cyrus = Cyrus {
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            master_pid,
+        };
+        cyrus.wait_for_banner(Duration::from_secs(60));
+        cyrus
+    }
+
+    /// Waits until the service greets (a slave greets only after its first sync).
+    pub fn wait_for_banner(&self, patience: Duration) {
+        use std::io::Read;
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = std::net::TcpStream::connect(self.addr) {
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if super::find(&seen, b"* OK MUPDATE").is_some() {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "Cyrus on {} did not greet; master.log: {}",
+            self.addr,
+            std::fs::read_to_string(self.path().join("master.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// Runs a Cyrus tool as user cyrus with this instance's configuration.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Output {
+        run(Command::new("runuser")
+            .args(["-u", "cyrus", "--"])
+            .arg(Path::new(CYRUS_BIN).join(name))
+            .arg("-C")
+            .arg(self.path().join("imapd.conf"))
+            .args(args))
+    }
+}
+
+impl Drop for Cyrus {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let master = Pid::from_raw(self.master_pid as i32);
+        let _ = kill(master, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kill(master, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if kill(master, None).is_ok() {
+            let _ = kill(master, Signal::SIGKILL);
+        }
+    }
+}
