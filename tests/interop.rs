@@ -132,16 +132,7 @@ async fn scenario1_cyrus_slave_follows_our_master() {
         );
         assert_eq!(entry["server"], server, "{record:?}");
         assert_eq!(entry["partition"], partition, "{record:?}");
-        let mut theirs: Vec<(String, String)> = entry["acl"]
-            .as_object()
-            .expect("acl")
-            .iter()
-            .map(|(id, rights)| (id.clone(), rights.as_str().unwrap_or_default().to_owned()))
-            .collect();
-        let mut ours = acl_pairs(&record.acl);
-        theirs.sort();
-        ours.sort();
-        assert_eq!(theirs, ours, "{record:?}");
+        assert_eq!(acl_of(entry), acl_pairs(&record.acl), "{record:?}");
     }
 
     // Changes made while the slave is connected reach it too, including deletes.
@@ -178,12 +169,207 @@ async fn scenario1_cyrus_slave_follows_our_master() {
     }
 }
 
-/// `id TAB rights TAB` pairs of a Cyrus ACL.
+/// `id TAB rights TAB` pairs of a Cyrus ACL, sorted (mailboxes.db keeps them as a map).
 fn acl_pairs(acl: &str) -> Vec<(String, String)> {
     let fields: Vec<&str> = acl.split('\t').collect();
-    fields
+    let mut pairs: Vec<(String, String)> = fields
         .chunks(2)
         .filter(|pair| pair.len() == 2)
         .map(|pair| (pair[0].to_owned(), pair[1].to_owned()))
-        .collect()
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// A tiny IMAP client: enough to drive a backend as an administrator would.
+struct Imap {
+    client: Client,
+    next: usize,
+}
+
+impl Imap {
+    async fn login(addr: std::net::SocketAddr) -> Imap {
+        let mut client = Client::connect(addr).await;
+        client.read_until(b"\r\n").await;
+        let mut imap = Imap { client, next: 0 };
+        imap.ok("LOGIN admin adminpass").await;
+        imap
+    }
+
+    /// Runs `command`, asserting a tagged OK.
+    async fn ok(&mut self, command: &str) {
+        self.next += 1;
+        let tag = format!("i{}", self.next);
+        self.client
+            .send(format!("{tag} {command}\r\n").as_bytes())
+            .await;
+        let mut answer = Vec::new();
+        loop {
+            let line = self.client.read_until(b"\r\n").await;
+            let done = line.starts_with(format!("{tag} ").as_bytes());
+            answer.extend_from_slice(&line);
+            if done {
+                assert!(
+                    line.starts_with(format!("{tag} OK").as_bytes()),
+                    "IMAP {command}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// What our master holds for `name`, if anything.
+async fn find_record(client: &mut Client, name: &str) -> Option<Listed> {
+    client
+        .send(format!("F FIND \"{name}\"\r\n").as_bytes())
+        .await;
+    let answer = client.read_until(b"F OK \"Search completed\"\r\n").await;
+    parse_records(&answer).into_iter().next()
+}
+
+/// The backend's own record of `name`, from its mailboxes.db.
+fn backend_record(backend: &Cyrus, name: &str) -> serde_json::Value {
+    let dump = backend.tool("ctl_mboxlist", &["-d"]);
+    let dumped: serde_json::Value =
+        serde_json::from_slice(&dump.stdout).expect("ctl_mboxlist -d prints JSON");
+    dumped[name].clone()
+}
+
+fn acl_of(entry: &serde_json::Value) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = entry["acl"]
+        .as_object()
+        .map(|acl| {
+            acl.iter()
+                .map(|(id, rights)| (id.clone(), rights.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    pairs.sort();
+    pairs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario2_scenario3_cyrus_backend_pushes_to_our_master() {
+    if !cyrus::available("scenario2_cyrus_backend_pushes_to_our_master") {
+        return;
+    }
+    let master = TestServer::start("").await;
+    let mut ours = master.admin().await;
+    // A stale entry the backend does not have: ctl_mboxlist -m must remove it.
+    ours.exchange(
+        b"S1 ACTIVATE \"user.stale\" \"be1!default\" \"stale\tlrs\t\"\r\n",
+        b"S1 OK \"done\"\r\n",
+    )
+    .await;
+    let mupdate = master.addr.to_string();
+    let backend = tokio::task::spawn_blocking(move || {
+        Cyrus::start(Service::Backend { mupdate: &mupdate }, "be1", "")
+    })
+    .await
+    .expect("start the Cyrus backend");
+    let mut imap = Imap::login(backend.addr).await;
+
+    // CREATE: the backend reserves, then activates, with its own location and ACL.
+    for name in [
+        "user.carol",
+        "user.carol.sub",
+        "user.carol-a",
+        "user.carol.sub.deep",
+        "user.carol.old",
+    ] {
+        imap.ok(&format!("CREATE {name}")).await;
+    }
+    let carol = find_record(&mut ours, "user.carol")
+        .await
+        .expect("user.carol on our master");
+    assert!(carol.active);
+    assert_eq!(carol.location, "be1!default");
+    let theirs = backend_record(&backend, "user.carol");
+    assert_eq!(acl_pairs(&carol.acl), acl_of(&theirs));
+
+    // SETACL: a new ACTIVATE with the new ACL.
+    imap.ok("SETACL user.carol anyone lrs").await;
+    let carol = find_record(&mut ours, "user.carol")
+        .await
+        .expect("user.carol");
+    assert!(carol.acl.contains("anyone\tlrs\t"), "{carol:?}");
+    assert_eq!(
+        acl_pairs(&carol.acl),
+        acl_of(&backend_record(&backend, "user.carol"))
+    );
+
+    // RENAME: the old name goes, the new one arrives as Cyrus 3.6.1 sends it.
+    imap.ok("RENAME user.carol.old user.carol.new").await;
+    assert_eq!(find_record(&mut ours, "user.carol.old").await, None);
+    let renamed = find_record(&mut ours, "user.carol.new")
+        .await
+        .expect("renamed mailbox");
+    assert!(
+        renamed.active && renamed.location.starts_with("be1!"),
+        "{renamed:?}"
+    );
+
+    // DELETE (delayed, Cyrus's default): the name goes, a DELETED.… name arrives verbatim.
+    // An admin must grant itself the right to delete a user's folder.
+    imap.ok("SETACL user.carol.sub.deep admin lrswipkxtecda")
+        .await;
+    imap.ok("DELETE user.carol.sub.deep").await;
+    assert_eq!(find_record(&mut ours, "user.carol.sub.deep").await, None);
+    let listed = parse_records(&list(&mut ours).await);
+    assert!(
+        listed
+            .iter()
+            .any(|r| r.name.starts_with("DELETED.user.carol.sub.deep.")),
+        "{listed:?}"
+    );
+
+    // Scenario 3: ctl_mboxlist -m pushes the backend's list and reconciles ours. Its walk
+    // and our LIST must agree on Cyrus order (user.carol.sub before user.carol-a), or it
+    // aborts with "mupdate said not us before it said us".
+    let push = {
+        let path = backend.path();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("runuser")
+                .args(["-u", "cyrus", "--", "/usr/lib/cyrus/bin/ctl_mboxlist", "-C"])
+                .arg(path.join("imapd.conf"))
+                .arg("-m")
+                .output()
+                .expect("ctl_mboxlist -m")
+        })
+        .await
+        .expect("ctl_mboxlist")
+    };
+    assert!(
+        push.status.success(),
+        "ctl_mboxlist -m failed: {}{}",
+        String::from_utf8_lossy(&push.stdout),
+        String::from_utf8_lossy(&push.stderr)
+    );
+    assert_eq!(
+        find_record(&mut ours, "user.stale").await,
+        None,
+        "stale entry kept"
+    );
+    let ours_now: Vec<String> = parse_records(&list(&mut ours).await)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let dump = backend.tool("ctl_mboxlist", &["-d"]);
+    let dumped: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&dump.stdout).expect("JSON");
+    // Cyrus 3.6 keeps tombstones of renamed and deleted mailboxes (type with `d`).
+    let mut theirs: Vec<String> = dumped
+        .iter()
+        .filter(|(_, entry)| !entry["mbtype"].as_str().unwrap_or_default().contains('d'))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut sorted_ours = ours_now.clone();
+    sorted_ours.sort();
+    theirs.sort();
+    assert_eq!(
+        sorted_ours, theirs,
+        "our master and the backend list the same mailboxes"
+    );
 }

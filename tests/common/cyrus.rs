@@ -23,6 +23,8 @@ pub enum Service<'a> {
     MupdateMaster,
     /// `mupdate` replicating from `master` (host:port)
     MupdateSlave { master: &'a str, retry_delay: u32 },
+    /// A backend: `imapd` whose mailbox changes go to the MUPDATE master `mupdate`.
+    Backend { mupdate: &'a str },
 }
 
 /// A port the OS had free a moment ago (Cyrus needs its port in cyrus.conf).
@@ -75,25 +77,38 @@ impl Cyrus {
         for sub in ["conf/socket", "conf/proc", "conf/lock", "conf/log", "spool"] {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
         }
-        let (mode, service_conf) = match service {
-            Service::MupdateMaster => ("-m", String::new()),
+        let r = root.display();
+        let (entry, program, greeting, service_conf) = match service {
+            Service::MupdateMaster => {
+                ("mupdate", "mupdate -m", &b"* OK MUPDATE"[..], String::new())
+            }
             Service::MupdateSlave {
                 master,
                 retry_delay,
             } => (
-                "",
+                "mupdate",
+                "mupdate",
+                &b"* OK MUPDATE"[..],
                 format!(
                     "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\nmupdate_retry_delay: {retry_delay}\n"
                 ),
             ),
+            Service::Backend { mupdate } => (
+                "imap",
+                "imapd",
+                &b"* OK "[..],
+                format!(
+                    "mupdate_server: {mupdate}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+                     proxyservers: proxy\nunixhierarchysep: no\naltnamespace: no\n"
+                ),
+            ),
         };
-        let r = root.display();
         std::fs::write(
             root.join("imapd.conf"),
             format!(
                 "configdirectory: {r}/conf\nproc_path: {r}/conf/proc\nmboxname_lockpath: {r}/conf/lock\n\
                  defaultpartition: default\npartition-default: {r}/spool\nservername: {servername}\n\
-                 admins: mupdate\nallowplaintext: yes\nsasl_pwcheck_method: auxprop\nsasl_auxprop_plugin: sasldb\n\
+                 admins: mupdate admin\nallowplaintext: yes\nsasl_pwcheck_method: auxprop\nsasl_auxprop_plugin: sasldb\n\
                  sasl_sasldb_path: {r}/sasldb2\nsasl_mech_list: PLAIN\nsasl_auto_transition: no\nfailedloginpause: 0\n\
                  {service_conf}{extra}"
             ),
@@ -103,11 +118,15 @@ impl Cyrus {
         std::fs::write(
             root.join("cyrus.conf"),
             format!(
-                "START {{\n}}\nSERVICES {{\n  mupdate cmd=\"mupdate -C {r}/imapd.conf {mode}\" listen=\"127.0.0.1:{port}\" prefork=1\n}}\nEVENTS {{\n}}\n"
+                "START {{\n}}\nSERVICES {{\n  {entry} cmd=\"{program} -C {r}/imapd.conf\" listen=\"127.0.0.1:{port}\" prefork=1\n}}\nEVENTS {{\n}}\n"
             ),
         )
         .expect("cyrus.conf");
-        for (user, password) in [("mupdate", "mupdatepass"), ("bob", "bobpass")] {
+        for (user, password) in [
+            ("mupdate", "mupdatepass"),
+            ("bob", "bobpass"),
+            ("admin", "adminpass"),
+        ] {
             let mut child = Command::new("saslpasswd2")
                 .args(["-p", "-c", "-f"])
                 .arg(root.join("sasldb2"))
@@ -153,12 +172,12 @@ impl Cyrus {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             master_pid,
         };
-        cyrus.wait_for_banner(Duration::from_secs(60));
+        cyrus.wait_for_greeting(greeting, Duration::from_secs(60));
         cyrus
     }
 
     /// Waits until the service greets (a slave greets only after its first sync).
-    pub fn wait_for_banner(&self, patience: Duration) {
+    pub fn wait_for_greeting(&self, greeting: &[u8], patience: Duration) {
         use std::io::Read;
         let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
@@ -171,7 +190,7 @@ impl Cyrus {
                         break;
                     }
                     seen.extend_from_slice(&buf[..n]);
-                    if super::find(&seen, b"* OK MUPDATE").is_some() {
+                    if super::find(&seen, greeting).is_some() {
                         return;
                     }
                 }
