@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command};
 use crate::config::{self, MupdateConfig, Settings};
+use crate::cyrus_master::{self, Launch};
 use crate::server::{self, Role, ServerContext};
 use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
 
@@ -43,6 +44,8 @@ pub fn main(cli: Cli) -> i32 {
     }
     crate::observability::init_logging();
     let result = (|| {
+        // First, since under master(8) this may re-execute the program.
+        let launch = cyrus_master::detect()?;
         let settings = config::load(&cli.config).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
         let role = choose_role(&cli, &settings)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -51,7 +54,7 @@ pub fn main(cli: Cli) -> i32 {
             .enable_all()
             .build()
             .map_err(|e| fatal(EXIT_OS, format!("cannot start the runtime: {e}")))?;
-        runtime.block_on(serve(settings, role))
+        runtime.block_on(serve(settings, role, launch))
     })();
     match result {
         Ok(()) => 0,
@@ -125,13 +128,45 @@ fn names_this_host(server: &str) -> bool {
     host.eq_ignore_ascii_case(own.trim())
 }
 
-async fn serve(settings: Settings, role: Role) -> Result<(), Fatal> {
-    if let Some(parent) = settings.db_path.parent()
-        && !parent.as_os_str().is_empty()
+/// Holds `<configdirectory>/mupdate.lock` for the life of the process, so that a second
+/// instance (such as master(8)'s second address family) stops at once with exit 78.
+fn lock_instance(settings: &Settings) -> Result<std::fs::File, Fatal> {
+    for dir in [
+        Some(settings.config_directory.as_path()),
+        settings.db_path.parent(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|d| !d.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| fatal(EXIT_OS, format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fatal(EXIT_OS, format!("cannot create {}: {e}", dir.display())))?;
     }
+    let path = settings.config_directory.join("mupdate.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fatal(EXIT_OS, format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(fatal(
+            EXIT_CONFIG,
+            format!(
+                "{} is held: another mupdate serves this configdirectory (database in use)",
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(fatal(
+            EXIT_OS,
+            format!("cannot lock {}: {e}", path.display()),
+        )),
+    }
+}
+
+async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fatal> {
+    let _lock = lock_instance(&settings)?;
     let policy = if settings.replicated_writes() {
         ConflictPolicy::Replicated
     } else {
@@ -159,18 +194,31 @@ async fn serve(settings: Settings, role: Role) -> Result<(), Fatal> {
             format!("{}: {other}", settings.db_path.display()),
         ),
     })?;
-    let listener = TcpListener::bind(&settings.listen).await.map_err(|e| {
-        fatal(
-            EXIT_OS,
-            format!("cannot listen on {}: {e}", settings.listen),
-        )
-    })?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let ctx = ServerContext::new(settings, store, role, shutdown.clone());
+    let listener = match launch {
+        Launch::Standalone => TcpListener::bind(&ctx.settings.listen).await.map_err(|e| {
+            fatal(
+                EXIT_OS,
+                format!("cannot listen on {}: {e}", ctx.settings.listen),
+            )
+        })?,
+        Launch::UnderMaster(link) => {
+            let link = Arc::new(link);
+            let listener = link
+                .listener
+                .try_clone()
+                .and_then(TcpListener::from_std)
+                .map_err(|e| fatal(EXIT_OS, format!("master's listening socket: {e}")))?;
+            tokio::spawn(watch_master(link, shutdown));
+            listener
+        }
+    };
     let address = listener
         .local_addr()
         .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
-    let ctx = Arc::new(ServerContext::new(settings, store, role, shutdown));
+    let ctx = Arc::new(ctx);
     if !ctx.auth.has_password_source() {
         tracing::warn!(
             "no password source: set mupdate_passwd_file or sasl_pwcheck_method: saslauthd"
@@ -186,6 +234,20 @@ async fn serve(settings: Settings, role: Role) -> Result<(), Fatal> {
         "shut down"
     );
     Ok(())
+}
+
+/// Shuts down when master(8) dies without a shutdown (spec §16.3), as its socket and pipe
+/// would otherwise keep an orphan serving and a restarted master could not bind.
+async fn watch_master(link: Arc<cyrus_master::MasterLink>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if link.master_gone() {
+            tracing::warn!("Cyrus master(8) is gone; shutting down");
+            shutdown.cancel();
+            return;
+        }
+    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), Fatal> {

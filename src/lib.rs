@@ -7,6 +7,7 @@
 //! - [`auth`]: SASL PLAIN and the password sources (passwd file, saslauthd);
 //! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
 //! - [`observability`]: logging set-up;
+//! - [`cyrus_master`]: running as a service of Cyrus master(8) (fd handoff, status pipe);
 //! - [`app`]: the composition root that wires them together.
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod cyrus_master;
 pub mod observability;
 pub mod protocol;
 pub mod server;

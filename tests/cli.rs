@@ -156,3 +156,32 @@ fn hash_password_lines_log_in() {
         assert!(!line.contains("mupdatepass") || scheme == "plain");
     }
 }
+
+#[test]
+fn under_master_without_its_descriptors_exits_71_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let out = mupdate()
+        .arg("-C")
+        .arg(&conf)
+        .arg("-m")
+        .env("CYRUS_SERVICE", "mupdate")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(71),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fd 4"));
+    let out = mupdate()
+        .arg("-C")
+        .arg(&conf)
+        .arg("-m")
+        .env("CYRUS_SERVICE", "mupdate")
+        .env("CYRUS_ISDAEMON", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}

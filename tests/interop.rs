@@ -373,3 +373,106 @@ async fn scenario2_scenario3_cyrus_backend_pushes_to_our_master() {
         "our master and the backend list the same mailboxes"
     );
 }
+
+/// Waits until master(8) has exactly one live child and returns it.
+async fn only_child(cyrus: &Cyrus, not: Option<u32>) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children = cyrus.children();
+        if let [child] = children[..]
+            && Some(child) != not
+        {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "master's children: {children:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario5_cyrus_master_runs_our_server() {
+    if !cyrus::available("scenario5_cyrus_master_runs_our_server") {
+        return;
+    }
+    let cyrus = tokio::task::spawn_blocking(|| Cyrus::start(Service::Ours, "mupdate-master", ""))
+        .await
+        .expect("start master(8) with our mupdate");
+    let mut client = Client::connect(cyrus.addr).await;
+    let banner = client.read_banner().await;
+    assert!(
+        banner.ends_with(b"\"(master)\"\r\n"),
+        "{}",
+        String::from_utf8_lossy(&banner)
+    );
+    client.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    client
+        .exchange(
+            b"A1 ACTIVATE \"user.m8\" \"be1!default\" \"m\tlrs\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    drop(client);
+
+    // One instance serves everyone: 20 connections in a row, then 20 at once.
+    let child = only_child(&cyrus, None).await;
+    for _ in 0..20 {
+        let mut c = Client::connect(cyrus.addr).await;
+        c.read_banner().await;
+        c.send(b"Q LOGOUT\r\n").await;
+        c.expect_eof(b"Q OK \"bye-bye\"\r\n").await;
+    }
+    let parallel: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = cyrus.addr;
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                c.read_banner().await;
+                c.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+                c.exchange(
+                    b"F FIND \"user.m8\"\r\n",
+                    b"F MAILBOX {7+}\r\nuser.m8 {11+}\r\nbe1!default {6+}\r\nm\tlrs\t\r\nF OK \"Search completed\"\r\n",
+                )
+                .await;
+            })
+        })
+        .collect();
+    for task in parallel {
+        task.await.expect("parallel client");
+    }
+    assert_eq!(
+        cyrus.children(),
+        vec![child],
+        "one instance served every connection"
+    );
+
+    // SIGHUP recycles the instance: it exits 0 and a fresh one serves the same data.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cyrus.master_pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP master");
+    let fresh = only_child(&cyrus, Some(child)).await;
+    let mut c = Client::connect(cyrus.addr).await;
+    c.read_banner().await;
+    c.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    c.exchange(
+        b"F FIND \"user.m8\"\r\n",
+        b"F MAILBOX {7+}\r\nuser.m8 {11+}\r\nbe1!default {6+}\r\nm\tlrs\t\r\nF OK \"Search completed\"\r\n",
+    )
+    .await;
+    assert_eq!(only_child(&cyrus, Some(child)).await, fresh);
+    // Our stderr goes to master's -L file: the old instance shut down cleanly.
+    let log = std::fs::read_to_string(cyrus.path().join("master.log")).unwrap_or_default();
+    assert!(log.contains("shut down"), "master.log: {log}");
+
+    // Stopping master(8) (SIGTERM, as the fixture does) stops our instance with it.
+    let dir = cyrus.path();
+    drop(cyrus);
+    let pid = nix::unistd::Pid::from_raw(fresh as i32);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(Instant::now() < deadline, "our instance outlived master(8)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(dir);
+}

@@ -25,6 +25,8 @@ pub enum Service<'a> {
     MupdateSlave { master: &'a str, retry_delay: u32 },
     /// A backend: `imapd` whose mailbox changes go to the MUPDATE master `mupdate`.
     Backend { mupdate: &'a str },
+    /// Our `mupdate -m`, started by Cyrus master(8) as its mupdate service.
+    Ours,
 }
 
 /// A port the OS had free a moment ago (Cyrus needs its port in cyrus.conf).
@@ -93,6 +95,19 @@ impl Cyrus {
                     "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\nmupdate_retry_delay: {retry_delay}\n"
                 ),
             ),
+            Service::Ours => {
+                // A copy master(8) can run as user cyrus, wherever the build lives.
+                std::fs::copy(env!("CARGO_BIN_EXE_mupdate"), root.join("mupdate"))
+                    .expect("copy binary");
+                std::fs::write(root.join("passwd"), "mupdate:{PLAIN}mupdatepass\n")
+                    .expect("passwd");
+                (
+                    "mupdate",
+                    "__OURS__ -m",
+                    &b"* OK MUPDATE"[..],
+                    format!("mupdate_passwd_file: {r}/passwd\n"),
+                )
+            }
             Service::Backend { mupdate } => (
                 "imap",
                 "imapd",
@@ -114,6 +129,7 @@ impl Cyrus {
             ),
         )
         .expect("imapd.conf");
+        let program = program.replace("__OURS__", &format!("{r}/mupdate"));
         let port = free_port();
         std::fs::write(
             root.join("cyrus.conf"),
@@ -202,6 +218,20 @@ impl Cyrus {
             self.addr,
             std::fs::read_to_string(self.path().join("master.log")).unwrap_or_default()
         );
+    }
+
+    /// master(8)'s pid.
+    pub fn master_pid(&self) -> u32 {
+        self.master_pid
+    }
+
+    /// The processes master(8) has forked and not yet reaped.
+    pub fn children(&self) -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.master_pid))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     pub fn path(&self) -> PathBuf {
