@@ -93,7 +93,7 @@ fn start_saslauthd(dir: &std::path::Path, realm: &str) -> Option<Saslauthd> {
             std::env::var("CI").as_deref() != Ok("true"),
             "saslauthd test needs root under CI"
         );
-        eprintln!("SKIPPED saslauthd_login: needs root (private mount namespace)");
+        skipped("saslauthd_login: needs root (private mount namespace)");
         return None;
     }
     let db = dir.join("sasldb2");

@@ -48,7 +48,9 @@ pub fn available(test: &str) -> bool {
             std::env::var("CI").as_deref() != Ok("true"),
             "{test}: Cyrus master(8) needs root under CI"
         );
-        eprintln!("SKIPPED {test}: Cyrus master(8) needs root (it drops to user cyrus)");
+        super::skipped(&format!(
+            "{test}: Cyrus master(8) needs root (it drops to user cyrus)"
+        ));
         return false;
     }
     true

@@ -343,8 +343,17 @@ pub fn cyrus_available(what: &str, path: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{what}: {path} is missing under CI=true; .ci/run should have installed it");
     }
-    eprintln!("SKIPPED {what}: {path} not installed (run scripts/install-test-deps.sh as root)");
+    skipped(&format!(
+        "{what}: {path} not installed (run scripts/install-test-deps.sh as root)"
+    ));
     false
+}
+
+/// Says plainly that a test did not run and why. Written to stderr directly, not through
+/// `eprintln!`, so that the test harness shows it even when the test passes.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
 }
 
 /// The `mupdate` binary running as a child process.
