@@ -220,6 +220,55 @@ impl Imap {
     }
 }
 
+impl Imap {
+    /// Runs `command` and returns everything up to its tagged OK.
+    async fn ok_with(&mut self, command: &str) -> String {
+        self.next += 1;
+        let tag = format!("i{}", self.next);
+        self.client
+            .send(format!("{tag} {command}\r\n").as_bytes())
+            .await;
+        let mut answer = Vec::new();
+        loop {
+            let line = self.client.read_until(b"\r\n").await;
+            let done = line.starts_with(format!("{tag} ").as_bytes());
+            answer.extend_from_slice(&line);
+            if done {
+                let text = String::from_utf8_lossy(&answer).into_owned();
+                assert!(
+                    line.starts_with(format!("{tag} OK").as_bytes()),
+                    "IMAP {command}: {text}"
+                );
+                return text;
+            }
+        }
+    }
+
+    /// APPENDs `message` to `mailbox` with a synchronising literal.
+    async fn append(&mut self, mailbox: &str, message: &str) {
+        self.next += 1;
+        let tag = format!("i{}", self.next);
+        self.client
+            .send(format!("{tag} APPEND {mailbox} {{{}}}\r\n", message.len()).as_bytes())
+            .await;
+        let go_ahead = self.client.read_until(b"\r\n").await;
+        assert!(
+            go_ahead.starts_with(b"+"),
+            "{}",
+            String::from_utf8_lossy(&go_ahead)
+        );
+        self.client.send(format!("{message}\r\n").as_bytes()).await;
+        let done = self.client.read_until(format!("{tag} ").as_bytes()).await;
+        let status = self.client.read_until(b"\r\n").await;
+        assert!(
+            status.starts_with(b"OK"),
+            "APPEND: {}{}",
+            String::from_utf8_lossy(&done),
+            String::from_utf8_lossy(&status)
+        );
+    }
+}
+
 /// What our master holds for `name`, if anything.
 async fn find_record(client: &mut Client, name: &str) -> Option<Listed> {
     client
@@ -475,4 +524,69 @@ async fn scenario5_cyrus_master_runs_our_server() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario4_a_whole_murder_around_our_master() {
+    if !cyrus::available("scenario4_a_whole_murder_around_our_master") {
+        return;
+    }
+    let master = TestServer::start("").await;
+    let mupdate = master.addr.to_string();
+    // Two backends, named by their address so that the frontend can reach them.
+    let (be1, be2) = {
+        let mupdate = mupdate.clone();
+        tokio::task::spawn_blocking(move || {
+            (
+                Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
+                Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
+            )
+        })
+        .await
+        .expect("start the backends")
+    };
+    let mut imap1 = Imap::login(be1.addr).await;
+    imap1.ok("CREATE user.bob").await;
+    imap1.ok("SETACL user.bob admin lrswipkxtecda").await;
+    let mut imap2 = Imap::login(be2.addr).await;
+    imap2.ok("CREATE user.carol").await;
+    imap2.ok("SETACL user.carol admin lrswipkxtecda").await;
+
+    // The frontend's local Cyrus slave replicates from our master; its imapd proxies.
+    let backends = format!("{} {}", be1.addr, be2.addr);
+    let frontend = tokio::task::spawn_blocking(move || {
+        Cyrus::start(
+            Service::Frontend {
+                mupdate: &mupdate,
+                backends: &backends,
+            },
+            "fe",
+            "",
+        )
+    })
+    .await
+    .expect("start the frontend");
+    let mut fe = Imap::login(frontend.addr).await;
+
+    // Mailboxes on either backend are reachable through the frontend.
+    let selected = fe.ok_with("SELECT user.bob").await;
+    assert!(selected.contains("EXISTS"), "{selected}");
+    fe.append("user.carol", "Subject: through the murder\r\n\r\nhello")
+        .await;
+    let on_be2 = imap2.ok_with("SELECT user.carol").await;
+    assert!(
+        on_be2.contains("* 1 EXISTS"),
+        "the APPEND did not land on be2: {on_be2}"
+    );
+
+    // A CREATE through the frontend is proxied to the parent's backend, reaches our master,
+    // and is visible on the frontend once its slave has it.
+    fe.ok("CREATE user.bob.fromfe").await;
+    let mut ours = master.admin().await;
+    let created = find_record(&mut ours, "user.bob.fromfe")
+        .await
+        .expect("on our master");
+    assert_eq!(created.location, format!("{}!default", be1.addr));
+    let listed = fe.ok_with("LIST \"\" \"user.bob.*\"").await;
+    assert!(listed.contains("user.bob.fromfe"), "{listed}");
 }

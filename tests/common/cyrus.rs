@@ -27,6 +27,9 @@ pub enum Service<'a> {
     Backend { mupdate: &'a str },
     /// Our `mupdate -m`, started by Cyrus master(8) as its mupdate service.
     Ours,
+    /// A frontend: proxying `imapd` plus the local Cyrus mupdate slave of `mupdate` that
+    /// writes the mailboxes.db the frontend reads; new mailboxes go to `backends`.
+    Frontend { mupdate: &'a str, backends: &'a str },
 }
 
 /// A port the OS had free a moment ago (Cyrus needs its port in cyrus.conf).
@@ -78,11 +81,19 @@ impl Cyrus {
             .tempdir()
             .expect("tempdir");
         let root = dir.path().to_owned();
+        let port = free_port();
+        // A backend is reached as `<servername>!<partition>`; Cyrus connects to `host:port`.
+        let servername = if servername.is_empty() {
+            format!("127.0.0.1:{port}")
+        } else {
+            servername.to_owned()
+        };
+        let servername = servername.as_str();
         for sub in ["conf/socket", "conf/proc", "conf/lock", "conf/log", "spool"] {
             std::fs::create_dir_all(root.join(sub)).expect("mkdir");
         }
         let r = root.display();
-        let (entry, program, greeting, service_conf) = match service {
+        let (entry, program, greeting, service_conf) = match &service {
             Service::MupdateMaster => {
                 ("mupdate", "mupdate -m", &b"* OK MUPDATE"[..], String::new())
             }
@@ -110,6 +121,16 @@ impl Cyrus {
                     format!("mupdate_passwd_file: {r}/passwd\n"),
                 )
             }
+            Service::Frontend { mupdate, backends } => (
+                "imap",
+                "imapd",
+                &b"* OK "[..],
+                format!(
+                    "mupdate_server: {mupdate}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+                     mupdate_retry_delay: 2\nserverlist: {backends}\nproxy_authname: proxy\nproxy_password: proxypass\n\
+                     unixhierarchysep: no\naltnamespace: no\n"
+                ),
+            ),
             Service::Backend { mupdate } => (
                 "imap",
                 "imapd",
@@ -132,11 +153,19 @@ impl Cyrus {
         )
         .expect("imapd.conf");
         let program = program.replace("__OURS__", &format!("{r}/mupdate"));
-        let port = free_port();
+        // A frontend also runs its local mupdate slave, on a port of its own.
+        let slave = if matches!(service, Service::Frontend { .. }) {
+            format!(
+                "  mupdate cmd=\"mupdate -C {r}/imapd.conf\" listen=\"127.0.0.1:{}\" prefork=1\n",
+                free_port()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             root.join("cyrus.conf"),
             format!(
-                "START {{\n}}\nSERVICES {{\n  {entry} cmd=\"{program} -C {r}/imapd.conf\" listen=\"127.0.0.1:{port}\" prefork=1\n}}\nEVENTS {{\n}}\n"
+                "START {{\n}}\nSERVICES {{\n{slave}  {entry} cmd=\"{program} -C {r}/imapd.conf\" listen=\"127.0.0.1:{port}\" prefork=1\n}}\nEVENTS {{\n}}\n"
             ),
         )
         .expect("cyrus.conf");
@@ -144,6 +173,7 @@ impl Cyrus {
             ("mupdate", "mupdatepass"),
             ("bob", "bobpass"),
             ("admin", "adminpass"),
+            ("proxy", "proxypass"),
         ] {
             let mut child = Command::new("saslpasswd2")
                 .args(["-p", "-c", "-f"])
