@@ -12,8 +12,8 @@ use common::*;
 const MUPDATETEST: &str = "/usr/lib/cyrus/bin/mupdatetest";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mupdatetest_scripted_session() {
-    if !cyrus_available("mupdatetest_scripted_session", MUPDATETEST) {
+async fn scenario6_mupdatetest_scripted_session() {
+    if !cyrus_available("scenario6_mupdatetest_scripted_session", MUPDATETEST) {
         return;
     }
     let server = TestServer::start("").await;
