@@ -188,10 +188,18 @@ impl Client {
 
     /// Reads up to and including `needle`.
     pub async fn read_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        // Only the bytes that arrived since the last look can complete the needle; a
+        // rescan from the start would make a long LIST quadratic.
+        let mut scanned = 0;
         loop {
-            if let Some(at) = find(&self.pending, needle) {
-                return self.pending.drain(..at + needle.len()).collect();
+            if let Some(at) = find(&self.pending[scanned..], needle) {
+                let end = scanned + at + needle.len();
+                return self.pending.drain(..end).collect();
             }
+            scanned = self
+                .pending
+                .len()
+                .saturating_sub(needle.len().saturating_sub(1));
             if !self.fill().await {
                 panic!(
                     "EOF before {:?}; have {:?}",
@@ -290,11 +298,12 @@ pub struct Listed {
     pub acl: String,
 }
 
-/// Parses the `MAILBOX` and `RESERVE` responses (literal form) of a server answer.
+/// Parses the `MAILBOX` and `RESERVE` responses (literal form) of a server answer, in one
+/// pass; other lines are skipped.
 pub fn parse_records(answer: &[u8]) -> Vec<Listed> {
     fn literal(rest: &mut &[u8]) -> String {
         let open = find(rest, b"{").expect("literal");
-        let close = find(rest, b"+}\r\n").expect("literal end");
+        let close = open + find(&rest[open..], b"+}\r\n").expect("literal end");
         let len: usize = std::str::from_utf8(&rest[open + 1..close])
             .expect("digits")
             .parse()
@@ -305,30 +314,33 @@ pub fn parse_records(answer: &[u8]) -> Vec<Listed> {
     }
     let mut records = Vec::new();
     let mut rest = answer;
-    loop {
-        let mailbox = find(rest, b" MAILBOX {");
-        let reserve = find(rest, b" RESERVE {");
-        let (at, active) = match (mailbox, reserve) {
-            (Some(m), Some(r)) if m < r => (m, true),
-            (Some(m), None) => (m, true),
-            (_, Some(r)) => (r, false),
-            (None, None) => return records,
-        };
-        rest = &rest[at + 9..];
-        let name = literal(&mut rest);
-        let location = literal(&mut rest);
-        let acl = if active {
-            literal(&mut rest)
+    while let Some(space) = rest.iter().position(|&b| b == b' ') {
+        let after_tag = &rest[space + 1..];
+        let active = after_tag.starts_with(b"MAILBOX {");
+        if active || after_tag.starts_with(b"RESERVE {") {
+            rest = &after_tag[8..];
+            let name = literal(&mut rest);
+            let location = literal(&mut rest);
+            let acl = if active {
+                literal(&mut rest)
+            } else {
+                String::new()
+            };
+            rest = rest.strip_prefix(b"\r\n").unwrap_or(rest);
+            records.push(Listed {
+                active,
+                name,
+                location,
+                acl,
+            });
         } else {
-            String::new()
-        };
-        records.push(Listed {
-            active,
-            name,
-            location,
-            acl,
-        });
+            match find(rest, b"\r\n") {
+                Some(end) => rest = &rest[end + 2..],
+                None => break,
+            }
+        }
     }
+    records
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
