@@ -105,21 +105,7 @@ fn start_saslauthd(dir: &std::path::Path, realm: &str) -> Option<Saslauthd> {
     }
     let db = dir.join("sasldb2");
     for (user, password) in [("mupdate", "mupdatepass"), ("bob", "bobpass")] {
-        let mut child = Command::new("/usr/sbin/saslpasswd2")
-            .args(["-p", "-c", "-f"])
-            .arg(&db)
-            .args(["-u", realm, user])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("saslpasswd2");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{password}\n").as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        common::cyrus::saslpasswd(&db, realm, user, password);
     }
     let run = dir.join("run");
     std::fs::create_dir_all(&run).unwrap();

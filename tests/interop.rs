@@ -198,25 +198,7 @@ impl Imap {
 
     /// Runs `command`, asserting a tagged OK.
     async fn ok(&mut self, command: &str) {
-        self.next += 1;
-        let tag = format!("i{}", self.next);
-        self.client
-            .send(format!("{tag} {command}\r\n").as_bytes())
-            .await;
-        let mut answer = Vec::new();
-        loop {
-            let line = self.client.read_until(b"\r\n").await;
-            let done = line.starts_with(format!("{tag} ").as_bytes());
-            answer.extend_from_slice(&line);
-            if done {
-                assert!(
-                    line.starts_with(format!("{tag} OK").as_bytes()),
-                    "IMAP {command}: {}",
-                    String::from_utf8_lossy(&answer)
-                );
-                return;
-            }
-        }
+        self.ok_with(command).await;
     }
 }
 

@@ -59,6 +59,25 @@ pub fn available(test: &str) -> bool {
     true
 }
 
+/// Adds `user` with `password` in `realm` to the sasldb file `db` (Cyrus SASL's tool).
+pub fn saslpasswd(db: &Path, realm: &str, user: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new("saslpasswd2")
+        .args(["-p", "-c", "-f"])
+        .arg(db)
+        .args(["-u", realm, user])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("saslpasswd2");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password");
+    assert!(child.wait().expect("saslpasswd2").success());
+}
+
 fn run(command: &mut Command) -> Output {
     let output = command
         .stdin(Stdio::null())
@@ -175,21 +194,7 @@ impl Cyrus {
             ("admin", "adminpass"),
             ("proxy", "proxypass"),
         ] {
-            let mut child = Command::new("saslpasswd2")
-                .args(["-p", "-c", "-f"])
-                .arg(root.join("sasldb2"))
-                .args(["-u", servername, user])
-                .stdin(Stdio::piped())
-                .spawn()
-                .expect("saslpasswd2");
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(format!("{password}\n").as_bytes())
-                .expect("password");
-            assert!(child.wait().expect("saslpasswd2").success());
+            saslpasswd(&root.join("sasldb2"), servername, user, password);
         }
         // master(8) drops to user cyrus: it must reach and own the instance directory.
         run(Command::new("chmod").arg("755").arg(&root));
