@@ -21,6 +21,7 @@
 
 pub mod command;
 pub mod parser;
+pub mod reply;
 pub mod response;
 
 pub use command::{Command, CommandKind};
