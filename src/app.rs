@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command};
 use crate::config::{self, MupdateConfig, Settings};
 use crate::cyrus_master::{self, Launch};
+use crate::replication::slave::SlaveSettings;
 use crate::server::{self, Role, ServerContext};
 use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
 
@@ -114,10 +115,17 @@ fn choose_role(cli: &Cli, settings: &Settings) -> Result<Role, Fatal> {
             EXIT_CONFIG,
             "slave mode needs mupdate_server (or run the master with -m)",
         )),
-        Some(_) => Err(fatal(
-            EXIT_CONFIG,
-            "slave mode is not available in this build yet; run the master with -m",
-        )),
+        Some(master) => {
+            if settings.mupdate_authname.is_none() || settings.mupdate_password.is_none() {
+                return Err(fatal(
+                    EXIT_CONFIG,
+                    "slave mode needs mupdate_authname and mupdate_password to log in to the master",
+                ));
+            }
+            Ok(Role::Slave {
+                master: master.clone(),
+            })
+        }
     }
 }
 
@@ -219,6 +227,15 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
         .local_addr()
         .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
     let ctx = Arc::new(ctx);
+    if let Role::Slave { master } = &ctx.role {
+        let synced = follow_master(&ctx, master.clone());
+        // Like Cyrus, a slave serves nobody before its first sync; clients wait in the
+        // listen backlog meanwhile.
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = wait_until_synced(synced) => {}
+        }
+    }
     if !ctx.auth.has_password_source() {
         tracing::warn!(
             "no password source: set mupdate_passwd_file or sasl_pwcheck_method: saslauthd"
@@ -234,6 +251,31 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
         "shut down"
     );
     Ok(())
+}
+
+/// Starts the replication link; the receiver turns true after the first sync.
+fn follow_master(ctx: &Arc<ServerContext>, master: String) -> tokio::sync::watch::Receiver<bool> {
+    let settings = &ctx.settings;
+    let link = SlaveSettings {
+        master,
+        authname: settings.mupdate_authname.clone().unwrap_or_default(),
+        username: settings.mupdate_username.clone().unwrap_or_default(),
+        password: settings.mupdate_password.clone().unwrap_or_default(),
+        retry_delay: settings.retry_delay,
+        client_timeout: settings.client_timeout,
+    };
+    let (synced, watch) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::replication::slave::run(
+        ctx.store.clone(),
+        link,
+        synced,
+        ctx.shutdown.clone(),
+    ));
+    watch
+}
+
+async fn wait_until_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
+    let _ = synced.wait_for(|done| *done).await;
 }
 
 /// Shuts down when master(8) dies without a shutdown (spec §16.3), as its socket and pipe

@@ -4,6 +4,7 @@
 //! - [`protocol`]: sans-I/O parser and encoder of the wire protocol;
 //! - [`store`]: the redb mailbox list, its single group-committing writer and change feed;
 //! - [`server`]: the listener, per-connection sessions and command handlers;
+//! - [`replication`]: the slave's link to its master;
 //! - [`auth`]: SASL PLAIN and the password sources (passwd file, saslauthd);
 //! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
 //! - [`observability`]: logging set-up;
@@ -19,5 +20,6 @@ pub mod config;
 pub mod cyrus_master;
 pub mod observability;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod store;

@@ -96,6 +96,25 @@ pub enum Mutation {
         /// Mailbox name.
         name: Vec<u8>,
     },
+    /// A slave copying its master: make the record exactly this (`None`: remove it).
+    /// Commits (and announces) nothing when the record is already so.
+    Replicate {
+        /// Mailbox name.
+        name: Vec<u8>,
+        /// The master's record.
+        record: Option<ReplicaRecord>,
+    },
+}
+
+/// A record as a master sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    /// Active or reserved.
+    pub state: MailboxState,
+    /// Location.
+    pub location: Vec<u8>,
+    /// ACL as sent (empty for reserved).
+    pub acl: Vec<u8>,
 }
 
 impl Mutation {
@@ -105,7 +124,8 @@ impl Mutation {
             Mutation::Activate { name, .. }
             | Mutation::Reserve { name, .. }
             | Mutation::Deactivate { name, .. }
-            | Mutation::Delete { name } => name,
+            | Mutation::Delete { name }
+            | Mutation::Replicate { name, .. } => name,
         }
     }
 
@@ -115,6 +135,7 @@ impl Mutation {
             Mutation::Activate { location, .. }
             | Mutation::Reserve { location, .. }
             | Mutation::Deactivate { location, .. } => Some(location),
+            Mutation::Replicate { record, .. } => record.as_ref().map(|r| r.location.as_slice()),
             Mutation::Delete { .. } => None,
         }
     }
@@ -332,6 +353,34 @@ impl Store {
                 return;
             }
         }
+    }
+
+    /// Applies many mutations in as few commits as possible (a slave's dump or a burst of
+    /// its master's stream); returns once all are durable.
+    pub async fn apply_many(&self, mutations: Vec<Mutation>) -> Result<Vec<Outcome>, StoreError> {
+        let mut answers = Vec::with_capacity(mutations.len());
+        let lead = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            for mutation in mutations {
+                let (reply, answer) = oneshot::channel();
+                queue.pending.push(WriteRequest { mutation, reply });
+                answers.push(answer);
+            }
+            !std::mem::replace(&mut queue.leader, true)
+        };
+        if lead {
+            let mut leadership = Leadership {
+                store: self,
+                done: false,
+            };
+            self.lead();
+            leadership.done = true;
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(answer.await.map_err(|_| StoreError::Closed)??);
+        }
+        Ok(outcomes)
     }
 
     fn lead(&self) {

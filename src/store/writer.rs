@@ -159,6 +159,31 @@ fn apply(
             (Outcome::DoesNotExist, None)
         }
         (Mutation::Delete { .. }, _) => (Outcome::Done, Some(None)),
+        (Mutation::Replicate { record: None, .. }, None) => (Outcome::Done, None),
+        (Mutation::Replicate { record: None, .. }, Some(_)) => (Outcome::Done, Some(None)),
+        (
+            Mutation::Replicate {
+                record: Some(wanted),
+                ..
+            },
+            current,
+        ) => {
+            let same = current.as_ref().is_some_and(|c| {
+                c.state == wanted.state && c.location == wanted.location && c.acl == wanted.acl
+            });
+            if same {
+                (Outcome::Done, None)
+            } else {
+                let acl = match wanted.state {
+                    MailboxState::Active => wanted.acl.clone(),
+                    MailboxState::Reserved => Vec::new(),
+                };
+                (
+                    Outcome::Done,
+                    Some(Some(new_record(wanted.state, &wanted.location, acl))),
+                )
+            }
+        }
     };
     let Some(next) = next else {
         return Ok((outcome, None));

@@ -63,6 +63,11 @@ impl TestServer {
 
     /// Starts a master on an existing directory (to restart on the same database).
     pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
+        Self::start_at(dir, extra, 0).await
+    }
+
+    /// Starts a master on `port` (0: any), e.g. to come back where a slave expects it.
+    pub async fn start_at(dir: tempfile::TempDir, extra: &str, port: u16) -> TestServer {
         write_passwd(dir.path());
         let conf = dir.path().join("imapd.conf");
         std::fs::write(&conf, format!("{}{extra}", base_config(dir.path()))).expect("write conf");
@@ -73,7 +78,7 @@ impl TestServer {
             ConflictPolicy::Standard
         };
         let store = open_store(&settings.db_path, policy).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let ctx = Arc::new(ServerContext::new(
             settings,

@@ -1,0 +1,357 @@
+//! The slave's link to its master (spec §8.2-§8.4): connect, log in with PLAIN, `UPDATE`,
+//! reconcile the dump into the local store, then apply the stream as it comes, with a
+//! keep-alive NOOP every `mupdate_retry_delay` and a reconnect (after `d + rand(d/2)`)
+//! whenever the link fails. Every change the slave applies, the dump's included, reaches
+//! the slave's own UPDATE listeners (D-9).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::reply::{Reply, ReplyError, parse_reply};
+use crate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreError};
+
+/// Longest response line or literal accepted from a master.
+const MAX_REPLY: usize = 1 << 20;
+/// Changes applied per commit while reconciling a dump.
+const APPLY_CHUNK: usize = 4096;
+
+/// How to reach and log in to the master.
+#[derive(Debug, Clone)]
+pub struct SlaveSettings {
+    /// `host[:port]` (port 3905 when absent).
+    pub master: String,
+    /// Authentication identity.
+    pub authname: String,
+    /// Authorisation identity (empty: the same).
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Keep-alive interval, NOOP timeout and reconnect base delay.
+    pub retry_delay: Duration,
+    /// Time to connect, read the banner and log in.
+    pub client_timeout: Duration,
+}
+
+/// Why a link to the master ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Socket trouble or EOF.
+    #[error("connection to master: {0}")]
+    Io(#[from] std::io::Error),
+    /// The master broke the protocol.
+    #[error("master sent something unexpected: {0}")]
+    Protocol(String),
+    /// Login refused.
+    #[error("master refused the login: {0}")]
+    Login(String),
+    /// No answer in time.
+    #[error("connection to master timed out")]
+    Timeout,
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The master's answer could not be parsed.
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
+}
+
+/// The delay before reconnecting: `d + rand() % (d/2)`, with d of 0 or 1 treated as 1 s
+/// and no jitter (D-5).
+pub fn reconnect_delay(retry_delay: Duration) -> Duration {
+    let d = retry_delay.as_secs();
+    if d <= 1 {
+        return Duration::from_secs(1);
+    }
+    Duration::from_secs(d + rand::random_range(0..d / 2))
+}
+
+/// Follows the master until `shutdown`. `synced` turns true after the first complete sync.
+pub async fn run(
+    store: Store,
+    settings: SlaveSettings,
+    synced: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = follow(&store, &settings, &synced) => result,
+        };
+        if let Err(error) = result {
+            tracing::warn!(master = %settings.master, %error, "lost the master; retrying");
+        }
+        let delay = reconnect_delay(settings.retry_delay);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+struct Link {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Link {
+    /// The next reply, waiting at most `patience` for more bytes.
+    async fn next(&mut self, patience: Duration) -> Result<Reply, LinkError> {
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.buffer, MAX_REPLY)? {
+                self.buffer.drain(..used);
+                return Ok(reply);
+            }
+            self.buffer.reserve(64 * 1024);
+            let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
+                .await
+                .map_err(|_| LinkError::Timeout)??;
+            if n == 0 {
+                return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// A reply already buffered, without reading.
+    fn buffered(&mut self) -> Result<Option<Reply>, LinkError> {
+        Ok(parse_reply(&self.buffer, MAX_REPLY)?.map(|(reply, used)| {
+            self.buffer.drain(..used);
+            reply
+        }))
+    }
+}
+
+fn address(master: &str) -> String {
+    let has_port = master
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    if has_port {
+        master.to_owned()
+    } else {
+        format!("{master}:3905")
+    }
+}
+
+fn replicate(reply: Reply) -> Option<Mutation> {
+    match reply {
+        Reply::Mailbox {
+            name,
+            location,
+            acl,
+        } => Some(Mutation::Replicate {
+            name,
+            record: Some(ReplicaRecord {
+                state: MailboxState::Active,
+                location,
+                acl,
+            }),
+        }),
+        Reply::Reserve { name, location } => Some(Mutation::Replicate {
+            name,
+            record: Some(ReplicaRecord {
+                state: MailboxState::Reserved,
+                location,
+                acl: Vec::new(),
+            }),
+        }),
+        Reply::Delete { name } => Some(Mutation::Replicate { name, record: None }),
+        Reply::Line { .. } => None,
+    }
+}
+
+async fn login(settings: &SlaveSettings) -> Result<Link, LinkError> {
+    let stream = TcpStream::connect(address(&settings.master)).await?;
+    stream.set_nodelay(true)?;
+    let mut link = Link {
+        stream,
+        buffer: Vec::new(),
+    };
+    let mut plain_offered = false;
+    loop {
+        match link.next(settings.client_timeout).await? {
+            Reply::Line { tag, word, rest } if tag == b"*" && word == b"AUTH" => {
+                plain_offered = rest.split(|&b| b == b' ').any(|m| {
+                    m.trim_ascii_start().eq_ignore_ascii_case(b"\"PLAIN\"")
+                        || m.eq_ignore_ascii_case(b"PLAIN")
+                });
+            }
+            Reply::Line { tag, word, .. } if tag == b"*" && word == b"OK" => break,
+            Reply::Line { tag, .. } if tag == b"*" => {}
+            other => return Err(LinkError::Protocol(format!("{other:?} in the banner"))),
+        }
+    }
+    if !plain_offered {
+        return Err(LinkError::Login("the master does not offer PLAIN".into()));
+    }
+    let token = STANDARD.encode(
+        [
+            settings.username.as_bytes(),
+            b"\0",
+            settings.authname.as_bytes(),
+            b"\0",
+            settings.password.as_bytes(),
+        ]
+        .concat(),
+    );
+    let command = format!(
+        "A01 AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{token}\r\n",
+        token.len()
+    );
+    link.stream.write_all(command.as_bytes()).await?;
+    match link.next(settings.client_timeout).await? {
+        Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => Ok(link),
+        Reply::Line { rest, .. } => Err(LinkError::Login(String::from_utf8_lossy(&rest).into())),
+        other => Err(LinkError::Protocol(format!("{other:?} after AUTHENTICATE"))),
+    }
+}
+
+/// One connection's life: log in, dump and reconcile, then stream until the link fails.
+async fn follow(
+    store: &Store,
+    settings: &SlaveSettings,
+    synced: &watch::Sender<bool>,
+) -> Result<(), LinkError> {
+    let mut link = timeout(settings.client_timeout, login(settings))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    link.stream.write_all(b"U01 UPDATE\r\n").await?;
+    let patience = settings.retry_delay.max(Duration::from_secs(1));
+    let mut dump = Vec::new();
+    loop {
+        // D-13: a master that stops sending in the middle of its dump is given up on.
+        match link.next(patience).await? {
+            Reply::Line { tag, word, .. } if tag == b"U01" && word == b"OK" => break,
+            Reply::Line { tag, word, rest } if tag == b"*" || word != b"OK" => {
+                return Err(LinkError::Protocol(format!(
+                    "{} {} {} during the dump",
+                    String::from_utf8_lossy(&tag),
+                    String::from_utf8_lossy(&word),
+                    String::from_utf8_lossy(&rest)
+                )));
+            }
+            reply => dump.extend(replicate(reply)),
+        }
+    }
+    reconcile(store, dump).await?;
+    synced.send_replace(true);
+    tracing::info!(master = %settings.master, "synchronised with the master");
+    stream(store, settings, &mut link).await
+}
+
+/// Makes the store equal to the dump: every record of the dump, and nothing else. Only a
+/// complete dump (its tagged OK seen) gets here, so a cut connection never deletes.
+async fn reconcile(store: &Store, dump: Vec<Mutation>) -> Result<(), LinkError> {
+    let names: HashSet<Vec<u8>> = dump.iter().map(|m| m.name().to_vec()).collect();
+    let mut stale = Vec::new();
+    store.snapshot()?.walk(|record| {
+        if !names.contains(record.name) {
+            stale.push(Mutation::Replicate {
+                name: record.name.to_vec(),
+                record: None,
+            });
+        }
+        true
+    })?;
+    let mut all = dump;
+    all.extend(stale);
+    let mut changes = all.into_iter().peekable();
+    while changes.peek().is_some() {
+        let chunk: Vec<Mutation> = changes.by_ref().take(APPLY_CHUNK).collect();
+        store.apply_many(chunk).await?;
+    }
+    Ok(())
+}
+
+async fn stream(store: &Store, settings: &SlaveSettings, link: &mut Link) -> Result<(), LinkError> {
+    let d = settings.retry_delay.max(Duration::from_secs(1));
+    let mut noop = 0u64;
+    let mut outstanding: Option<Vec<u8>> = None;
+    let mut quiet_since = Instant::now();
+    loop {
+        let wait = d.saturating_sub(quiet_since.elapsed());
+        let reply = match link.next(wait).await {
+            Ok(reply) => reply,
+            Err(LinkError::Timeout) => {
+                if outstanding.is_some() {
+                    let _ = link.stream.write_all(b"Q01 LOGOUT\r\n").await;
+                    return Err(LinkError::Timeout);
+                }
+                let tag = format!("N{noop}");
+                noop += 1;
+                link.stream
+                    .write_all(format!("{tag} NOOP\r\n").as_bytes())
+                    .await?;
+                outstanding = Some(tag.into_bytes());
+                quiet_since = Instant::now();
+                continue;
+            }
+            Err(other) => return Err(other),
+        };
+        quiet_since = Instant::now();
+        // Apply what arrived together in one commit.
+        let mut batch = Vec::new();
+        let mut next = Some(reply);
+        while let Some(reply) = next {
+            match reply {
+                Reply::Line { tag, word, rest } => {
+                    if outstanding.as_deref() == Some(tag.as_slice()) {
+                        if word != b"OK" {
+                            let _ = link.stream.write_all(b"Q01 LOGOUT\r\n").await;
+                            return Err(LinkError::Protocol(format!(
+                                "NOOP answered {} {}",
+                                String::from_utf8_lossy(&word),
+                                String::from_utf8_lossy(&rest)
+                            )));
+                        }
+                        outstanding = None;
+                    } else if tag == b"*" && word == b"BYE" {
+                        return Err(LinkError::Protocol(format!(
+                            "* BYE {}",
+                            String::from_utf8_lossy(&rest)
+                        )));
+                    }
+                }
+                change => batch.extend(replicate(change)),
+            }
+            next = link.buffered()?;
+        }
+        if !batch.is_empty() {
+            store.apply_many(batch).await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays() {
+        assert_eq!(reconnect_delay(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            reconnect_delay(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            reconnect_delay(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        for _ in 0..50 {
+            let d = reconnect_delay(Duration::from_secs(20));
+            assert!(d >= Duration::from_secs(20) && d < Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn default_port() {
+        assert_eq!(address("master.example"), "master.example:3905");
+        assert_eq!(address("127.0.0.1:4000"), "127.0.0.1:4000");
+    }
+}

@@ -1,0 +1,135 @@
+//! Our slave following our master (issue 4, first part): initial sync, live stream,
+//! read-only clients, and a full resync after the master comes back changed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn list(client: &mut Client) -> Vec<u8> {
+    client.send(b"L LIST\r\n").await;
+    client.read_until(b"L OK \"list complete\"\r\n").await
+}
+
+/// Polls the slave's LIST until it equals the master's.
+async fn converge(slave: &mut Client, master: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ours = list(master).await;
+    loop {
+        let theirs = list(slave).await;
+        if theirs == ours {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slave did not converge:\n{}\nvs master\n{}",
+            String::from_utf8_lossy(&theirs),
+            String::from_utf8_lossy(&ours)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slave_follows_master_and_resyncs_after_master_restart() {
+    let master = TestServer::start("").await;
+    let port = master.addr.port();
+    let mut writer = master.admin().await;
+    for (i, name) in ["user.a", "user.a.Sent", "user.b-x", "example.com!user.c"]
+        .iter()
+        .enumerate()
+    {
+        writer
+            .exchange(
+                format!("A{i} ACTIVATE \"{name}\" \"be1!default\" \"u\tlrs\t\"\r\n").as_bytes(),
+                format!("A{i} OK \"done\"\r\n").as_bytes(),
+            )
+            .await;
+    }
+    writer
+        .exchange(
+            b"R1 RESERVE \"user.r\" \"be2!p\"\r\n",
+            b"R1 OK \"done\"\r\n",
+        )
+        .await;
+
+    let slave_dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(
+        slave_dir.path(),
+        &format!(
+            "mupdate_server: 127.0.0.1:{port}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+             mupdate_retry_delay: 1\n"
+        ),
+    );
+    // The slave logs "listening on" only after its first sync.
+    let slave = ServerProcess::start(&conf, &[], &[]);
+    let mut reader = Client::connect(slave.addr).await;
+    let banner = reader.read_banner().await;
+    assert!(
+        String::from_utf8_lossy(&banner).contains(&format!("\"mupdate://127.0.0.1:{port}\"")),
+        "{}",
+        String::from_utf8_lossy(&banner)
+    );
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    assert_eq!(list(&mut reader).await, list(&mut writer).await);
+
+    // Clients of the slave only read.
+    reader
+        .exchange(
+            b"W1 ACTIVATE \"x\" \"y!z\" \"\"\r\n",
+            b"W1 BAD \"read-only session\"\r\n",
+        )
+        .await;
+
+    // Live changes reach the slave and the slave's own listeners.
+    let mut listener = Client::connect(slave.addr).await;
+    listener.read_banner().await;
+    listener
+        .exchange(AUTH, b"A0 OK \"Authenticated\"\r\n")
+        .await;
+    listener.send(b"U1 UPDATE \"be3\"\r\n").await;
+    listener.read_until(b"U1 OK \"streaming starts\"\r\n").await;
+    writer
+        .exchange(
+            b"A9 ACTIVATE \"user.new\" \"be3!p\" \"n\tl\t\"\r\n",
+            b"A9 OK \"done\"\r\n",
+        )
+        .await;
+    writer
+        .exchange(b"X1 DELETE \"user.b-x\"\r\n", b"X1 OK \"done\"\r\n")
+        .await;
+    listener
+        .expect(&mailbox("U1", "user.new", "be3!p", "n\tl\t"))
+        .await;
+    converge(&mut reader, &mut writer).await;
+
+    // The master goes away: the slave keeps serving its replica.
+    drop(writer);
+    let dir = master.stop().await;
+    assert_eq!(
+        parse_records(&list(&mut reader).await).len(),
+        5,
+        "the slave still answers from its replica"
+    );
+    // It comes back (same data, same port) and changes before the slave reconnects: the
+    // slave's full resync picks up the new record and the deletion.
+    let master = TestServer::start_at(dir, "", port).await;
+    let mut writer = master.admin().await;
+    writer
+        .exchange(b"X2 DELETE \"user.a.Sent\"\r\n", b"X2 OK \"done\"\r\n")
+        .await;
+    writer
+        .exchange(
+            b"A3 ACTIVATE \"user.later\" \"be3!q\" \"\"\r\n",
+            b"A3 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+    // The resync was announced to the slave's listener (D-9), which saw the link drop as
+    // nothing but more changes.
+    listener
+        .read_until(&mailbox("U1", "user.later", "be3!q", ""))
+        .await;
+    drop(slave);
+}
