@@ -572,3 +572,130 @@ async fn scenario4_a_whole_murder_around_our_master() {
     let listed = fe.ok_with("LIST \"\" \"user.bob.*\"").await;
     assert!(listed.contains("user.bob.fromfe"), "{listed}");
 }
+
+/// Polls `slave`'s LIST until it equals `master`'s (NOOP first: a barrier on Cyrus slaves).
+async fn converge(slave: &mut Client, master: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ours = list(master).await;
+        slave
+            .exchange(b"N NOOP\r\n", b"N OK \"Noop done\"\r\n")
+            .await;
+        let theirs = list(slave).await;
+        if theirs == ours {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence: {} vs {} bytes",
+            theirs.len(),
+            ours.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Our slave process, following `master`.
+fn our_slave(dir: &std::path::Path, master: std::net::SocketAddr) -> ServerProcess {
+    let conf = write_process_config(
+        dir,
+        &format!(
+            "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+             mupdate_retry_delay: 1\n"
+        ),
+    );
+    ServerProcess::start(&conf, &[], &[])
+}
+
+async fn logged_in(addr: std::net::SocketAddr) -> Client {
+    let mut client = Client::connect(addr).await;
+    client.read_banner().await;
+    client.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_slave_follows_a_cyrus_master() {
+    if !cyrus::available("our_slave_follows_a_cyrus_master") {
+        return;
+    }
+    let cyrus_master =
+        tokio::task::spawn_blocking(|| Cyrus::start(Service::MupdateMaster, "mupdate-master", ""))
+            .await
+            .expect("start the Cyrus master");
+    let mut writer = logged_in(cyrus_master.addr).await;
+    let names = murder_names(600);
+    // Every name active first: a DEACTIVATE or DELETE of what is not there kills Cyrus's
+    // master (spec §14), so the mixed pass only meets active records.
+    let activate: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            format!(
+                "A{i} ACTIVATE \"{name}\" \"be{}!default\" \"u\tlrs\t\"\r\n",
+                i % 3 + 1
+            )
+        })
+        .collect();
+    pipeline(&mut writer, &activate).await;
+    pipeline(&mut writer, &writes(&names, 1)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let slave = tokio::task::spawn_blocking({
+        let path = dir.path().to_owned();
+        let addr = cyrus_master.addr;
+        move || our_slave(&path, addr)
+    })
+    .await
+    .expect("start our slave");
+    let mut reader = logged_in(slave.addr).await;
+    assert!(
+        list(&mut reader).await == list(&mut writer).await,
+        "first sync"
+    );
+    // Cyrus pushes in 5-second batches or at a NOOP; our keep-alive NOOP comes every second.
+    let moves: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("M{i} ACTIVATE \"{name}\" \"be9!moved\" \"m\tl\t\"\r\n"))
+        .collect();
+    pipeline(&mut writer, &moves).await;
+    converge(&mut reader, &mut writer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cyrus_slave_follows_our_slave() {
+    if !cyrus::available("a_cyrus_slave_follows_our_slave") {
+        return;
+    }
+    let master = TestServer::start("").await;
+    let mut writer = master.admin().await;
+    let names = murder_names(600);
+    pipeline(&mut writer, &writes(&names, 2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ours = tokio::task::spawn_blocking({
+        let path = dir.path().to_owned();
+        let addr = master.addr;
+        move || our_slave(&path, addr)
+    })
+    .await
+    .expect("start our slave");
+    let our_addr = ours.addr.to_string();
+    let cyrus_slave = tokio::task::spawn_blocking(move || {
+        Cyrus::start(
+            Service::MupdateSlave {
+                master: &our_addr,
+                retry_delay: 2,
+            },
+            "mupdate-slave",
+            "",
+        )
+    })
+    .await
+    .expect("start the Cyrus slave");
+    let mut reader = logged_in(cyrus_slave.addr).await;
+    converge(&mut reader, &mut writer).await;
+    // A change on our master travels master -> our slave -> Cyrus slave.
+    pipeline(&mut writer, &writes(&names, 3)).await;
+    converge(&mut reader, &mut writer).await;
+}
