@@ -133,3 +133,32 @@ async fn slave_follows_master_and_resyncs_after_master_restart() {
         .await;
     drop(slave);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_of_a_slave_follows_too() {
+    let master = TestServer::start("").await;
+    let mut writer = master.admin().await;
+    writer
+        .exchange(b"A1 ACTIVATE \"user.tree\" \"be1!p\" \"t\tl\t\"\r\n", b"A1 OK \"done\"\r\n")
+        .await;
+    let slave_config = |dir: &std::path::Path, upstream: std::net::SocketAddr| {
+        write_process_config(
+            dir,
+            &format!(
+                "mupdate_server: {upstream}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+                 mupdate_retry_delay: 1\n"
+            ),
+        )
+    };
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = ServerProcess::start(&slave_config(first_dir.path(), master.addr), &[], &[]);
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = ServerProcess::start(&slave_config(second_dir.path(), first.addr), &[], &[]);
+    let mut reader = Client::connect(second.addr).await;
+    reader.read_banner().await;
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    writer
+        .exchange(b"A2 ACTIVATE \"user.leaf\" \"be2!p\" \"\"\r\n", b"A2 OK \"done\"\r\n")
+        .await;
+    converge(&mut reader, &mut writer).await;
+}
