@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command};
 use crate::config::{self, MupdateConfig, Settings};
 use crate::cyrus_master::{self, Launch};
-use crate::replication::slave::SlaveSettings;
+use crate::replication::kick;
+use crate::replication::slave::{self, BarrierRequests, SlaveSettings};
 use crate::server::{self, Role, ServerContext};
 use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
 
@@ -226,14 +227,31 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
     let address = listener
         .local_addr()
         .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
-    let ctx = Arc::new(ctx);
+    let mut ctx = ctx;
+    let mut link = None;
     if let Role::Slave { master } = &ctx.role {
-        let synced = follow_master(&ctx, master.clone());
-        // Like Cyrus, a slave serves nobody before its first sync; clients wait in the
-        // listen backlog meanwhile.
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = wait_until_synced(synced) => {}
+        let settings = slave_settings(&ctx.settings, master.clone());
+        let (barrier, requests) = slave::barrier(&settings);
+        ctx.set_upstream(barrier);
+        link = Some((settings, requests));
+    }
+    let ctx = Arc::new(ctx);
+    match link {
+        None => {
+            // A master answers kicks at once, from start-up on.
+            let path = kick::socket_path(&ctx.settings.config_directory);
+            if let Err(error) = kick::serve(&path, None, ctx.shutdown.clone()) {
+                tracing::warn!(path = %path.display(), %error, "no kick socket");
+            }
+        }
+        Some((settings, requests)) => {
+            let synced = follow_master(&ctx, settings, requests);
+            // Like Cyrus, a slave serves nobody before its first sync; clients wait in the
+            // listen backlog meanwhile.
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                _ = wait_until_synced(synced) => {}
+            }
         }
     }
     if !ctx.auth.has_password_source() {
@@ -253,22 +271,31 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
     Ok(())
 }
 
-/// Starts the replication link; the receiver turns true after the first sync.
-fn follow_master(ctx: &Arc<ServerContext>, master: String) -> tokio::sync::watch::Receiver<bool> {
-    let settings = &ctx.settings;
-    let link = SlaveSettings {
+/// The replication link's settings, from imapd.conf.
+fn slave_settings(settings: &Settings, master: String) -> SlaveSettings {
+    SlaveSettings {
         master,
         authname: settings.mupdate_authname.clone().unwrap_or_default(),
         username: settings.mupdate_username.clone().unwrap_or_default(),
         password: settings.mupdate_password.clone().unwrap_or_default(),
         retry_delay: settings.retry_delay,
         client_timeout: settings.client_timeout,
-    };
+    }
+}
+
+/// Starts the replication link; the receiver turns true after the first sync.
+fn follow_master(
+    ctx: &Arc<ServerContext>,
+    link: SlaveSettings,
+    requests: BarrierRequests,
+) -> tokio::sync::watch::Receiver<bool> {
     let (synced, watch) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::replication::slave::run(
         ctx.store.clone(),
         link,
         synced,
+        requests,
+        Some(kick::socket_path(&ctx.settings.config_directory)),
         ctx.shutdown.clone(),
     ));
     watch

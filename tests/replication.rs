@@ -139,7 +139,10 @@ async fn a_slave_of_a_slave_follows_too() {
     let master = TestServer::start("").await;
     let mut writer = master.admin().await;
     writer
-        .exchange(b"A1 ACTIVATE \"user.tree\" \"be1!p\" \"t\tl\t\"\r\n", b"A1 OK \"done\"\r\n")
+        .exchange(
+            b"A1 ACTIVATE \"user.tree\" \"be1!p\" \"t\tl\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
         .await;
     let slave_config = |dir: &std::path::Path, upstream: std::net::SocketAddr| {
         write_process_config(
@@ -158,7 +161,117 @@ async fn a_slave_of_a_slave_follows_too() {
     reader.read_banner().await;
     reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
     writer
-        .exchange(b"A2 ACTIVATE \"user.leaf\" \"be2!p\" \"\"\r\n", b"A2 OK \"done\"\r\n")
+        .exchange(
+            b"A2 ACTIVATE \"user.leaf\" \"be2!p\" \"\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
         .await;
     converge(&mut reader, &mut writer).await;
+}
+
+/// Connects to a kick socket and reads its answer.
+async fn kick(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::UnixStream::connect(path).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("kick answered")?;
+    Ok(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c101_c105_kicks_and_streaming_noops_wait_for_the_master() {
+    let master = TestServer::start("").await;
+    let slave_dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(
+        slave_dir.path(),
+        &format!(
+            "mupdate_server: {}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+             mupdate_retry_delay: 1\n",
+            master.addr
+        ),
+    );
+    let slave = ServerProcess::start(&conf, &[], &[]);
+    let slave_kick = slave_dir.path().join("socket/mupdate.target");
+    let mut writer = master.admin().await;
+    let mut reader = Client::connect(slave.addr).await;
+    reader.read_banner().await;
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+
+    // A change committed on the master, then a kick on the slave: once `ok` arrives, the
+    // slave has the change.
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.kicked\" \"be1!p\" \"k\tl\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    assert_eq!(kick(&slave_kick).await.expect("slave kick"), b"ok");
+    reader
+        .exchange(
+            b"F FIND \"user.kicked\"\r\n",
+            &[
+                mailbox("F", "user.kicked", "be1!p", "k\tl\t"),
+                b"F OK \"Search completed\"\r\n".to_vec(),
+            ]
+            .concat(),
+        )
+        .await;
+
+    // 101: a streaming client's NOOP on the slave sees every change the master committed.
+    let mut listener = Client::connect(slave.addr).await;
+    listener.read_banner().await;
+    listener
+        .exchange(AUTH, b"A0 OK \"Authenticated\"\r\n")
+        .await;
+    listener.send(b"U1 UPDATE \"be7\"\r\n").await;
+    listener.read_until(b"U1 OK \"streaming starts\"\r\n").await;
+    writer
+        .exchange(
+            b"A2 ACTIVATE \"user.seven\" \"be7!p\" \"\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    listener
+        .exchange(
+            b"N1 NOOP\r\n",
+            &[
+                mailbox("U1", "user.seven", "be7!p", ""),
+                b"N1 OK \"Noop done\"\r\n".to_vec(),
+            ]
+            .concat(),
+        )
+        .await;
+
+    // Cut off from its master, the slave refuses kicks but answers a streaming NOOP at once.
+    drop(writer);
+    let _dir = master.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kick(&slave_kick).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "kicks still answered without a master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    listener
+        .exchange(b"N2 NOOP\r\n", b"N2 OK \"Noop done\"\r\n")
+        .await;
+    drop(slave);
+}
+
+#[tokio::test]
+async fn c105_a_master_answers_kicks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let _master = ServerProcess::start(&conf, &["-m"], &[]);
+    let path = dir.path().join("socket/mupdate.target");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&path).expect("kick socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o777);
+    for _ in 0..3 {
+        assert_eq!(kick(&path).await.expect("kick"), b"ok");
+    }
 }

@@ -5,13 +5,16 @@
 //! the slave's own UPDATE listeners (D-9).
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
@@ -78,13 +81,16 @@ pub async fn run(
     store: Store,
     settings: SlaveSettings,
     synced: watch::Sender<bool>,
+    mut barriers: BarrierRequests,
+    kick_socket: Option<PathBuf>,
     shutdown: CancellationToken,
 ) {
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = follow(&store, &settings, &synced) => result,
+            result = follow(&store, &settings, &synced, &mut barriers, kick_socket.as_deref(), &shutdown) => result,
         };
+        barriers.connected.store(false, Ordering::Release);
         if let Err(error) = result {
             tracing::warn!(master = %settings.master, %error, "lost the master; retrying");
         }
@@ -217,6 +223,9 @@ async fn follow(
     store: &Store,
     settings: &SlaveSettings,
     synced: &watch::Sender<bool>,
+    barriers: &mut BarrierRequests,
+    kick_socket: Option<&Path>,
+    shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let mut link = timeout(settings.client_timeout, login(settings))
         .await
@@ -241,8 +250,15 @@ async fn follow(
     }
     reconcile(store, dump).await?;
     synced.send_replace(true);
+    barriers.connected.store(true, Ordering::Release);
     tracing::info!(master = %settings.master, "synchronised with the master");
-    stream(store, settings, &mut link).await
+    // The kick socket answers only while this link lives (Cyrus: refused while cut off).
+    let link_alive = shutdown.child_token();
+    let _kicks_stop = link_alive.clone().drop_guard();
+    if let Some(path) = kick_socket {
+        super::kick::serve(path, Some(barriers.handle.clone()), link_alive.clone())?;
+    }
+    stream(store, settings, &mut link, &mut barriers.receiver).await
 }
 
 /// Makes the store equal to the dump: every record of the dump, and nothing else. Only a
@@ -269,26 +285,45 @@ async fn reconcile(store: &Store, dump: Vec<Mutation>) -> Result<(), LinkError> 
     Ok(())
 }
 
-async fn stream(store: &Store, settings: &SlaveSettings, link: &mut Link) -> Result<(), LinkError> {
+/// Most kicks answered by one NOOP round trip (Cyrus's batch size).
+const KICKS_PER_NOOP: usize = 5;
+
+async fn stream(
+    store: &Store,
+    settings: &SlaveSettings,
+    link: &mut Link,
+    barriers: &mut mpsc::Receiver<oneshot::Sender<()>>,
+) -> Result<(), LinkError> {
     let d = settings.retry_delay.max(Duration::from_secs(1));
     let mut noop = 0u64;
     let mut outstanding: Option<Vec<u8>> = None;
+    // Callers waiting for the outstanding NOOP's OK, and callers waiting for the next NOOP.
+    let mut answering: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut quiet_since = Instant::now();
     loop {
+        if outstanding.is_none() && !waiting.is_empty() {
+            let take = waiting.len().min(KICKS_PER_NOOP);
+            answering = waiting.drain(..take).collect();
+            outstanding = Some(send_noop(link, &mut noop).await?);
+        }
         let wait = d.saturating_sub(quiet_since.elapsed());
-        let reply = match link.next(wait).await {
+        let reply = tokio::select! {
+            Some(waiter) = barriers.recv() => {
+                waiting.push(waiter);
+                continue;
+            }
+            reply = link.next(wait) => reply,
+        };
+        let reply = match reply {
             Ok(reply) => reply,
             Err(LinkError::Timeout) => {
+                // D-13: d seconds of silence with a NOOP outstanding end the link, kicks or not.
                 if outstanding.is_some() {
                     let _ = link.stream.write_all(b"Q01 LOGOUT\r\n").await;
                     return Err(LinkError::Timeout);
                 }
-                let tag = format!("N{noop}");
-                noop += 1;
-                link.stream
-                    .write_all(format!("{tag} NOOP\r\n").as_bytes())
-                    .await?;
-                outstanding = Some(tag.into_bytes());
+                outstanding = Some(send_noop(link, &mut noop).await?);
                 quiet_since = Instant::now();
                 continue;
             }
@@ -297,6 +332,7 @@ async fn stream(store: &Store, settings: &SlaveSettings, link: &mut Link) -> Res
         quiet_since = Instant::now();
         // Apply what arrived together in one commit.
         let mut batch = Vec::new();
+        let mut barrier_passed = false;
         let mut next = Some(reply);
         while let Some(reply) = next {
             match reply {
@@ -311,6 +347,7 @@ async fn stream(store: &Store, settings: &SlaveSettings, link: &mut Link) -> Res
                             )));
                         }
                         outstanding = None;
+                        barrier_passed = true;
                     } else if tag == b"*" && word == b"BYE" {
                         return Err(LinkError::Protocol(format!(
                             "* BYE {}",
@@ -325,7 +362,77 @@ async fn stream(store: &Store, settings: &SlaveSettings, link: &mut Link) -> Res
         if !batch.is_empty() {
             store.apply_many(batch).await?;
         }
+        // The master answered the NOOP after everything it had committed before it, and
+        // all of that is now applied here.
+        if barrier_passed {
+            for waiter in answering.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
     }
+}
+
+async fn send_noop(link: &mut Link, counter: &mut u64) -> Result<Vec<u8>, LinkError> {
+    let tag = format!("N{counter}");
+    *counter += 1;
+    link.stream
+        .write_all(format!("{tag} NOOP\r\n").as_bytes())
+        .await?;
+    Ok(tag.into_bytes())
+}
+
+/// Lets clients of a slave wait until the slave holds everything its master had committed
+/// (a kick, or a streaming client's NOOP). Passes at once while the master is unreachable.
+#[derive(Clone)]
+pub struct UpstreamBarrier {
+    requests: mpsc::Sender<oneshot::Sender<()>>,
+    connected: Arc<AtomicBool>,
+    patience: Duration,
+}
+
+impl UpstreamBarrier {
+    /// Waits for the next NOOP round trip with the master (bounded by the link's timeout).
+    pub async fn wait(&self) {
+        if !self.connected.load(Ordering::Acquire) {
+            return;
+        }
+        let (done, passed) = oneshot::channel();
+        if self.requests.send(done).await.is_err() {
+            return;
+        }
+        let _ = timeout(self.patience, passed).await;
+    }
+
+    /// Whether the slave is currently synchronised with its master.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+}
+
+/// The barrier's two ends: clients hold the [`UpstreamBarrier`], the link the receiver.
+pub fn barrier(settings: &SlaveSettings) -> (UpstreamBarrier, BarrierRequests) {
+    let (requests, receiver) = mpsc::channel(1024);
+    let connected = Arc::new(AtomicBool::new(false));
+    let handle = UpstreamBarrier {
+        requests,
+        connected: connected.clone(),
+        patience: settings.retry_delay.max(Duration::from_secs(1)) * 2,
+    };
+    (
+        handle.clone(),
+        BarrierRequests {
+            receiver,
+            connected,
+            handle,
+        },
+    )
+}
+
+/// The link's end of the barrier (and a handle for the kick socket it opens).
+pub struct BarrierRequests {
+    receiver: mpsc::Receiver<oneshot::Sender<()>>,
+    connected: Arc<AtomicBool>,
+    handle: UpstreamBarrier,
 }
 
 #[cfg(test)]

@@ -78,6 +78,11 @@ impl Session {
                 Ok(Flow::Close)
             }
             CommandKind::Noop => {
+                // On a slave, a streaming client's NOOP first makes sure this replica
+                // holds everything the master had committed (a kick, as in Cyrus).
+                if streaming && let Some(upstream) = &self.ctx.upstream {
+                    upstream.wait().await;
+                }
                 if self.drain_ready_changes() == Flow::Close {
                     return Ok(Flow::Close);
                 }

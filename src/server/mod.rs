@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::protocol::response::{Banner, SERVER_UNABLE};
+use crate::replication::slave::UpstreamBarrier;
 use crate::store::Store;
 use connection::Connection;
 use session::Session;
@@ -48,6 +49,7 @@ pub struct ServerContext {
     pub shutdown: CancellationToken,
     banner: Vec<u8>,
     open_connections: AtomicUsize,
+    upstream: Option<UpstreamBarrier>,
 }
 
 impl ServerContext {
@@ -76,7 +78,13 @@ impl ServerContext {
             shutdown,
             banner,
             open_connections: AtomicUsize::new(0),
+            upstream: None,
         }
+    }
+
+    /// On a slave: how a streaming client's NOOP waits for the master (spec §5.8).
+    pub fn set_upstream(&mut self, barrier: UpstreamBarrier) {
+        self.upstream = Some(barrier);
     }
 
     /// Writes are refused on a slave.
