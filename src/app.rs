@@ -130,11 +130,73 @@ fn choose_role(cli: &Cli, settings: &Settings) -> Result<Role, Fatal> {
     }
 }
 
-/// Whether `mupdate_server` (`host` or `host:port`) names this machine.
+/// Whether `mupdate_server` (`host` or `host:port`) names this machine: its host name, or
+/// a name or address that resolves to an address of one of its interfaces.
 fn names_this_host(server: &str) -> bool {
-    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
-    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    host.eq_ignore_ascii_case(own.trim())
+    let host = split_host(server);
+    let own_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if host.eq_ignore_ascii_case(own_name.trim()) {
+        return true;
+    }
+    let local = local_addresses();
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
+        .map(|addrs| addrs.into_iter().any(|a| local.contains(&a.ip())))
+        .unwrap_or(false)
+}
+
+/// The host part of `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
+fn split_host(server: &str) -> &str {
+    if let Some(rest) = server.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    if server.matches(':').count() == 1 {
+        return server.split(':').next().unwrap_or(server);
+    }
+    server
+}
+
+/// Addresses of this machine's interfaces.
+fn local_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|interface| interface.address)
+        .filter_map(|address| {
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                address
+                    .as_sockaddr_in6()
+                    .map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parts() {
+        assert_eq!(split_host("mupdate-0.mupdate:3905"), "mupdate-0.mupdate");
+        assert_eq!(split_host("master"), "master");
+        assert_eq!(split_host("[::1]:3905"), "::1");
+        assert_eq!(split_host("::1"), "::1");
+    }
+
+    #[test]
+    fn local_interface_addresses_name_this_host() {
+        assert!(names_this_host("127.0.0.1:3905"));
+        assert!(names_this_host(
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+        ));
+        // In 127/8 but not an interface address.
+        assert!(!names_this_host("127.0.0.2:3905"));
+    }
 }
 
 /// Holds `<configdirectory>/mupdate.lock` for the life of the process, so that a second

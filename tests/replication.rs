@@ -275,3 +275,39 @@ async fn c105_a_master_answers_kicks_at_once() {
         assert_eq!(kick(&path).await.expect("kick"), b"ok");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoselect_picks_master_for_a_local_address_and_slave_otherwise() {
+    // 127.0.0.2 is loopback but not an address of an interface: not "this host".
+    let master_dir = tempfile::tempdir().unwrap();
+    let master_conf = write_process_config(master_dir.path(), "mupdate_server: 127.0.0.1:1\n");
+    let master = ServerProcess::start(
+        &master_conf,
+        &["-a"],
+        &[("IMAPD_MUPDATE_LISTEN", "127.0.0.2:0")],
+    );
+    let mut client = Client::connect(master.addr).await;
+    let banner = client.read_banner().await;
+    assert!(
+        banner.ends_with(b"\"(master)\"\r\n"),
+        "{}",
+        String::from_utf8_lossy(&banner)
+    );
+
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave_conf = write_process_config(
+        slave_dir.path(),
+        &format!(
+            "mupdate_server: {}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n",
+            master.addr
+        ),
+    );
+    let slave = ServerProcess::start(&slave_conf, &["-a"], &[]);
+    let mut client = Client::connect(slave.addr).await;
+    let banner = client.read_banner().await;
+    assert!(
+        banner.ends_with(format!("\"mupdate://{}\"\r\n", master.addr).as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&banner)
+    );
+}
