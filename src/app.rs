@@ -174,31 +174,6 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_parts() {
-        assert_eq!(split_host("mupdate-0.mupdate:3905"), "mupdate-0.mupdate");
-        assert_eq!(split_host("master"), "master");
-        assert_eq!(split_host("[::1]:3905"), "::1");
-        assert_eq!(split_host("::1"), "::1");
-    }
-
-    #[test]
-    fn local_interface_addresses_name_this_host() {
-        assert!(names_this_host("127.0.0.1:3905"));
-        assert!(names_this_host(
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap_or_default()
-                .trim()
-        ));
-        // In 127/8 but not an interface address.
-        assert!(!names_this_host("127.0.0.2:3905"));
-    }
-}
-
 /// Holds `<configdirectory>/mupdate.lock` for the life of the process, so that a second
 /// instance (such as master(8)'s second address family) stops at once with exit 78.
 fn lock_instance(settings: &Settings) -> Result<std::fs::File, Fatal> {
@@ -399,4 +374,29 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), Fatal> {
         shutdown.cancel();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parts() {
+        assert_eq!(split_host("mupdate-0.mupdate:3905"), "mupdate-0.mupdate");
+        assert_eq!(split_host("master"), "master");
+        assert_eq!(split_host("[::1]:3905"), "::1");
+        assert_eq!(split_host("::1"), "::1");
+    }
+
+    #[test]
+    fn local_interface_addresses_name_this_host() {
+        assert!(names_this_host("127.0.0.1:3905"));
+        assert!(names_this_host(
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+        ));
+        // In 127/8 but not an interface address.
+        assert!(!names_this_host("127.0.0.2:3905"));
+    }
 }
