@@ -10,19 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::reply::{Reply, ReplyError, parse_reply};
-use crate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreError};
+use super::client::{self, Credentials, Link, LinkError};
+use crate::protocol::reply::Reply;
+use crate::store::{MailboxState, Mutation, ReplicaRecord, Store};
 
-/// Longest response line or literal accepted from a master.
-const MAX_REPLY: usize = 1 << 20;
 /// Changes applied per commit while reconciling a dump.
 const APPLY_CHUNK: usize = 4096;
 
@@ -41,29 +36,6 @@ pub struct SlaveSettings {
     pub retry_delay: Duration,
     /// Time to connect, read the banner and log in.
     pub client_timeout: Duration,
-}
-
-/// Why a link to the master ended.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    /// Socket trouble or EOF.
-    #[error("connection to master: {0}")]
-    Io(#[from] std::io::Error),
-    /// The master broke the protocol.
-    #[error("master sent something unexpected: {0}")]
-    Protocol(String),
-    /// Login refused.
-    #[error("master refused the login: {0}")]
-    Login(String),
-    /// No answer in time.
-    #[error("connection to master timed out")]
-    Timeout,
-    /// The local store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The master's answer could not be parsed.
-    #[error(transparent)]
-    Reply(#[from] ReplyError),
 }
 
 /// The delay before reconnecting: `d + rand() % (d/2)`, with d of 0 or 1 treated as 1 s
@@ -102,49 +74,6 @@ pub async fn run(
     }
 }
 
-struct Link {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Link {
-    /// The next reply, waiting at most `patience` for more bytes.
-    async fn next(&mut self, patience: Duration) -> Result<Reply, LinkError> {
-        loop {
-            if let Some((reply, used)) = parse_reply(&self.buffer, MAX_REPLY)? {
-                self.buffer.drain(..used);
-                return Ok(reply);
-            }
-            self.buffer.reserve(64 * 1024);
-            let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
-                .await
-                .map_err(|_| LinkError::Timeout)??;
-            if n == 0 {
-                return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
-    }
-
-    /// A reply already buffered, without reading.
-    fn buffered(&mut self) -> Result<Option<Reply>, LinkError> {
-        Ok(parse_reply(&self.buffer, MAX_REPLY)?.map(|(reply, used)| {
-            self.buffer.drain(..used);
-            reply
-        }))
-    }
-}
-
-fn address(master: &str) -> String {
-    let has_port = master
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
-    if has_port {
-        master.to_owned()
-    } else {
-        format!("{master}:3905")
-    }
-}
-
 fn replicate(reply: Reply) -> Option<Mutation> {
     match reply {
         Reply::Mailbox {
@@ -172,52 +101,6 @@ fn replicate(reply: Reply) -> Option<Mutation> {
     }
 }
 
-async fn login(settings: &SlaveSettings) -> Result<Link, LinkError> {
-    let stream = TcpStream::connect(address(&settings.master)).await?;
-    stream.set_nodelay(true)?;
-    let mut link = Link {
-        stream,
-        buffer: Vec::new(),
-    };
-    let mut plain_offered = false;
-    loop {
-        match link.next(settings.client_timeout).await? {
-            Reply::Line { tag, word, rest } if tag == b"*" && word == b"AUTH" => {
-                plain_offered = rest.split(|&b| b == b' ').any(|m| {
-                    m.trim_ascii_start().eq_ignore_ascii_case(b"\"PLAIN\"")
-                        || m.eq_ignore_ascii_case(b"PLAIN")
-                });
-            }
-            Reply::Line { tag, word, .. } if tag == b"*" && word == b"OK" => break,
-            Reply::Line { tag, .. } if tag == b"*" => {}
-            other => return Err(LinkError::Protocol(format!("{other:?} in the banner"))),
-        }
-    }
-    if !plain_offered {
-        return Err(LinkError::Login("the master does not offer PLAIN".into()));
-    }
-    let token = STANDARD.encode(
-        [
-            settings.username.as_bytes(),
-            b"\0",
-            settings.authname.as_bytes(),
-            b"\0",
-            settings.password.as_bytes(),
-        ]
-        .concat(),
-    );
-    let command = format!(
-        "A01 AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{token}\r\n",
-        token.len()
-    );
-    link.stream.write_all(command.as_bytes()).await?;
-    match link.next(settings.client_timeout).await? {
-        Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => Ok(link),
-        Reply::Line { rest, .. } => Err(LinkError::Login(String::from_utf8_lossy(&rest).into())),
-        other => Err(LinkError::Protocol(format!("{other:?} after AUTHENTICATE"))),
-    }
-}
-
 /// One connection's life: log in, dump and reconcile, then stream until the link fails.
 async fn follow(
     store: &Store,
@@ -227,10 +110,15 @@ async fn follow(
     kick_socket: Option<&Path>,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
-    let mut link = timeout(settings.client_timeout, login(settings))
-        .await
-        .map_err(|_| LinkError::Timeout)??;
-    link.stream.write_all(b"U01 UPDATE\r\n").await?;
+    let mut link = client::connect(&Credentials {
+        server: settings.master.clone(),
+        authname: settings.authname.clone(),
+        username: settings.username.clone(),
+        password: settings.password.clone(),
+        timeout: settings.client_timeout,
+    })
+    .await?;
+    link.send(b"U01 UPDATE\r\n").await?;
     let patience = settings.retry_delay.max(Duration::from_secs(1));
     let mut dump = Vec::new();
     loop {
@@ -320,7 +208,7 @@ async fn stream(
             Err(LinkError::Timeout) => {
                 // D-13: d seconds of silence with a NOOP outstanding end the link, kicks or not.
                 if outstanding.is_some() {
-                    let _ = link.stream.write_all(b"Q01 LOGOUT\r\n").await;
+                    let _ = link.send(b"Q01 LOGOUT\r\n").await;
                     return Err(LinkError::Timeout);
                 }
                 outstanding = Some(send_noop(link, &mut noop).await?);
@@ -339,7 +227,7 @@ async fn stream(
                 Reply::Line { tag, word, rest } => {
                     if outstanding.as_deref() == Some(tag.as_slice()) {
                         if word != b"OK" {
-                            let _ = link.stream.write_all(b"Q01 LOGOUT\r\n").await;
+                            let _ = link.send(b"Q01 LOGOUT\r\n").await;
                             return Err(LinkError::Protocol(format!(
                                 "NOOP answered {} {}",
                                 String::from_utf8_lossy(&word),
@@ -375,9 +263,7 @@ async fn stream(
 async fn send_noop(link: &mut Link, counter: &mut u64) -> Result<Vec<u8>, LinkError> {
     let tag = format!("N{counter}");
     *counter += 1;
-    link.stream
-        .write_all(format!("{tag} NOOP\r\n").as_bytes())
-        .await?;
+    link.send(format!("{tag} NOOP\r\n").as_bytes()).await?;
     Ok(tag.into_bytes())
 }
 

@@ -1,0 +1,192 @@
+//! A MUPDATE client connection: connect, read the banner, log in with PLAIN, and read
+//! responses. The slave's link and the operator tools use it.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::protocol::reply::{Reply, ReplyError, parse_reply};
+use crate::store::StoreError;
+
+/// Longest response line or literal accepted from a server.
+const MAX_REPLY: usize = 1 << 20;
+
+/// Whom to connect to and as whom.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// `host[:port]` (port 3905 when absent).
+    pub server: String,
+    /// Authentication identity.
+    pub authname: String,
+    /// Authorisation identity (empty: the same).
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Time to connect, read the banner and log in.
+    pub timeout: Duration,
+}
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Socket trouble or EOF.
+    #[error("connection to master: {0}")]
+    Io(#[from] std::io::Error),
+    /// The master broke the protocol.
+    #[error("master sent something unexpected: {0}")]
+    Protocol(String),
+    /// Login refused.
+    #[error("master refused the login: {0}")]
+    Login(String),
+    /// No answer in time.
+    #[error("connection to master timed out")]
+    Timeout,
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The master's answer could not be parsed.
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
+}
+
+/// An open, logged-in connection.
+pub struct Link {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Link {
+    /// Sends raw command bytes.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+}
+
+impl Link {
+    /// The next reply, waiting at most `patience` for more bytes.
+    pub async fn next(&mut self, patience: Duration) -> Result<Reply, LinkError> {
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.buffer, MAX_REPLY)? {
+                self.buffer.drain(..used);
+                return Ok(reply);
+            }
+            self.buffer.reserve(64 * 1024);
+            let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
+                .await
+                .map_err(|_| LinkError::Timeout)??;
+            if n == 0 {
+                return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// A reply already buffered, without reading.
+    pub fn buffered(&mut self) -> Result<Option<Reply>, LinkError> {
+        Ok(parse_reply(&self.buffer, MAX_REPLY)?.map(|(reply, used)| {
+            self.buffer.drain(..used);
+            reply
+        }))
+    }
+}
+
+fn address(master: &str) -> String {
+    let has_port = master
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    if has_port {
+        master.to_owned()
+    } else {
+        format!("{master}:3905")
+    }
+}
+
+/// Connects and logs in with PLAIN, within `credentials.timeout`.
+pub async fn connect(credentials: &Credentials) -> Result<Link, LinkError> {
+    timeout(credentials.timeout, login(credentials))
+        .await
+        .map_err(|_| LinkError::Timeout)?
+}
+
+async fn login(settings: &Credentials) -> Result<Link, LinkError> {
+    let stream = TcpStream::connect(address(&settings.server)).await?;
+    stream.set_nodelay(true)?;
+    let mut link = Link {
+        stream,
+        buffer: Vec::new(),
+    };
+    let mut plain_offered = false;
+    loop {
+        match link.next(settings.timeout).await? {
+            Reply::Line { tag, word, rest } if tag == b"*" && word == b"AUTH" => {
+                plain_offered = rest.split(|&b| b == b' ').any(|m| {
+                    m.trim_ascii_start().eq_ignore_ascii_case(b"\"PLAIN\"")
+                        || m.eq_ignore_ascii_case(b"PLAIN")
+                });
+            }
+            Reply::Line { tag, word, .. } if tag == b"*" && word == b"OK" => break,
+            Reply::Line { tag, .. } if tag == b"*" => {}
+            other => return Err(LinkError::Protocol(format!("{other:?} in the banner"))),
+        }
+    }
+    if !plain_offered {
+        return Err(LinkError::Login("the master does not offer PLAIN".into()));
+    }
+    let token = STANDARD.encode(
+        [
+            settings.username.as_bytes(),
+            b"\0",
+            settings.authname.as_bytes(),
+            b"\0",
+            settings.password.as_bytes(),
+        ]
+        .concat(),
+    );
+    let command = format!(
+        "A01 AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{token}\r\n",
+        token.len()
+    );
+    link.stream.write_all(command.as_bytes()).await?;
+    match link.next(settings.timeout).await? {
+        Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => Ok(link),
+        Reply::Line { rest, .. } => Err(LinkError::Login(String::from_utf8_lossy(&rest).into())),
+        other => Err(LinkError::Protocol(format!("{other:?} after AUTHENTICATE"))),
+    }
+}
+
+/// Every record the server LISTs (with `prefix`), as replies.
+pub async fn list(
+    link: &mut Link,
+    prefix: &str,
+    patience: Duration,
+) -> Result<Vec<Reply>, LinkError> {
+    let mut request = Vec::new();
+    crate::protocol::Command {
+        tag: b"D".to_vec(),
+        kind: crate::protocol::CommandKind::List {
+            prefix: Some(prefix.as_bytes().to_vec()),
+        },
+    }
+    .encode(&mut request);
+    link.stream.write_all(&request).await?;
+    let mut records = Vec::new();
+    loop {
+        match link.next(patience).await? {
+            Reply::Line { tag, word, rest } if tag == b"D" => {
+                if word == b"OK" {
+                    return Ok(records);
+                }
+                return Err(LinkError::Protocol(format!(
+                    "LIST answered {} {}",
+                    String::from_utf8_lossy(&word),
+                    String::from_utf8_lossy(&rest)
+                )));
+            }
+            Reply::Line { .. } => {}
+            record => records.push(record),
+        }
+    }
+}
