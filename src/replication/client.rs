@@ -190,3 +190,14 @@ pub async fn list(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_port() {
+        assert_eq!(address("master.example"), "master.example:3905");
+        assert_eq!(address("127.0.0.1:4000"), "127.0.0.1:4000");
+    }
+}

@@ -341,10 +341,4 @@ mod tests {
             assert!(d >= Duration::from_secs(20) && d < Duration::from_secs(30));
         }
     }
-
-    #[test]
-    fn default_port() {
-        assert_eq!(address("master.example"), "master.example:3905");
-        assert_eq!(address("127.0.0.1:4000"), "127.0.0.1:4000");
-    }
 }
