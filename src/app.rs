@@ -41,8 +41,34 @@ fn fatal(code: i32, message: impl Into<String>) -> Fatal {
 
 /// Runs the command line; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {
-    if let Some(Command::HashPassword { user, scheme }) = &cli.command {
-        return hash_password(user, *scheme);
+    let tool = match &cli.command {
+        Some(Command::HashPassword { user, scheme }) => return hash_password(user, *scheme),
+        Some(Command::Dump {
+            config,
+            server,
+            output,
+        }) => Some(crate::tools::dump(config, server.clone(), output.as_deref()).map(|()| 0)),
+        Some(Command::Restore { config, file }) => {
+            Some(crate::tools::restore(config, file).map(|()| 0))
+        }
+        Some(Command::Check {
+            config,
+            master,
+            slave,
+        }) => Some(
+            crate::tools::check(config, master.clone(), slave.clone())
+                .map(|same| if same { 0 } else { 1 }),
+        ),
+        None => None,
+    };
+    if let Some(result) = tool {
+        return match result {
+            Ok(code) => code,
+            Err(Fatal { code, message }) => {
+                eprintln!("mupdate: {message}");
+                code
+            }
+        };
     }
     crate::observability::init_logging();
     let result = (|| {

@@ -40,4 +40,36 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "argon2id")]
         scheme: Scheme,
     },
+    /// Write a server's whole mailbox list to a portable dump (MUPDATE's own response format).
+    Dump {
+        /// Configuration (credentials: mupdate_authname, mupdate_password or $MUPDATE_PASSWORD).
+        #[arg(short = 'C', default_value = "/etc/imapd.conf")]
+        config: PathBuf,
+        /// Server to dump (default: this configuration's mupdate_server, else mupdate_listen).
+        #[arg(long)]
+        server: Option<String>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Replace this configuration's (stopped) store with a dump; slaves resync in full.
+    Restore {
+        /// Configuration naming the store.
+        #[arg(short = 'C', default_value = "/etc/imapd.conf")]
+        config: PathBuf,
+        /// A file written by `dump`.
+        file: PathBuf,
+    },
+    /// Compare a slave with its master and report every difference (exit 1 if any).
+    Check {
+        /// Configuration (credentials as for `dump`).
+        #[arg(short = 'C', default_value = "/etc/imapd.conf")]
+        config: PathBuf,
+        /// The master, host:port.
+        #[arg(long)]
+        master: String,
+        /// The slave, host:port.
+        #[arg(long)]
+        slave: String,
+    },
 }

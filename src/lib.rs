@@ -9,6 +9,7 @@
 //! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
 //! - [`observability`]: logging set-up;
 //! - [`cyrus_master`]: running as a service of Cyrus master(8) (fd handoff, status pipe);
+//! - [`tools`]: operator tools (dump, restore, check);
 //! - [`app`]: the composition root that wires them together.
 
 #![forbid(unsafe_code)]
@@ -23,3 +24,4 @@ pub mod protocol;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod tools;

@@ -453,6 +453,30 @@ impl Store {
         Ok(first.zip(last))
     }
 
+    /// Gives the store a new epoch: its history is no longer comparable with what slaves
+    /// remember (after a restore), so they resynchronise in full.
+    pub fn renew_epoch(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
+        {
+            let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+            let epoch = rand::random::<u64>() | 1;
+            meta.insert(META_EPOCH, epoch)
+                .map_err(StoreError::from_redb)?;
+        }
+        txn.commit().map_err(StoreError::from_redb)
+    }
+
+    /// The epoch as stored now.
+    pub fn epoch_now(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+        Ok(meta
+            .get(META_EPOCH)
+            .map_err(StoreError::from_redb)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
     /// Commit counters.
     pub fn commit_stats(&self) -> &CommitStats {
         &self.stats
