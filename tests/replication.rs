@@ -420,3 +420,105 @@ async fn dump_restore_and_check() {
     assert!(report.contains("differs: user.a"), "{report}");
     assert!(report.contains("2 differences"), "{report}");
 }
+
+fn follow_config(dir: &std::path::Path, master: std::net::SocketAddr) -> std::path::PathBuf {
+    write_process_config(
+        dir,
+        &format!(
+            "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+             mupdate_retry_delay: 1\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_master_restart_the_slave_resumes_by_delta() {
+    use std::sync::atomic::Ordering;
+    let master = TestServer::start("").await;
+    let port = master.addr.port();
+    let mut writer = master.admin().await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.one\" \"be1!p\" \"\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
+    let mut reader = Client::connect(slave.addr).await;
+    reader.read_banner().await;
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    writer
+        .exchange(
+            b"A2 ACTIVATE \"user.two\" \"be1!p\" \"\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+    assert_eq!(
+        master.ctx.full_dumps.load(Ordering::Relaxed),
+        1,
+        "the first sync is full"
+    );
+
+    drop(writer);
+    let dir = master.stop().await;
+    let master = TestServer::start_at(dir, "", port).await;
+    let mut writer = master.admin().await;
+    writer
+        .exchange(b"X1 DELETE \"user.one\"\r\n", b"X1 OK \"done\"\r\n")
+        .await;
+    writer
+        .exchange(
+            b"A3 ACTIVATE \"user.three\" \"be2!p\" \"t\tl\t\"\r\n",
+            b"A3 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+    assert_eq!(
+        master.ctx.full_dumps.load(Ordering::Relaxed),
+        0,
+        "no full dump after the restart"
+    );
+    assert_eq!(
+        master.ctx.resumes.load(Ordering::Relaxed),
+        1,
+        "resumed from the change log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_behind_the_trimmed_log_falls_back_to_a_full_dump() {
+    use std::sync::atomic::Ordering;
+    let master = TestServer::start("mupdate_changelog_max: 10\n").await;
+    let mut writer = master.admin().await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.gone\" \"be1!p\" \"\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let slave_dir = tempfile::tempdir().unwrap();
+    let conf = follow_config(slave_dir.path(), master.addr);
+    let slave = ServerProcess::start(&conf, &[], &[]);
+    drop(slave);
+    // While the slave is away, more than the log keeps.
+    writer
+        .exchange(b"X1 DELETE \"user.gone\"\r\n", b"X1 OK \"done\"\r\n")
+        .await;
+    let mut burst = Vec::new();
+    for i in 0..1_100 {
+        burst.extend_from_slice(
+            format!("B{i} ACTIVATE \"user.b{i}\" \"be2!p\" \"\"\r\n").as_bytes(),
+        );
+    }
+    writer.send(&burst).await;
+    writer.read_until(b"B1099 OK \"done\"\r\n").await;
+    let slave = ServerProcess::start(&conf, &[], &[]);
+    let mut reader = Client::connect(slave.addr).await;
+    reader.read_banner().await;
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    converge(&mut reader, &mut writer).await;
+    assert_eq!(master.ctx.resumes.load(Ordering::Relaxed), 0);
+    assert_eq!(master.ctx.full_dumps.load(Ordering::Relaxed), 2);
+}

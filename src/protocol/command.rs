@@ -62,6 +62,14 @@ pub enum CommandKind {
         /// Server names for a partial update; empty means everything.
         hosts: Vec<Vec<u8>>,
     },
+    /// `XUPDATE ["epoch" "seq"]` (extension, ignored by Cyrus): UPDATE that reports the
+    /// sequence number of every change and can resume from a position.
+    Xupdate {
+        /// The master epoch the client last saw.
+        epoch: Option<Vec<u8>>,
+        /// The last sequence number the client applied.
+        seq: Option<Vec<u8>>,
+    },
     /// `NOOP`
     Noop,
     /// `LOGOUT`
@@ -87,6 +95,7 @@ impl CommandKind {
             CommandKind::Find { .. } => "FIND",
             CommandKind::List { .. } => "LIST",
             CommandKind::Update { .. } => "UPDATE",
+            CommandKind::Xupdate { .. } => "XUPDATE",
             CommandKind::Noop => "NOOP",
             CommandKind::Logout => "LOGOUT",
             CommandKind::Starttls => "STARTTLS",
@@ -129,6 +138,9 @@ impl CommandKind {
             CommandKind::Delete { name } | CommandKind::Find { name } => vec![name],
             CommandKind::List { prefix } => prefix.iter().map(Vec::as_slice).collect(),
             CommandKind::Update { hosts } => hosts.iter().map(Vec::as_slice).collect(),
+            CommandKind::Xupdate { epoch, seq } => {
+                epoch.iter().chain(seq.iter()).map(Vec::as_slice).collect()
+            }
             CommandKind::Compress { algorithm } => vec![algorithm],
             CommandKind::Noop | CommandKind::Logout | CommandKind::Starttls => Vec::new(),
         }

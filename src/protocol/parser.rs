@@ -101,6 +101,7 @@ enum Name {
     Find,
     List,
     Update,
+    Xupdate,
     Noop,
     Logout,
     Starttls,
@@ -117,6 +118,7 @@ impl Name {
             Name::Delete | Name::Find | Name::Compress => (1, 0),
             Name::List => (0, 1),
             Name::Update => (0, MAX_UPDATE_HOSTS),
+            Name::Xupdate => (0, 2),
             Name::Noop | Name::Logout | Name::Starttls => (0, 0),
         }
     }
@@ -228,6 +230,7 @@ fn lookup(normalised: &[u8]) -> Option<Name> {
         b"Reserve" => Name::Reserve,
         b"Starttls" => Name::Starttls,
         b"Update" => Name::Update,
+        b"Xupdate" => Name::Xupdate,
         _ => return None,
     })
 }
@@ -739,6 +742,10 @@ impl Parser {
                 prefix: args.pop_front(),
             },
             Some(Name::Update) => CommandKind::Update { hosts: args.into() },
+            Some(Name::Xupdate) => CommandKind::Xupdate {
+                epoch: args.pop_front(),
+                seq: args.pop_front(),
+            },
             Some(Name::Noop) | None => CommandKind::Noop,
             Some(Name::Logout) => CommandKind::Logout,
             Some(Name::Starttls) => CommandKind::Starttls,

@@ -118,17 +118,36 @@ async fn follow(
         timeout: settings.client_timeout,
     })
     .await?;
-    link.send(b"U01 UPDATE\r\n").await?;
+    // XUPDATE resumes from where this replica stands; a Cyrus master does not know it
+    // (BAD), and then a plain UPDATE does.
+    let request = match store.upstream_position()? {
+        Some((epoch, seq)) => format!("U01 XUPDATE \"{epoch}\" \"{seq}\"\r\n"),
+        None => "U01 XUPDATE\r\n".to_owned(),
+    };
+    link.send(request.as_bytes()).await?;
     let patience = settings.retry_delay.max(Duration::from_secs(1));
+    let mut tag: &[u8] = b"U01";
+    let mut delta = false;
+    let mut position = None;
     let mut dump = Vec::new();
     loop {
         // D-13: a master that stops sending in the middle of its dump is given up on.
         match link.next(patience).await? {
-            Reply::Line { tag, word, .. } if tag == b"U01" && word == b"OK" => break,
-            Reply::Line { tag, word, rest } if tag == b"*" || word != b"OK" => {
+            Reply::Line { tag: t, word, .. } if t == b"U01" && word == b"BAD" && tag == b"U01" => {
+                link.send(b"U02 UPDATE\r\n").await?;
+                tag = b"U02";
+            }
+            Reply::Line { tag: t, word, .. } if t == tag && word == b"OK" => break,
+            Reply::Line { tag: t, word, rest } if t == b"*" && word == b"XDUMP" => {
+                delta = rest.as_slice() == b"\"delta\"";
+            }
+            Reply::Line { tag: t, word, rest } if t == b"*" && word == b"XSEQ" => {
+                position = parse_position(&rest);
+            }
+            Reply::Line { tag: t, word, rest } if t == b"*" || word != b"OK" => {
                 return Err(LinkError::Protocol(format!(
                     "{} {} {} during the dump",
-                    String::from_utf8_lossy(&tag),
+                    String::from_utf8_lossy(&t),
                     String::from_utf8_lossy(&word),
                     String::from_utf8_lossy(&rest)
                 )));
@@ -136,7 +155,15 @@ async fn follow(
             reply => dump.extend(replicate(reply)),
         }
     }
-    reconcile(store, dump).await?;
+    let checkpoint = position.map(|(epoch, seq)| Mutation::Checkpoint { epoch, seq });
+    if delta {
+        let changes = dump.len();
+        dump.extend(checkpoint);
+        store.apply_many(dump).await?;
+        tracing::info!(master = %settings.master, changes, "resumed from the master's change log");
+    } else {
+        reconcile(store, dump, checkpoint).await?;
+    }
     synced.send_replace(true);
     barriers.connected.store(true, Ordering::Release);
     tracing::info!(master = %settings.master, "synchronised with the master");
@@ -149,9 +176,25 @@ async fn follow(
     stream(store, settings, &mut link, &mut barriers.receiver).await
 }
 
+/// Reads `"epoch" "seq"`.
+fn parse_position(rest: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(rest).ok()?;
+    let mut numbers = text
+        .split_whitespace()
+        .map(|field| field.trim_matches('"').parse::<u64>());
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(epoch)), Some(Ok(seq))) => Some((epoch, seq)),
+        _ => None,
+    }
+}
+
 /// Makes the store equal to the dump: every record of the dump, and nothing else. Only a
 /// complete dump (its tagged OK seen) gets here, so a cut connection never deletes.
-async fn reconcile(store: &Store, dump: Vec<Mutation>) -> Result<(), LinkError> {
+async fn reconcile(
+    store: &Store,
+    dump: Vec<Mutation>,
+    checkpoint: Option<Mutation>,
+) -> Result<(), LinkError> {
     let names: HashSet<Vec<u8>> = dump.iter().map(|m| m.name().to_vec()).collect();
     let mut stale = Vec::new();
     store.snapshot()?.walk(|record| {
@@ -165,6 +208,8 @@ async fn reconcile(store: &Store, dump: Vec<Mutation>) -> Result<(), LinkError> 
     })?;
     let mut all = dump;
     all.extend(stale);
+    // Last, so that a crash in between never records a position the store has not reached.
+    all.extend(checkpoint);
     let mut changes = all.into_iter().peekable();
     while changes.peek().is_some() {
         let chunk: Vec<Mutation> = changes.by_ref().take(APPLY_CHUNK).collect();
@@ -236,6 +281,10 @@ async fn stream(
                         }
                         outstanding = None;
                         barrier_passed = true;
+                    } else if tag == b"*" && word == b"XSEQ" {
+                        if let Some((epoch, seq)) = parse_position(&rest) {
+                            batch.push(Mutation::Checkpoint { epoch, seq });
+                        }
                     } else if tag == b"*" && word == b"BYE" {
                         return Err(LinkError::Protocol(format!(
                             "* BYE {}",

@@ -1,5 +1,6 @@
 //! Command execution: the per-command rules of spec §5, on top of the store.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -50,6 +51,11 @@ pub(super) fn encode_change(out: &mut Vec<u8>, tag: &[u8], change: &Change) {
         Some(record) => encode_record(out, tag, &record.as_ref()),
         None => response::delete(out, tag, &change.name),
     }
+}
+
+/// `* XSEQ "epoch" "seq"`: where an XUPDATE stream stands in the master's history.
+pub(super) fn encode_position(out: &mut Vec<u8>, epoch: u64, seq: u64) {
+    out.extend_from_slice(format!("* XSEQ \"{epoch}\" \"{seq}\"\r\n").as_bytes());
 }
 
 fn ok(out: &mut Vec<u8>, tag: &[u8], text: &str) {
@@ -126,6 +132,7 @@ impl Session {
                 Ok(Flow::Continue)
             }
             CommandKind::Update { hosts } => self.update(tag, hosts).await,
+            CommandKind::Xupdate { epoch, seq } => self.xupdate(tag, epoch, seq).await,
             kind @ (CommandKind::Activate { .. }
             | CommandKind::Reserve { .. }
             | CommandKind::Deactivate { .. }
@@ -193,11 +200,78 @@ impl Session {
             return Ok(Flow::Continue);
         }
         ok(&mut self.out, &tag, "streaming starts");
+        self.ctx.full_dumps.fetch_add(1, Ordering::Relaxed);
         self.stream = Some(Stream {
             tag,
             hosts,
             feed,
             dumped_through,
+            report_seq: false,
+        });
+        Ok(Flow::Continue)
+    }
+
+    /// XUPDATE (our extension): like UPDATE, but resumes from `epoch`/`seq` with only the
+    /// changes since, when the change log still holds them, and follows every change with
+    /// `* XSEQ "epoch" "seq"` so that the client can resume later. `* XDUMP "delta"` or
+    /// `* XDUMP "full"` says which kind of catch-up follows.
+    async fn xupdate(
+        &mut self,
+        tag: Vec<u8>,
+        epoch: Option<Vec<u8>>,
+        seq: Option<Vec<u8>>,
+    ) -> std::io::Result<Flow> {
+        let number = |v: Option<Vec<u8>>| {
+            v.and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let position = number(epoch).zip(number(seq));
+        let feed = self.ctx.store.subscribe();
+        let Some(snapshot) = self.snapshot_or_refuse(&tag) else {
+            return Ok(Flow::Continue);
+        };
+        let our_epoch = self.ctx.store.epoch();
+        let dumped_through = snapshot.seq();
+        let delta = match position {
+            Some((epoch, seq)) if epoch == our_epoch => {
+                snapshot.changes_after(seq).unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot read the change log; sending a full dump");
+                    None
+                })
+            }
+            _ => None,
+        };
+        match delta {
+            Some(changes) => {
+                self.out.extend_from_slice(b"* XDUMP \"delta\"\r\n");
+                for change in &changes {
+                    encode_change(&mut self.out, &tag, change);
+                    if self.out.len() >= DUMP_CHUNK {
+                        self.flush().await?;
+                    }
+                }
+                self.ctx.resumes.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.out.extend_from_slice(b"* XDUMP \"full\"\r\n");
+                if !self
+                    .send_dump(snapshot, &tag, RecordFilter::Servers(Vec::new()))
+                    .await?
+                {
+                    no(&mut self.out, &tag, "database error");
+                    return Ok(Flow::Continue);
+                }
+                self.ctx.full_dumps.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        encode_position(&mut self.out, our_epoch, dumped_through);
+        ok(&mut self.out, &tag, "streaming starts");
+        self.stream = Some(Stream {
+            tag,
+            hosts: Vec::new(),
+            feed,
+            dumped_through,
+            report_seq: true,
         });
         Ok(Flow::Continue)
     }

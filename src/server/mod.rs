@@ -8,7 +8,7 @@ mod session;
 mod telemetry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -50,6 +50,10 @@ pub struct ServerContext {
     banner: Vec<u8>,
     open_connections: AtomicUsize,
     upstream: Option<UpstreamBarrier>,
+    /// Full dumps sent (UPDATE, or XUPDATE that could not resume).
+    pub full_dumps: AtomicU64,
+    /// XUPDATEs resumed from the change log.
+    pub resumes: AtomicU64,
 }
 
 impl ServerContext {
@@ -79,6 +83,8 @@ impl ServerContext {
             banner,
             open_connections: AtomicUsize::new(0),
             upstream: None,
+            full_dumps: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
         }
     }
 

@@ -33,6 +33,8 @@ pub(super) struct Stream {
     pub(super) feed: broadcast::Receiver<Arc<Change>>,
     /// Changes up to this sequence number were in the initial dump.
     pub(super) dumped_through: u64,
+    /// XUPDATE: follow each change with its sequence number.
+    pub(super) report_seq: bool,
 }
 
 /// The state of one connection.
@@ -266,6 +268,13 @@ impl Session {
             Ok(change) => {
                 if change.seq > stream.dumped_through && change.concerns_any(&stream.hosts) {
                     super::handlers::encode_change(&mut self.out, &stream.tag, &change);
+                    if stream.report_seq {
+                        super::handlers::encode_position(
+                            &mut self.out,
+                            self.ctx.store.epoch(),
+                            change.seq,
+                        );
+                    }
                 }
                 Flow::Continue
             }

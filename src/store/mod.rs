@@ -23,6 +23,8 @@ const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_EPOCH: &str = "epoch";
 const META_SCHEMA: &str = "schema_version";
+const META_UPSTREAM_EPOCH: &str = "upstream_epoch";
+const META_UPSTREAM_SEQ: &str = "upstream_seq";
 const SCHEMA_VERSION: u64 = 1;
 
 /// Errors of the store.
@@ -96,6 +98,13 @@ pub enum Mutation {
         /// Mailbox name.
         name: Vec<u8>,
     },
+    /// A slave's position in its master's history, committed with the changes before it.
+    Checkpoint {
+        /// The master's epoch.
+        epoch: u64,
+        /// The master's sequence number of the last change applied.
+        seq: u64,
+    },
     /// A slave copying its master: make the record exactly this (`None`: remove it).
     /// Commits (and announces) nothing when the record is already so.
     Replicate {
@@ -126,6 +135,7 @@ impl Mutation {
             | Mutation::Deactivate { name, .. }
             | Mutation::Delete { name }
             | Mutation::Replicate { name, .. } => name,
+            Mutation::Checkpoint { .. } => b"",
         }
     }
 
@@ -136,7 +146,7 @@ impl Mutation {
             | Mutation::Reserve { location, .. }
             | Mutation::Deactivate { location, .. } => Some(location),
             Mutation::Replicate { record, .. } => record.as_ref().map(|r| r.location.as_slice()),
-            Mutation::Delete { .. } => None,
+            Mutation::Delete { .. } | Mutation::Checkpoint { .. } => None,
         }
     }
 }
@@ -177,6 +187,24 @@ impl Change {
                 self.old_server.as_deref() == Some(h.as_slice())
                     || self.given_server.as_deref() == Some(h.as_slice())
             })
+    }
+
+    fn decode_log_entry(seq: u64, bytes: &[u8]) -> Option<Change> {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let name = bytes.get(4..4 + len)?.to_vec();
+        let value = bytes.get(4 + len..)?;
+        let record = if value.is_empty() {
+            None
+        } else {
+            Some(MailboxRecord::decode(&name, value)?)
+        };
+        Some(Change {
+            seq,
+            name,
+            record,
+            old_server: None,
+            given_server: None,
+        })
     }
 
     fn encode_log_entry(&self) -> Vec<u8> {
@@ -466,6 +494,19 @@ impl Store {
         txn.commit().map_err(StoreError::from_redb)
     }
 
+    /// A slave's last checkpoint in its master's history: (epoch, seq).
+    pub fn upstream_position(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::from_redb)?;
+        let meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+        let read = |key| -> Result<Option<u64>, StoreError> {
+            Ok(meta
+                .get(key)
+                .map_err(StoreError::from_redb)?
+                .map(|v| v.value()))
+        };
+        Ok(read(META_UPSTREAM_EPOCH)?.zip(read(META_UPSTREAM_SEQ)?))
+    }
+
     /// The epoch as stored now.
     pub fn epoch_now(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::from_redb)?;
@@ -587,6 +628,36 @@ impl Snapshot {
             }
         }
         Ok(())
+    }
+
+    /// The changes after `seq` up to this snapshot, in order, if the change log still
+    /// holds all of them (`None`: too old, or from the future).
+    pub fn changes_after(&self, seq: u64) -> Result<Option<Vec<Change>>, StoreError> {
+        if seq > self.seq {
+            return Ok(None);
+        }
+        let log = self
+            .txn
+            .open_table(CHANGES)
+            .map_err(StoreError::from_redb)?;
+        let oldest = log
+            .first()
+            .map_err(StoreError::from_redb)?
+            .map(|(k, _)| k.value());
+        if seq < self.seq && oldest.is_none_or(|first| first > seq + 1) {
+            return Ok(None);
+        }
+        let mut changes = Vec::new();
+        for row in log
+            .range(seq + 1..=self.seq)
+            .map_err(StoreError::from_redb)?
+        {
+            let (key, value) = row.map_err(StoreError::from_redb)?;
+            let change = Change::decode_log_entry(key.value(), value.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("change {}", key.value())))?;
+            changes.push(change);
+        }
+        Ok(Some(changes))
     }
 
     /// Number of (active, reserved) records.

@@ -13,7 +13,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::key::row_key;
 use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
-use super::{CHANGES, Change, ConflictPolicy, MAILBOXES, Mutation, Outcome, StoreError};
+use super::{
+    CHANGES, Change, ConflictPolicy, MAILBOXES, META, META_UPSTREAM_EPOCH, META_UPSTREAM_SEQ,
+    Mutation, Outcome, StoreError,
+};
 
 /// The change log may exceed its bound by this much before it is trimmed.
 const TRIM_STEP: u64 = 1024;
@@ -70,6 +73,15 @@ impl Committer {
             let mut mailboxes = txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
             let mut log = txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
             for request in batch {
+                if let Mutation::Checkpoint { epoch, seq } = request.mutation {
+                    let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+                    meta.insert(META_UPSTREAM_EPOCH, epoch)
+                        .map_err(StoreError::from_redb)?;
+                    meta.insert(META_UPSTREAM_SEQ, seq)
+                        .map_err(StoreError::from_redb)?;
+                    outcomes.push(Outcome::Done);
+                    continue;
+                }
                 let (outcome, change) = apply(&mut mailboxes, &request.mutation, self.policy)?;
                 outcomes.push(outcome);
                 if let Some(mut change) = change {
@@ -159,6 +171,7 @@ fn apply(
             (Outcome::DoesNotExist, None)
         }
         (Mutation::Delete { .. }, _) => (Outcome::Done, Some(None)),
+        (Mutation::Checkpoint { .. }, _) => (Outcome::Done, None),
         (Mutation::Replicate { record: None, .. }, None) => (Outcome::Done, None),
         (Mutation::Replicate { record: None, .. }, Some(_)) => (Outcome::Done, Some(None)),
         (

@@ -77,7 +77,16 @@ impl TestServer {
         } else {
             ConflictPolicy::Standard
         };
-        let store = open_store(&settings.db_path, policy).await;
+        let store = open_store(
+            &settings.db_path,
+            StoreOptions {
+                policy,
+                changelog_max: settings.changelog_max,
+                feed_capacity: settings.listener_queue,
+                ..StoreOptions::default()
+            },
+        )
+        .await;
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let ctx = Arc::new(ServerContext::new(
@@ -122,15 +131,9 @@ impl TestServer {
 }
 
 /// Opens the store, waiting while a previous instance in this process releases it.
-pub async fn open_store(path: &Path, policy: ConflictPolicy) -> Store {
+pub async fn open_store(path: &Path, options: StoreOptions) -> Store {
     for _ in 0..250 {
-        match Store::open(
-            path,
-            StoreOptions {
-                policy,
-                ..StoreOptions::default()
-            },
-        ) {
+        match Store::open(path, options.clone()) {
             Ok(store) => return store,
             Err(mupdate::store::StoreError::InUse) => {
                 tokio::time::sleep(Duration::from_millis(20)).await
