@@ -223,3 +223,56 @@ async fn streaming_many_listeners_all_get_every_change() {
         l.expect(&expected).await;
     }
 }
+
+#[tokio::test]
+async fn slow_listeners_catch_up_coalesced_or_are_dropped() {
+    use mupdate::store::Mutation;
+    let server = TestServer::start("mupdate_listener_queue: 4\n").await;
+    let mut resumable = server.admin().await;
+    resumable.send(b"U1 XUPDATE\r\n").await;
+    resumable
+        .read_until(b"U1 OK \"streaming starts\"\r\n")
+        .await;
+    let mut plain = server.admin().await;
+    plain
+        .exchange(b"U2 UPDATE\r\n", b"U2 OK \"streaming starts\"\r\n")
+        .await;
+    // One commit publishes more changes than a listener may lag behind, before either
+    // session runs again (this test's runtime has a single thread).
+    let mut burst: Vec<Mutation> = (0..20)
+        .map(|i| Mutation::Activate {
+            name: format!("user.s{i:02}").into_bytes(),
+            location: b"be1!p".to_vec(),
+            acl: Vec::new(),
+        })
+        .collect();
+    burst.push(Mutation::Activate {
+        name: b"user.s00".to_vec(),
+        location: b"be2!q".to_vec(),
+        acl: b"x\tl\t".to_vec(),
+    });
+    server.ctx.store.apply_many(burst).await.unwrap();
+    // The resumable listener gets each mailbox once, in its latest state, then its position.
+    let mut expected = Vec::new();
+    for i in 1..20 {
+        expected.extend(mailbox("U1", &format!("user.s{i:02}"), "be1!p", ""));
+    }
+    expected.extend(mailbox("U1", "user.s00", "be2!q", "x\tl\t"));
+    resumable.expect(&expected).await;
+    let position = resumable.read_until(b"\r\n").await;
+    assert!(
+        position.starts_with(b"* XSEQ \""),
+        "{}",
+        String::from_utf8_lossy(&position)
+    );
+    assert!(
+        position.ends_with(b"\" \"21\"\r\n"),
+        "{}",
+        String::from_utf8_lossy(&position)
+    );
+    resumable.expect_quiet().await;
+    // A plain listener is told to reconnect.
+    plain
+        .expect_eof(b"* BYE \"too far behind, reconnect\"\r\n")
+        .await;
+}

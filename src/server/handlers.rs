@@ -207,6 +207,7 @@ impl Session {
             feed,
             dumped_through,
             report_seq: false,
+            last_seq: dumped_through,
         });
         Ok(Flow::Continue)
     }
@@ -272,6 +273,7 @@ impl Session {
             feed,
             dumped_through,
             report_seq: true,
+            last_seq: dumped_through,
         });
         Ok(Flow::Continue)
     }

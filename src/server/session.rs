@@ -33,8 +33,11 @@ pub(super) struct Stream {
     pub(super) feed: broadcast::Receiver<Arc<Change>>,
     /// Changes up to this sequence number were in the initial dump.
     pub(super) dumped_through: u64,
-    /// XUPDATE: follow each change with its sequence number.
+    /// XUPDATE: follow each change with its sequence number (and catch up from the
+    /// change log instead of being dropped when it falls behind).
     pub(super) report_seq: bool,
+    /// The last change this stream has accounted for.
+    pub(super) last_seq: u64,
 }
 
 /// The state of one connection.
@@ -261,11 +264,12 @@ impl Session {
         &mut self,
         change: Result<Arc<Change>, broadcast::error::RecvError>,
     ) -> Flow {
-        let Some(stream) = &self.stream else {
+        let Some(stream) = &mut self.stream else {
             return Flow::Continue;
         };
         match change {
             Ok(change) => {
+                stream.last_seq = stream.last_seq.max(change.seq);
                 if change.seq > stream.dumped_through && change.concerns_any(&stream.hosts) {
                     super::handlers::encode_change(&mut self.out, &stream.tag, &change);
                     if stream.report_seq {
@@ -278,6 +282,7 @@ impl Session {
                 }
                 Flow::Continue
             }
+            Err(broadcast::error::RecvError::Lagged(_)) if stream.report_seq => self.catch_up(),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,
@@ -291,6 +296,40 @@ impl Session {
                 Flow::Close
             }
         }
+    }
+
+    /// A resumable listener that fell behind the live feed is served from the change log,
+    /// each mailbox once in its latest state, then goes on with the feed; a listener the
+    /// log no longer covers is dropped like a plain one.
+    fn catch_up(&mut self) -> Flow {
+        let feed = self.ctx.store.subscribe();
+        let Some(stream) = &mut self.stream else {
+            return Flow::Continue;
+        };
+        let caught = self.ctx.store.snapshot().ok().and_then(|snapshot| {
+            let changes = snapshot.changes_after(stream.last_seq).ok().flatten()?;
+            Some((snapshot.seq(), changes))
+        });
+        let Some((through, changes)) = caught else {
+            tracing::warn!("UPDATE listener fell behind the change log; disconnecting it");
+            response::bye(&mut self.out, "too far behind, reconnect");
+            return Flow::Close;
+        };
+        let mut last_of: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
+        for change in &changes {
+            last_of.insert(&change.name, change.seq);
+        }
+        for change in changes
+            .iter()
+            .filter(|c| last_of.get(c.name.as_slice()) == Some(&c.seq))
+        {
+            super::handlers::encode_change(&mut self.out, &stream.tag, change);
+        }
+        super::handlers::encode_position(&mut self.out, self.ctx.store.epoch(), through);
+        stream.feed = feed;
+        stream.dumped_through = through;
+        stream.last_seq = through;
+        Flow::Continue
     }
 
     /// Queues every change already published (the NOOP barrier, and batching under load).
