@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a real Cyrus 3.6.1 mupdate master (Debian's cyrus-murder) under Cyrus master(8),
 # from a private directory on 127.0.0.1, for side-by-side benchmarks.
-#   cyrus-master.sh start DIR PORT   -> prints the pid of Cyrus's mupdate process
+#   cyrus-master.sh start DIR PORT [MASTER]  -> prints the pid of Cyrus's mupdate process
+#                                               (with MASTER host:port: a slave of it)
 #   cyrus-master.sh stop DIR
 # Needs root (master(8) drops to user cyrus) and scripts/install-test-deps.sh.
 set -euo pipefail
@@ -31,6 +32,16 @@ if [ "$cmd" = stop ]; then
 fi
 
 port=${3:?port}
+upstream=${4:-}
+mode="-m"
+slave_conf=""
+if [ -n "$upstream" ]; then
+    mode=""
+    slave_conf="mupdate_server: $upstream
+mupdate_authname: mupdate
+mupdate_password: mupdatepass
+mupdate_retry_delay: 20"
+fi
 [ -x "$CYRUS_BIN/master" ] || { echo "Cyrus not installed: run scripts/install-test-deps.sh" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "cyrus-master.sh needs root" >&2; exit 1; }
 mkdir -p "$dir"
@@ -54,12 +65,13 @@ sasl_auto_transition: no
 failedloginpause: 0
 mupdate_connections_max: 256
 mupdate_workers_max: 256
+$slave_conf
 CONF
 cat > "$dir/cyrus.conf" <<CONF
 START {
 }
 SERVICES {
-  mupdate cmd="mupdate -C $dir/imapd.conf -m" listen="127.0.0.1:$port" prefork=1
+  mupdate cmd="mupdate -C $dir/imapd.conf $mode" listen="127.0.0.1:$port" prefork=1
 }
 EVENTS {
 }
@@ -69,7 +81,7 @@ echo mupdatepass | saslpasswd2 -p -c -f "$dir/sasldb2" -u mupdate-master mupdate
 chown -R cyrus "$dir"
 chmod 0640 "$dir/sasldb2"
 "$CYRUS_BIN/master" -d -C "$dir/imapd.conf" -M "$dir/cyrus.conf" -p "$dir/master.pid" -L "$dir/master.log"
-for _ in $(seq 1 300); do
+for _ in $(seq 1 3000); do
     if [ -s "$dir/master.pid" ] && python3 - "$port" <<'PY' 2>/dev/null
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)

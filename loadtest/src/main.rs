@@ -57,6 +57,35 @@ enum Run {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Fan-out: `listeners` PARTIAL-UPDATE listeners on `fanhost`; each round a writer
+    /// ACTIVATEs a new mailbox there and the time from its OK to each listener's arrival is
+    /// taken.
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        listeners: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Process whose RSS is reported with the listeners connected.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Slave catch-up: ACTIVATE `count` new mailboxes on the master (`--addr`), then the
+    /// time from the last OK until the slave answers FIND for the last one.
+    Catchup {
+        #[arg(long)]
+        slave: String,
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        #[arg(long)]
+        prefix: String,
+    },
+    /// Time until a (new) server answers FIND for `name`, polling every 5 ms.
+    WaitFor {
+        #[arg(long)]
+        name: String,
+    },
     /// Resident memory of a process (and its children) in KiB.
     Rss {
         #[arg(long)]
@@ -196,6 +225,129 @@ async fn closed_loop(
     Ok(())
 }
 
+/// Polls FIND until `name` exists (connecting as soon as the server greets).
+async fn wait_for(cli: &Cli, name: &str) -> Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut conn = loop {
+        match Conn::open(cli).await {
+            Ok(conn) => break conn,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let request = format!("W FIND \"{name}\"\r\n");
+    loop {
+        conn.write.write_all(request.as_bytes()).await?;
+        let mut found = false;
+        loop {
+            let line = conn.next_line().await?;
+            if line.starts_with(b"W MAILBOX") || line.starts_with(b"W RESERVE") {
+                found = true;
+            }
+            if line.starts_with(b"W OK") {
+                break;
+            }
+        }
+        if found {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} never appeared");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn fanout(cli: &Cli, listeners: usize, rounds: usize, pid: Option<u32>) -> Result<()> {
+    let (arrivals, mut arrived) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let rss_before = pid.map(rss_kib).transpose()?.unwrap_or(0);
+    let mut tasks = Vec::new();
+    for _ in 0..listeners {
+        let mut conn = Conn::open(cli).await?;
+        conn.write.write_all(b"U UPDATE \"fanhost\"\r\n").await?;
+        loop {
+            let line = conn.next_line().await?;
+            if line.starts_with(b"U OK") {
+                break;
+            }
+        }
+        let arrivals = arrivals.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(line) = conn.next_line().await {
+                if let Some(rest) = line.strip_prefix(b"fan.r") {
+                    let digits: String = rest
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .map(|&b| b as char)
+                        .collect();
+                    if let Ok(round) = digits.parse::<usize>() {
+                        let _ = arrivals.send((round, Instant::now()));
+                    }
+                }
+            }
+        }));
+    }
+    let rss_with = pid.map(rss_kib).transpose()?.unwrap_or(0);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut writer = Conn::open(cli).await?;
+    let mut all = Vec::new();
+    let mut last_per_round = Vec::new();
+    let mut since_send = Vec::new();
+    for round in 0..rounds {
+        let request =
+            format!("F{round} ACTIVATE \"fan.r{round:04}.{stamp}\" \"fanhost!default\" \"\"\r\n");
+        let sent_at = Instant::now();
+        writer
+            .command(&format!("F{round}"), request.as_bytes())
+            .await?;
+        let ok_at = Instant::now();
+        let mut last_since_send = Duration::ZERO;
+        let mut seen = 0;
+        let mut last = Duration::ZERO;
+        let deadline = ok_at + Duration::from_secs(15);
+        while seen < listeners {
+            let Ok(Some((r, at))) = tokio::time::timeout_at(deadline.into(), arrived.recv()).await
+            else {
+                bail!("round {round}: only {seen} of {listeners} listeners got the change");
+            };
+            if r != round {
+                continue;
+            }
+            seen += 1;
+            last_since_send = last_since_send.max(at.saturating_duration_since(sent_at));
+            let latency = at.saturating_duration_since(ok_at);
+            last = last.max(latency);
+            all.push(latency);
+        }
+        last_per_round.push(last.as_secs_f64() * 1000.0);
+        since_send.push(last_since_send.as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    all.sort();
+    println!(
+        "{{\"listeners\":{listeners},\"rounds\":{rounds},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"last_listener_ms\":{:?},\"last_listener_since_send_ms\":{:?},\"rss_kib_before\":{rss_before},\"rss_kib_with_listeners\":{rss_with}}}",
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        last_per_round
+            .iter()
+            .map(|v| (v * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+        since_send
+            .iter()
+            .map(|v| (v * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+    );
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}
+
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let own = status
@@ -271,6 +423,49 @@ async fn main() -> Result<()> {
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
             println!("{{\"dump_seconds\":{median:.4},\"bytes\":{bytes},\"runs\":{repeat}}}");
+            Ok(())
+        }
+        Run::Fanout {
+            listeners,
+            rounds,
+            pid,
+        } => fanout(&cli, *listeners, *rounds, *pid).await,
+        Run::Catchup {
+            slave,
+            conns,
+            count,
+            prefix,
+        } => {
+            let started = Instant::now();
+            let name_prefix = prefix.clone();
+            closed_loop(&cli, *conns, *count, move |_, i| {
+                let tag = format!("X{i}");
+                let request = format!(
+                    "{tag} ACTIVATE \"{name_prefix}{i:09}\" \"backend1!default\" \"owner\tlrswipkxtecda\t\"\r\n"
+                );
+                (tag, request.into_bytes())
+            })
+            .await?;
+            let written = Instant::now();
+            let last = format!("{prefix}{:09}", count - 1);
+            let slave_cli = Cli {
+                addr: slave.clone(),
+                user: cli.user.clone(),
+                password: cli.password.clone(),
+                run: Run::Rss { pid: 0 },
+            };
+            let waited = wait_for(&slave_cli, &last).await?;
+            println!(
+                "{{\"write_seconds\":{:.3},\"catchup_seconds\":{:.4}}}",
+                (written - started).as_secs_f64(),
+                (waited - written).as_secs_f64()
+            );
+            Ok(())
+        }
+        Run::WaitFor { name } => {
+            let started = Instant::now();
+            let found = wait_for(&cli, name).await?;
+            println!("{{\"seconds\":{:.4}}}", (found - started).as_secs_f64());
             Ok(())
         }
         Run::Rss { pid } => {

@@ -57,6 +57,9 @@ pub enum LinkError {
 pub struct Link {
     stream: TcpStream,
     buffer: Vec<u8>,
+    /// Bytes of `buffer` already parsed: dropping each reply from the front at once would
+    /// move the rest of the buffer for every record of a dump.
+    start: usize,
 }
 
 impl Link {
@@ -70,10 +73,11 @@ impl Link {
     /// The next reply, waiting at most `patience` for more bytes.
     pub async fn next(&mut self, patience: Duration) -> Result<Reply, LinkError> {
         loop {
-            if let Some((reply, used)) = parse_reply(&self.buffer, MAX_REPLY)? {
-                self.buffer.drain(..used);
+            if let Some(reply) = self.buffered()? {
                 return Ok(reply);
             }
+            self.buffer.drain(..self.start);
+            self.start = 0;
             self.buffer.reserve(64 * 1024);
             let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
                 .await
@@ -86,10 +90,12 @@ impl Link {
 
     /// A reply already buffered, without reading.
     pub fn buffered(&mut self) -> Result<Option<Reply>, LinkError> {
-        Ok(parse_reply(&self.buffer, MAX_REPLY)?.map(|(reply, used)| {
-            self.buffer.drain(..used);
-            reply
-        }))
+        Ok(
+            parse_reply(&self.buffer[self.start..], MAX_REPLY)?.map(|(reply, used)| {
+                self.start += used;
+                reply
+            }),
+        )
     }
 }
 
@@ -117,6 +123,7 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
     let mut link = Link {
         stream,
         buffer: Vec::new(),
+        start: 0,
     };
     let mut plain_offered = false;
     loop {
