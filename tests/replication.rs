@@ -522,3 +522,89 @@ async fn a_slave_behind_the_trimmed_log_falls_back_to_a_full_dump() {
     assert_eq!(master.ctx.resumes.load(Ordering::Relaxed), 0);
     assert_eq!(master.ctx.full_dumps.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resync() {
+    use std::sync::atomic::Ordering;
+    let master = TestServer::start("").await;
+    let port = master.addr.port();
+    let mut writer = master.admin().await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
+    let mut reader = Client::connect(slave.addr).await;
+    reader.read_banner().await;
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    converge(&mut reader, &mut writer).await;
+    let before = list(&mut reader).await;
+    drop(writer);
+    let master_dir = master.stop().await;
+
+    // A wiped master (a new, empty database) comes up where the old one was.
+    let empty = TestServer::start_at(tempfile::tempdir().unwrap(), "", port).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while empty.ctx.full_dumps.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the slave did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader
+        .exchange(b"N NOOP\r\n", b"N OK \"Noop done\"\r\n")
+        .await;
+    assert_eq!(list(&mut reader).await, before, "the replica was kept");
+    let _ = empty.stop().await;
+
+    // The real master, restored from a dump (a new epoch): one full resync, then deltas.
+    let dump = master_dir.path().join("list.dump");
+    std::fs::write(
+        &dump,
+        [
+            mailbox("D", "user.kept", "be1!p", ""),
+            mailbox("D", "user.restored", "be2!p", ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let conf = master_dir.path().join("imapd.conf");
+    let out = tool(&[
+        "restore",
+        "-C",
+        conf.to_str().unwrap(),
+        dump.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let master = TestServer::start_at(master_dir, "", port).await;
+    let mut writer = master.admin().await;
+    converge(&mut reader, &mut writer).await;
+    assert_eq!(
+        master.ctx.full_dumps.load(Ordering::Relaxed),
+        1,
+        "one full resync after the restore"
+    );
+    drop(writer);
+    let master_dir = master.stop().await;
+    let master = TestServer::start_at(master_dir, "", port).await;
+    let mut writer = master.admin().await;
+    writer
+        .exchange(
+            b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+    assert_eq!(master.ctx.full_dumps.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        master.ctx.resumes.load(Ordering::Relaxed),
+        1,
+        "then deltas again"
+    );
+    drop(slave);
+}

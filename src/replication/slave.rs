@@ -206,6 +206,15 @@ async fn reconcile(
         }
         true
     })?;
+    // An empty list from a master that used to hold mailboxes is far more likely a wiped
+    // or wrong master than a murder that deleted everything: keep the replica and say so.
+    if dump.is_empty() && !stale.is_empty() {
+        tracing::error!(
+            kept = stale.len(),
+            "the master sent an empty list; keeping this replica's mailboxes"
+        );
+        stale.clear();
+    }
     let mut all = dump;
     all.extend(stale);
     // Last, so that a crash in between never records a position the store has not reached.
