@@ -249,6 +249,7 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
         StoreOptions {
             policy,
             changelog_max: settings.changelog_max,
+            changelog_max_age: Some(settings.changelog_max_age).filter(|a| !a.is_zero()),
             feed_capacity: settings.listener_queue,
             ..StoreOptions::default()
         },

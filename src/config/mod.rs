@@ -100,6 +100,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// `mupdate_changelog_max` (new): changes kept for resumable replication
     pub changelog_max: u64,
+    /// `mupdate_changelog_max_age` (new): how long a change stays in the log (0: forever)
+    pub changelog_max_age: Duration,
     /// `mupdate_listener_queue` (new): changes a streaming client may lag behind
     pub listener_queue: usize,
     /// `mupdate_authname` (slave)
@@ -285,6 +287,11 @@ impl Settings {
                 parse_count(v).map(|n| n as u64)
             })?,
             listener_queue: o.typed("mupdate_listener_queue", 16_384, parse_count)?,
+            changelog_max_age: o.typed(
+                "mupdate_changelog_max_age",
+                Duration::from_secs(30 * 86_400),
+                |v| parse_duration(v, 'd'),
+            )?,
             mupdate_authname: o.string("mupdate_authname"),
             mupdate_username: o.string("mupdate_username"),
             mupdate_password: o.string("mupdate_password"),

@@ -25,7 +25,7 @@ const META_EPOCH: &str = "epoch";
 const META_SCHEMA: &str = "schema_version";
 const META_UPSTREAM_EPOCH: &str = "upstream_epoch";
 const META_UPSTREAM_SEQ: &str = "upstream_seq";
-const SCHEMA_VERSION: u64 = 1;
+const SCHEMA_VERSION: u64 = 2;
 
 /// Errors of the store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,6 +65,14 @@ pub enum ConflictPolicy {
     /// `mupdate_config: replicated` or `unified` with `mupdate_server` set: RESERVE
     /// overwrites, DELETE of an unknown name succeeds.
     Replicated,
+}
+
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A write request (spec §5.2-§5.5).
@@ -189,7 +197,13 @@ impl Change {
             })
     }
 
+    /// When a change log entry was written (seconds since the epoch).
+    fn logged_at(bytes: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+    }
+
     fn decode_log_entry(seq: u64, bytes: &[u8]) -> Option<Change> {
+        let bytes = bytes.get(8..)?;
         let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
         let name = bytes.get(4..4 + len)?.to_vec();
         let value = bytes.get(4 + len..)?;
@@ -208,7 +222,8 @@ impl Change {
     }
 
     fn encode_log_entry(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.name.len() + 64);
+        let mut out = Vec::with_capacity(self.name.len() + 72);
+        out.extend_from_slice(&now_secs().to_be_bytes());
         out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.name);
         if let Some(record) = &self.record {
@@ -251,6 +266,8 @@ pub struct StoreOptions {
     pub policy: ConflictPolicy,
     /// How many changes the log keeps.
     pub changelog_max: u64,
+    /// How long the log keeps a change (`None`: no limit).
+    pub changelog_max_age: Option<Duration>,
     /// How many changes a lagging listener may fall behind before it is dropped.
     pub feed_capacity: usize,
     /// redb page cache size in bytes.
@@ -262,6 +279,7 @@ impl Default for StoreOptions {
         StoreOptions {
             policy: ConflictPolicy::Standard,
             changelog_max: 100_000,
+            changelog_max_age: Some(Duration::from_secs(30 * 86_400)),
             feed_capacity: 16_384,
             cache_bytes: 16 << 20,
         }
@@ -326,6 +344,7 @@ impl Store {
             feed: feed.clone(),
             policy: options.policy,
             changelog_max: options.changelog_max.max(1),
+            changelog_max_age: options.changelog_max_age,
             last_seq: last_seq.clone(),
             metrics: stats.clone(),
         });

@@ -225,3 +225,26 @@ async fn change_log_stays_bounded_and_keeps_the_newest() {
     assert!(last - first < 10 + 1024, "log holds {first}..={last}");
     assert_eq!(store.snapshot().unwrap().seq(), writes);
 }
+
+#[tokio::test]
+async fn change_log_forgets_changes_older_than_its_age_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("mailboxes.redb"),
+        StoreOptions {
+            changelog_max_age: Some(std::time::Duration::from_secs(1)),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..5 {
+        store
+            .apply(activate(&format!("old{i}"), "h!p", ""))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.changelog_range().unwrap(), Some((1, 5)));
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    store.apply(activate("new", "h!p", "")).await.unwrap();
+    assert_eq!(store.changelog_range().unwrap(), Some((6, 6)));
+}

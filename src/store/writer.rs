@@ -18,7 +18,7 @@ use super::{
     Mutation, Outcome, StoreError,
 };
 
-/// The change log may exceed its bound by this much before it is trimmed.
+/// The change log may exceed its count bound by this much before it is trimmed.
 const TRIM_STEP: u64 = 1024;
 
 pub(crate) struct WriteRequest {
@@ -33,6 +33,7 @@ pub(crate) struct Committer {
     pub(crate) feed: broadcast::Sender<Arc<Change>>,
     pub(crate) policy: ConflictPolicy,
     pub(crate) changelog_max: u64,
+    pub(crate) changelog_max_age: Option<std::time::Duration>,
     pub(crate) last_seq: Arc<AtomicU64>,
     pub(crate) metrics: Arc<super::CommitStats>,
 }
@@ -92,16 +93,49 @@ impl Committer {
                     changes.push(change);
                 }
             }
-            // Trim in steps rather than on every commit: fewer pages touched per commit.
-            if seq > self.changelog_max + TRIM_STEP {
-                let keep_from = seq - self.changelog_max + 1;
-                log.retain_in(..keep_from, |_, _| false)
-                    .map_err(StoreError::from_redb)?;
-            }
+            self.trim(&mut log, seq)?;
         }
         commit_durably(txn)?;
         self.last_seq.store(seq, Ordering::Release);
         Ok((outcomes, changes))
+    }
+}
+
+impl Committer {
+    /// Bounds the change log by count (trimming in steps of [`TRIM_STEP`], so that most
+    /// commits touch no old pages) and by age; the newest entry always stays.
+    fn trim(
+        &self,
+        log: &mut redb::Table<'_, u64, &'static [u8]>,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let Some(first) = log
+            .first()
+            .map_err(StoreError::from_redb)?
+            .map(|(k, _)| k.value())
+        else {
+            return Ok(());
+        };
+        let mut keep_from = first;
+        if seq + 1 - first > self.changelog_max + TRIM_STEP {
+            keep_from = seq + 1 - self.changelog_max;
+        }
+        if let Some(max_age) = self.changelog_max_age {
+            let cutoff = super::now_secs().saturating_sub(max_age.as_secs());
+            for row in log.range(keep_from..seq).map_err(StoreError::from_redb)? {
+                let (key, value) = row.map_err(StoreError::from_redb)?;
+                if super::Change::logged_at(value.value()).is_some_and(|at| at < cutoff) {
+                    keep_from = key.value() + 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        if keep_from > first {
+            log.retain_in(..keep_from, |_, _| false)
+                .map_err(StoreError::from_redb)?;
+        }
+        Ok(())
     }
 }
 

@@ -82,6 +82,7 @@ impl TestServer {
             StoreOptions {
                 policy,
                 changelog_max: settings.changelog_max,
+                changelog_max_age: Some(settings.changelog_max_age).filter(|a| !a.is_zero()),
                 feed_capacity: settings.listener_queue,
                 ..StoreOptions::default()
             },
