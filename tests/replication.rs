@@ -608,3 +608,53 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
     );
     drop(slave);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
+    let port = common::cyrus::free_port();
+    let master_dir = tempfile::tempdir().unwrap();
+    // The environment overrides the fixture's port-0 listener: the master must come back
+    // where the slave looks for it.
+    let listen = format!("127.0.0.1:{port}");
+    let master_conf = write_process_config(master_dir.path(), "");
+    let mut master =
+        ServerProcess::start(&master_conf, &["-m"], &[("IMAPD_MUPDATE_LISTEN", &listen)]);
+    let mut writer = Client::connect(master.addr).await;
+    writer.read_banner().await;
+    writer.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.before\" \"be1!p\" \"\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
+    let mut reader = Client::connect(slave.addr).await;
+    reader.read_banner().await;
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    converge(&mut reader, &mut writer).await;
+
+    master.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    let master = ServerProcess::start(&master_conf, &["-m"], &[("IMAPD_MUPDATE_LISTEN", &listen)]);
+    let mut writer = Client::connect(master.addr).await;
+    writer.read_banner().await;
+    writer.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    writer
+        .exchange(
+            b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+    let log = slave.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(
+        log.matches("full resync").count(),
+        1,
+        "only the first sync was full:\n{log}"
+    );
+    assert!(
+        log.contains("resumed from the master's change log"),
+        "{log}"
+    );
+}

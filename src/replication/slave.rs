@@ -162,7 +162,9 @@ async fn follow(
         store.apply_many(dump).await?;
         tracing::info!(master = %settings.master, changes, "resumed from the master's change log");
     } else {
+        let records = dump.len();
         reconcile(store, dump, checkpoint).await?;
+        tracing::info!(master = %settings.master, records, "full resync from the master");
     }
     synced.send_replace(true);
     barriers.connected.store(true, Ordering::Release);
