@@ -239,6 +239,38 @@ fn lock_instance(settings: &Settings) -> Result<std::fs::File, Fatal> {
 
 async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fatal> {
     let _lock = lock_instance(&settings)?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let listener = match launch {
+        Launch::Standalone => TcpListener::bind(&settings.listen).await.map_err(|e| {
+            fatal(
+                EXIT_OS,
+                format!("cannot listen on {}: {e}", settings.listen),
+            )
+        })?,
+        Launch::UnderMaster(link) => {
+            let link = Arc::new(link);
+            let listener = link
+                .listener
+                .try_clone()
+                .and_then(TcpListener::from_std)
+                .map_err(|e| fatal(EXIT_OS, format!("master's listening socket: {e}")))?;
+            tokio::spawn(watch_master(link, shutdown.clone()));
+            listener
+        }
+    };
+    run(settings, role, listener, shutdown).await
+}
+
+/// Serves `role` on a bound `listener` until `shutdown`: opens the store, starts the
+/// replication link and kick socket, and (a slave after its first sync) accepts clients.
+/// Tests run masters and slaves in-process through this.
+pub async fn run(
+    settings: Settings,
+    role: Role,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Fatal> {
     let policy = if settings.replicated_writes() {
         ConflictPolicy::Replicated
     } else {
@@ -267,31 +299,10 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
             format!("{}: {other}", settings.db_path.display()),
         ),
     })?;
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
-    let ctx = ServerContext::new(settings, store, role, shutdown.clone());
-    let listener = match launch {
-        Launch::Standalone => TcpListener::bind(&ctx.settings.listen).await.map_err(|e| {
-            fatal(
-                EXIT_OS,
-                format!("cannot listen on {}: {e}", ctx.settings.listen),
-            )
-        })?,
-        Launch::UnderMaster(link) => {
-            let link = Arc::new(link);
-            let listener = link
-                .listener
-                .try_clone()
-                .and_then(TcpListener::from_std)
-                .map_err(|e| fatal(EXIT_OS, format!("master's listening socket: {e}")))?;
-            tokio::spawn(watch_master(link, shutdown));
-            listener
-        }
-    };
     let address = listener
         .local_addr()
         .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
-    let mut ctx = ctx;
+    let mut ctx = ServerContext::new(settings, store, role, shutdown);
     let mut link = None;
     if let Role::Slave { master } = &ctx.role {
         let settings = slave_settings(&ctx.settings, master.clone());

@@ -658,3 +658,58 @@ async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_one_process_a_slave_on_port_0_follows_its_master() {
+    let master = TestServer::start("").await;
+    let mut writer = master.admin().await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.here\" \"be1!p\" \"h\tl\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = mupdate::config::load(&follow_config(dir.path(), master.addr)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let slave = tokio::spawn(mupdate::app::run(
+        settings,
+        mupdate::server::Role::Slave {
+            master: master.addr.to_string(),
+        },
+        listener,
+        shutdown.clone(),
+    ));
+    let mut reader = Client::connect(addr).await;
+    reader.read_banner().await;
+    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut listener = Client::connect(addr).await;
+    listener.read_banner().await;
+    listener
+        .exchange(AUTH, b"A0 OK \"Authenticated\"\r\n")
+        .await;
+    listener
+        .exchange(
+            b"U1 UPDATE\r\n",
+            &[
+                mailbox("U1", "user.here", "be1!p", "h\tl\t"),
+                b"U1 OK \"streaming starts\"\r\n".to_vec(),
+            ]
+            .concat(),
+        )
+        .await;
+    writer
+        .exchange(
+            b"A2 ACTIVATE \"user.there\" \"be2!p\" \"\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    listener
+        .expect(&mailbox("U1", "user.there", "be2!p", ""))
+        .await;
+    converge(&mut reader, &mut writer).await;
+    shutdown.cancel();
+    assert!(slave.await.expect("slave task").is_ok());
+}
