@@ -619,7 +619,7 @@ async fn our_slave_follows_a_cyrus_master() {
     if !cyrus::available("our_slave_follows_a_cyrus_master") {
         return;
     }
-    let cyrus_master =
+    let mut cyrus_master =
         tokio::task::spawn_blocking(|| Cyrus::start(Service::MupdateMaster, "mupdate-master", ""))
             .await
             .expect("start the Cyrus master");
@@ -660,6 +660,23 @@ async fn our_slave_follows_a_cyrus_master() {
         .map(|(i, name)| format!("M{i} ACTIVATE \"{name}\" \"be9!moved\" \"m\tl\t\"\r\n"))
         .collect();
     pipeline(&mut writer, &moves).await;
+    converge(&mut reader, &mut writer).await;
+
+    // Cyrus's master restarts: our slave reconnects (a Cyrus master knows no XUPDATE, so a
+    // full UPDATE) and takes in what changed.
+    drop(writer);
+    let cyrus_master = tokio::task::spawn_blocking(move || {
+        cyrus_master.restart();
+        cyrus_master
+    })
+    .await
+    .expect("restart the Cyrus master");
+    let mut writer = logged_in(cyrus_master.addr).await;
+    pipeline(
+        &mut writer,
+        &["Z1 ACTIVATE \"user.after-restart\" \"be1!default\" \"\"\r\n".to_owned()],
+    )
+    .await;
     converge(&mut reader, &mut writer).await;
 }
 

@@ -713,3 +713,56 @@ async fn in_one_process_a_slave_on_port_0_follows_its_master() {
     shutdown.cancel();
     assert!(slave.await.expect("slave task").is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_a_difference_planted_in_a_slave() {
+    let master = TestServer::start("").await;
+    let mut writer = master.admin().await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.real\" \"be1!p\" \"\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave_conf = follow_config(slave_dir.path(), master.addr);
+    let slave = ServerProcess::start(&slave_conf, &[], &[]);
+    drop(slave);
+    // Plant a mailbox in the stopped slave's store that the master never had; the slave's
+    // position stays, so its next start resumes by delta and keeps the drift.
+    let planted = slave_dir.path().join("planted.dump");
+    std::fs::write(
+        &planted,
+        [
+            mailbox("D", "user.real", "be1!p", ""),
+            mailbox("D", "user.drift", "be9!x", ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let out = tool(&[
+        "restore",
+        "-C",
+        slave_conf.to_str().unwrap(),
+        planted.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let slave = ServerProcess::start(&slave_conf, &[], &[]);
+    let out = tool(&[
+        "check",
+        "-C",
+        slave_conf.to_str().unwrap(),
+        "--master",
+        &master.addr.to_string(),
+        "--slave",
+        &slave.addr.to_string(),
+    ]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("only on slave: user.drift"), "{report}");
+    assert!(report.contains("1 differences"), "{report}");
+}

@@ -15,6 +15,7 @@ pub struct Cyrus {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     master_pid: u32,
+    greeting: Vec<u8>,
 }
 
 /// What the instance runs.
@@ -200,6 +201,20 @@ impl Cyrus {
         run(Command::new("chmod").arg("755").arg(&root));
         run(Command::new("chown").args(["-R", "cyrus"]).arg(&root));
         run(Command::new("chmod").arg("640").arg(root.join("sasldb2")));
+        let mut cyrus = Cyrus {
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            master_pid: 0,
+            greeting: greeting.to_vec(),
+        };
+        cyrus.launch();
+        cyrus
+    }
+
+    /// Starts master(8) on this instance and waits for the service's greeting.
+    fn launch(&mut self) {
+        let root = self.path();
+        let _ = std::fs::remove_file(root.join("master.pid"));
         run(Command::new(format!("{CYRUS_BIN}/master"))
             .arg("-d")
             .arg("-C")
@@ -211,7 +226,7 @@ impl Cyrus {
             .arg("-L")
             .arg(root.join("master.log")));
         let deadline = Instant::now() + Duration::from_secs(60);
-        let master_pid = loop {
+        self.master_pid = loop {
             if let Ok(text) = std::fs::read_to_string(root.join("master.pid"))
                 && let Ok(pid) = text.trim().parse::<u32>()
             {
@@ -220,13 +235,28 @@ impl Cyrus {
             assert!(Instant::now() < deadline, "master(8) wrote no pid file");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let cyrus = Cyrus {
-            dir,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            master_pid,
-        };
-        cyrus.wait_for_greeting(greeting, Duration::from_secs(60));
-        cyrus
+        let greeting = self.greeting.clone();
+        self.wait_for_greeting(&greeting, Duration::from_secs(60));
+    }
+
+    /// Stops master(8) and starts it again on the same directory and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn stop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let master = Pid::from_raw(self.master_pid as i32);
+        let _ = kill(master, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kill(master, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if kill(master, None).is_ok() {
+            let _ = kill(master, Signal::SIGKILL);
+        }
     }
 
     /// Waits until the service greets (a slave greets only after its first sync).
@@ -288,16 +318,6 @@ impl Cyrus {
 
 impl Drop for Cyrus {
     fn drop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let master = Pid::from_raw(self.master_pid as i32);
-        let _ = kill(master, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while kill(master, None).is_ok() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if kill(master, None).is_ok() {
-            let _ = kill(master, Signal::SIGKILL);
-        }
+        self.stop();
     }
 }
