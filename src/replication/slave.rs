@@ -197,17 +197,26 @@ async fn reconcile(
     dump: Vec<Mutation>,
     checkpoint: Option<Mutation>,
 ) -> Result<(), LinkError> {
-    let names: HashSet<Vec<u8>> = dump.iter().map(|m| m.name().to_vec()).collect();
-    let mut stale = Vec::new();
-    store.snapshot()?.walk(|record| {
-        if !names.contains(record.name) {
-            stale.push(Mutation::Replicate {
-                name: record.name.to_vec(),
-                record: None,
-            });
-        }
-        true
+    let snapshot = store.snapshot()?;
+    let mut empty = true;
+    snapshot.walk(|_| {
+        empty = false;
+        false
     })?;
+    let mut stale = Vec::new();
+    // A new replica has nothing to remove: skip indexing a dump of perhaps a million names.
+    if !empty {
+        let names: HashSet<&[u8]> = dump.iter().map(|m| m.name()).collect();
+        snapshot.walk(|record| {
+            if !names.contains(record.name) {
+                stale.push(Mutation::Replicate {
+                    name: record.name.to_vec(),
+                    record: None,
+                });
+            }
+            true
+        })?;
+    }
     // An empty list from a master that used to hold mailboxes is far more likely a wiped
     // or wrong master than a murder that deleted everything: keep the replica and say so.
     if dump.is_empty() && !stale.is_empty() {
