@@ -7,6 +7,9 @@ use tokio::net::TcpStream;
 use super::compress::{Deflate, InflateError};
 use super::telemetry::TelemetryLog;
 
+/// Bytes a read asks for at a time.
+const READ_CHUNK: usize = 4096;
+
 /// Why reading from the client stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -33,7 +36,8 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         Connection {
             stream,
-            raw: Vec::with_capacity(4096),
+            // Only COMPRESS sessions use it.
+            raw: Vec::new(),
             deflate: None,
             telemetry: None,
         }
@@ -45,7 +49,8 @@ impl Connection {
         let start = input.len();
         match &mut self.deflate {
             None => {
-                input.reserve(16 * 1024);
+                // Idle listeners are most connections: keep their buffers small.
+                input.reserve(READ_CHUNK);
                 let n = self.stream.read_buf(input).await?;
                 if n == 0 {
                     return Ok(false);
@@ -53,7 +58,7 @@ impl Connection {
             }
             Some(deflate) => {
                 self.raw.clear();
-                self.raw.reserve(16 * 1024);
+                self.raw.reserve(READ_CHUNK);
                 let n = self.stream.read_buf(&mut self.raw).await?;
                 if n == 0 {
                     return Ok(false);
