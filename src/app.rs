@@ -262,6 +262,21 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
     run(settings, role, listener, shutdown).await
 }
 
+/// The store's options from the settings.
+pub fn store_options(settings: &Settings) -> StoreOptions {
+    StoreOptions {
+        policy: if settings.replicated_writes() {
+            ConflictPolicy::Replicated
+        } else {
+            ConflictPolicy::Standard
+        },
+        changelog_max: settings.changelog_max,
+        changelog_max_age: Some(settings.changelog_max_age).filter(|a| !a.is_zero()),
+        feed_capacity: settings.listener_queue,
+        ..StoreOptions::default()
+    }
+}
+
 /// Serves `role` on a bound `listener` until `shutdown`: opens the store, starts the
 /// replication link and kick socket, and (a slave after its first sync) accepts clients.
 /// Tests run masters and slaves in-process through this.
@@ -271,22 +286,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Fatal> {
-    let policy = if settings.replicated_writes() {
-        ConflictPolicy::Replicated
-    } else {
-        ConflictPolicy::Standard
-    };
-    let store = Store::open(
-        &settings.db_path,
-        StoreOptions {
-            policy,
-            changelog_max: settings.changelog_max,
-            changelog_max_age: Some(settings.changelog_max_age).filter(|a| !a.is_zero()),
-            feed_capacity: settings.listener_queue,
-            ..StoreOptions::default()
-        },
-    )
-    .map_err(|e| match e {
+    let store = Store::open(&settings.db_path, store_options(&settings)).map_err(|e| match e {
         StoreError::InUse => fatal(
             EXIT_CONFIG,
             format!(

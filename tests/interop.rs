@@ -33,12 +33,6 @@ async fn pipeline(client: &mut Client, commands: &[String]) -> Vec<u8> {
     }
 }
 
-/// The LIST answer of a server, with its tag.
-async fn list(client: &mut Client) -> Vec<u8> {
-    client.send(b"L LIST\r\n").await;
-    client.read_until(b"L OK \"list complete\"\r\n").await
-}
-
 /// Mailbox names of the kinds a murder holds: hierarchy, `-`, `_`, domains, shared.
 fn murder_names(count: usize) -> Vec<String> {
     (0..count)
@@ -101,9 +95,7 @@ async fn scenario1_cyrus_slave_follows_our_master() {
     .expect("start the Cyrus slave");
     eprintln!("Cyrus slave synchronised in {:?}", started.elapsed());
 
-    let mut reader = Client::connect(slave.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(slave.addr).await;
     let theirs = list(&mut reader).await;
     assert_eq!(
         theirs.len(),
@@ -476,9 +468,7 @@ async fn scenario5_cyrus_master_runs_our_server() {
         .map(|_| {
             let addr = cyrus.addr;
             tokio::spawn(async move {
-                let mut c = Client::connect(addr).await;
-                c.read_banner().await;
-                c.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+                let mut c = logged_in(addr).await;
                 c.exchange(
                     b"F FIND \"user.m8\"\r\n",
                     b"F MAILBOX {7+}\r\nuser.m8 {11+}\r\nbe1!default {6+}\r\nm\tlrs\t\r\nF OK \"Search completed\"\r\n",
@@ -503,9 +493,7 @@ async fn scenario5_cyrus_master_runs_our_server() {
     )
     .expect("SIGHUP master");
     let fresh = only_child(&cyrus, Some(child)).await;
-    let mut c = Client::connect(cyrus.addr).await;
-    c.read_banner().await;
-    c.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut c = logged_in(cyrus.addr).await;
     c.exchange(
         b"F FIND \"user.m8\"\r\n",
         b"F MAILBOX {7+}\r\nuser.m8 {11+}\r\nbe1!default {6+}\r\nm\tlrs\t\r\nF OK \"Search completed\"\r\n",
@@ -601,45 +589,9 @@ async fn scenario4_a_whole_murder_around_our_master() {
     }
 }
 
-/// Polls `slave`'s LIST until it equals `master`'s (NOOP first: a barrier on Cyrus slaves).
-async fn converge(slave: &mut Client, master: &mut Client) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ours = list(master).await;
-        slave
-            .exchange(b"N NOOP\r\n", b"N OK \"Noop done\"\r\n")
-            .await;
-        let theirs = list(slave).await;
-        if theirs == ours {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence: {} vs {} bytes",
-            theirs.len(),
-            ours.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Our slave process, following `master`.
 fn our_slave(dir: &std::path::Path, master: std::net::SocketAddr) -> ServerProcess {
-    let conf = write_process_config(
-        dir,
-        &format!(
-            "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
-             mupdate_retry_delay: 1\n"
-        ),
-    );
-    ServerProcess::start(&conf, &[], &[])
-}
-
-async fn logged_in(addr: std::net::SocketAddr) -> Client {
-    let mut client = Client::connect(addr).await;
-    client.read_banner().await;
-    client.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
-    client
+    ServerProcess::start(&follow_config(dir, master), &[], &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

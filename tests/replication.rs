@@ -7,30 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-async fn list(client: &mut Client) -> Vec<u8> {
-    client.send(b"L LIST\r\n").await;
-    client.read_until(b"L OK \"list complete\"\r\n").await
-}
-
-/// Polls the slave's LIST until it equals the master's.
-async fn converge(slave: &mut Client, master: &mut Client) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let ours = list(master).await;
-    loop {
-        let theirs = list(slave).await;
-        if theirs == ours {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slave did not converge:\n{}\nvs master\n{}",
-            String::from_utf8_lossy(&theirs),
-            String::from_utf8_lossy(&ours)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slave_follows_master_and_resyncs_after_master_restart() {
     let master = TestServer::start("").await;
@@ -55,13 +31,7 @@ async fn slave_follows_master_and_resyncs_after_master_restart() {
         .await;
 
     let slave_dir = tempfile::tempdir().unwrap();
-    let conf = write_process_config(
-        slave_dir.path(),
-        &format!(
-            "mupdate_server: 127.0.0.1:{port}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
-             mupdate_retry_delay: 1\n"
-        ),
-    );
+    let conf = follow_config(slave_dir.path(), master.addr);
     // The slave logs "listening on" only after its first sync.
     let slave = ServerProcess::start(&conf, &[], &[]);
     let mut reader = Client::connect(slave.addr).await;
@@ -144,22 +114,11 @@ async fn a_slave_of_a_slave_follows_too() {
             b"A1 OK \"done\"\r\n",
         )
         .await;
-    let slave_config = |dir: &std::path::Path, upstream: std::net::SocketAddr| {
-        write_process_config(
-            dir,
-            &format!(
-                "mupdate_server: {upstream}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
-                 mupdate_retry_delay: 1\n"
-            ),
-        )
-    };
     let first_dir = tempfile::tempdir().unwrap();
-    let first = ServerProcess::start(&slave_config(first_dir.path(), master.addr), &[], &[]);
+    let first = ServerProcess::start(&follow_config(first_dir.path(), master.addr), &[], &[]);
     let second_dir = tempfile::tempdir().unwrap();
-    let second = ServerProcess::start(&slave_config(second_dir.path(), first.addr), &[], &[]);
-    let mut reader = Client::connect(second.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let second = ServerProcess::start(&follow_config(second_dir.path(), first.addr), &[], &[]);
+    let mut reader = logged_in(second.addr).await;
     writer
         .exchange(
             b"A2 ACTIVATE \"user.leaf\" \"be2!p\" \"\"\r\n",
@@ -184,20 +143,11 @@ async fn kick(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 async fn c101_c105_kicks_and_streaming_noops_wait_for_the_master() {
     let master = TestServer::start("").await;
     let slave_dir = tempfile::tempdir().unwrap();
-    let conf = write_process_config(
-        slave_dir.path(),
-        &format!(
-            "mupdate_server: {}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
-             mupdate_retry_delay: 1\n",
-            master.addr
-        ),
-    );
+    let conf = follow_config(slave_dir.path(), master.addr);
     let slave = ServerProcess::start(&conf, &[], &[]);
     let slave_kick = slave_dir.path().join("socket/mupdate.target");
     let mut writer = master.admin().await;
-    let mut reader = Client::connect(slave.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(slave.addr).await;
 
     // A change committed on the master, then a kick on the slave: once `ok` arrives, the
     // slave has the change.
@@ -295,13 +245,7 @@ async fn autoselect_picks_master_for_a_local_address_and_slave_otherwise() {
     );
 
     let slave_dir = tempfile::tempdir().unwrap();
-    let slave_conf = write_process_config(
-        slave_dir.path(),
-        &format!(
-            "mupdate_server: {}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n",
-            master.addr
-        ),
-    );
+    let slave_conf = follow_config(slave_dir.path(), master.addr);
     let slave = ServerProcess::start(&slave_conf, &["-a"], &[]);
     let mut client = Client::connect(slave.addr).await;
     let banner = client.read_banner().await;
@@ -325,9 +269,7 @@ async fn dump_restore_and_check() {
     let source_dir = tempfile::tempdir().unwrap();
     let source_conf = write_process_config(source_dir.path(), "");
     let source = ServerProcess::start(&source_conf, &["-m"], &[]);
-    let mut writer = Client::connect(source.addr).await;
-    writer.read_banner().await;
-    writer.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut writer = logged_in(source.addr).await;
     for (i, command) in [
         "ACTIVATE \"user.a\" \"be1!p\" \"a\tlrs\tanyone\tl\t\"",
         "ACTIVATE \"example.com!user.b.x y\" \"be2!\" \"\"",
@@ -374,9 +316,7 @@ async fn dump_restore_and_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     let target = ServerProcess::start(&target_conf, &["-m"], &[]);
-    let mut reader = Client::connect(target.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(target.addr).await;
     assert_eq!(list(&mut reader).await, list(&mut writer).await);
 
     // check: equal lists pass; a planted difference is reported.
@@ -421,16 +361,6 @@ async fn dump_restore_and_check() {
     assert!(report.contains("2 differences"), "{report}");
 }
 
-fn follow_config(dir: &std::path::Path, master: std::net::SocketAddr) -> std::path::PathBuf {
-    write_process_config(
-        dir,
-        &format!(
-            "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
-             mupdate_retry_delay: 1\n"
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_master_restart_the_slave_resumes_by_delta() {
     use std::sync::atomic::Ordering;
@@ -445,9 +375,7 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
-    let mut reader = Client::connect(slave.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(slave.addr).await;
     writer
         .exchange(
             b"A2 ACTIVATE \"user.two\" \"be1!p\" \"\"\r\n",
@@ -515,9 +443,7 @@ async fn a_slave_behind_the_trimmed_log_falls_back_to_a_full_dump() {
     writer.send(&burst).await;
     writer.read_until(b"B1099 OK \"done\"\r\n").await;
     let slave = ServerProcess::start(&conf, &[], &[]);
-    let mut reader = Client::connect(slave.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(slave.addr).await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(master.ctx.resumes.load(Ordering::Relaxed), 0);
     assert_eq!(master.ctx.full_dumps.load(Ordering::Relaxed), 2);
@@ -537,9 +463,7 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
-    let mut reader = Client::connect(slave.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(slave.addr).await;
     converge(&mut reader, &mut writer).await;
     let before = list(&mut reader).await;
     drop(writer);
@@ -619,9 +543,7 @@ async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
     let master_conf = write_process_config(master_dir.path(), "");
     let mut master =
         ServerProcess::start(&master_conf, &["-m"], &[("IMAPD_MUPDATE_LISTEN", &listen)]);
-    let mut writer = Client::connect(master.addr).await;
-    writer.read_banner().await;
-    writer.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut writer = logged_in(master.addr).await;
     writer
         .exchange(
             b"A1 ACTIVATE \"user.before\" \"be1!p\" \"\"\r\n",
@@ -630,16 +552,12 @@ async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
-    let mut reader = Client::connect(slave.addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(slave.addr).await;
     converge(&mut reader, &mut writer).await;
 
     master.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
     let master = ServerProcess::start(&master_conf, &["-m"], &[("IMAPD_MUPDATE_LISTEN", &listen)]);
-    let mut writer = Client::connect(master.addr).await;
-    writer.read_banner().await;
-    writer.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut writer = logged_in(master.addr).await;
     writer
         .exchange(
             b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n",
@@ -682,9 +600,7 @@ async fn in_one_process_a_slave_on_port_0_follows_its_master() {
         listener,
         shutdown.clone(),
     ));
-    let mut reader = Client::connect(addr).await;
-    reader.read_banner().await;
-    reader.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    let mut reader = logged_in(addr).await;
     let mut listener = Client::connect(addr).await;
     listener.read_banner().await;
     listener

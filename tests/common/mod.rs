@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use mupdate::server::{self, Role, ServerContext};
-use mupdate::store::{ConflictPolicy, Store, StoreOptions};
+use mupdate::store::{Store, StoreOptions};
 
 /// `\0mupdate\0mupdatepass` in base64.
 pub const B64_ADMIN: &str = "AG11cGRhdGUAbXVwZGF0ZXBhc3M=";
@@ -72,22 +72,7 @@ impl TestServer {
         let conf = dir.path().join("imapd.conf");
         std::fs::write(&conf, format!("{}{extra}", base_config(dir.path()))).expect("write conf");
         let settings = mupdate::config::load(&conf).expect("config");
-        let policy = if settings.replicated_writes() {
-            ConflictPolicy::Replicated
-        } else {
-            ConflictPolicy::Standard
-        };
-        let store = open_store(
-            &settings.db_path,
-            StoreOptions {
-                policy,
-                changelog_max: settings.changelog_max,
-                changelog_max_age: Some(settings.changelog_max_age).filter(|a| !a.is_zero()),
-                feed_capacity: settings.listener_queue,
-                ..StoreOptions::default()
-            },
-        )
-        .await;
+        let store = open_store(&settings.db_path, mupdate::app::store_options(&settings)).await;
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let ctx = Arc::new(ServerContext::new(
@@ -470,4 +455,52 @@ pub fn write_process_config(dir: &Path, extra: &str) -> PathBuf {
     )
     .expect("write conf");
     conf
+}
+
+/// A client that has read the banner and logged in as the admin.
+pub async fn logged_in(addr: SocketAddr) -> Client {
+    let mut client = Client::connect(addr).await;
+    client.read_banner().await;
+    client.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+    client
+}
+
+/// The whole LIST answer of a server (tag `L`).
+pub async fn list(client: &mut Client) -> Vec<u8> {
+    client.send(b"L LIST\r\n").await;
+    client.read_until(b"L OK \"list complete\"\r\n").await
+}
+
+/// Polls `slave`'s LIST until it equals `master`'s; a NOOP first makes the slave check with
+/// its master (a barrier on Cyrus slaves and ours alike).
+pub async fn converge(slave: &mut Client, master: &mut Client) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ours = list(master).await;
+        slave
+            .exchange(b"N NOOP\r\n", b"N OK \"Noop done\"\r\n")
+            .await;
+        let theirs = list(slave).await;
+        if theirs == ours {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence:\n{}\nvs master\n{}",
+            String::from_utf8_lossy(&theirs),
+            String::from_utf8_lossy(&ours)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The configuration of one of our slaves following `master`, in `dir`.
+pub fn follow_config(dir: &Path, master: SocketAddr) -> PathBuf {
+    write_process_config(
+        dir,
+        &format!(
+            "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+             mupdate_retry_delay: 1\n"
+        ),
+    )
 }
