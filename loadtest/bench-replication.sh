@@ -39,6 +39,7 @@ start_ours() {
         echo "mupdate_passwd_file: $dir/passwd"
         echo "mupdate_listen: 127.0.0.1:0"
         echo "mupdate_connections_max: 2000"
+        echo "mupdate_http_listen: 127.0.0.1:0"
         if [ -n "$upstream" ]; then
             echo "mupdate_server: 127.0.0.1:$upstream"
             echo "mupdate_authname: mupdate"

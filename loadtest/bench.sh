@@ -46,6 +46,7 @@ failedloginpause: 0
 mupdate_passwd_file: $work/ours/passwd
 mupdate_listen: 127.0.0.1:0
 mupdate_connections_max: 256
+mupdate_http_listen: 127.0.0.1:0
 CONF
 RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" target/release/mupdate -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
 ours_pid=$!

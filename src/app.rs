@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command};
 use crate::config::{self, MupdateConfig, Settings};
 use crate::cyrus_master::{self, Launch};
+use crate::observability::metrics::Metrics;
+use crate::observability::sidecar::{self, Readiness};
 use crate::replication::kick;
 use crate::replication::slave::{self, BarrierRequests, SlaveSettings};
 use crate::server::{self, Role, ServerContext};
@@ -302,15 +304,21 @@ pub async fn run(
     let address = listener
         .local_addr()
         .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
-    let mut ctx = ServerContext::new(settings, store, role, shutdown);
+    let metrics =
+        Arc::new(Metrics::new().map_err(|e| fatal(EXIT_SOFTWARE, format!("metrics: {e}")))?);
+    let mut ctx = ServerContext::with_metrics(settings, store, role, shutdown, metrics.clone());
+    let mut readiness = Readiness::default();
     let mut link = None;
     if let Role::Slave { master } = &ctx.role {
         let settings = slave_settings(&ctx.settings, master.clone());
         let (barrier, requests) = slave::barrier(&settings);
+        let linked = barrier.clone();
+        readiness.also_require(Arc::new(move || linked.connected()));
         ctx.set_upstream(barrier);
         link = Some((settings, requests));
     }
     let ctx = Arc::new(ctx);
+    start_sidecar(&ctx, metrics, readiness.clone()).await?;
     match link {
         None => {
             // A master answers kicks at once, from start-up on.
@@ -334,6 +342,7 @@ pub async fn run(
             "no password source: set mupdate_passwd_file or sasl_pwcheck_method: saslauthd"
         );
     }
+    readiness.set(true);
     tracing::info!(%address, role = ?ctx.role, db = %ctx.settings.db_path.display(), "listening on {address}");
     server::run(listener, ctx.clone()).await;
     let (commits, writes, commit_micros) = ctx.store.commit_stats().snapshot();
@@ -343,6 +352,52 @@ pub async fn run(
         mean_commit_us = commit_micros.checked_div(commits).unwrap_or(0),
         "shut down"
     );
+    Ok(())
+}
+
+/// Starts the HTTP sidecar on `mupdate_http_listen`, unless it is `off`; readiness drops
+/// as soon as shutdown starts.
+async fn start_sidecar(
+    ctx: &Arc<ServerContext>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+) -> Result<(), Fatal> {
+    let shutdown = ctx.shutdown.clone();
+    let draining = readiness.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        draining.set(false);
+    });
+    let Some(address) = &ctx.settings.http_listen else {
+        return Ok(());
+    };
+    let http = TcpListener::bind(address).await.map_err(|e| {
+        fatal(
+            EXIT_OS,
+            format!("cannot listen on {address} (sidecar): {e}"),
+        )
+    })?;
+    let bound = http
+        .local_addr()
+        .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
+    tracing::info!(%bound, "sidecar on http://{bound}");
+    let refresh = {
+        let ctx = ctx.clone();
+        Arc::new(move || {
+            let (commits, writes, _) = ctx.store.commit_stats().snapshot();
+            ctx.metrics.commits.set(commits as i64);
+            ctx.metrics.writes.set(writes as i64);
+            ctx.metrics.last_seq.set(ctx.store.last_seq() as i64);
+            ctx.metrics.listeners.set(ctx.store.listener_count() as i64);
+        })
+    };
+    tokio::spawn(sidecar::serve(
+        http,
+        metrics,
+        readiness,
+        refresh,
+        ctx.shutdown.clone(),
+    ));
     Ok(())
 }
 

@@ -122,6 +122,8 @@ pub struct Settings {
     pub banner_version: String,
     /// Cyrus service name (`CYRUS_SERVICE`, default `mupdate`): telemetry file prefix.
     pub service_name: String,
+    /// `mupdate_http_listen` (new): the sidecar's address (`off`: none)
+    pub http_listen: Option<String>,
     /// `mupdate_worker_threads` (new): async worker threads; 0 means one per CPU.
     pub worker_threads: usize,
 }
@@ -310,6 +312,11 @@ impl Settings {
                 .unwrap_or_else(|| format!("3.6.1-mupdate-rs-{}", env!("CARGO_PKG_VERSION"))),
             service_name: o.service.clone(),
             worker_threads: o.typed("mupdate_worker_threads", 0, parse_count)?,
+            http_listen: match o.get("mupdate_http_listen") {
+                Some(v) if v.eq_ignore_ascii_case("off") => None,
+                Some(v) => Some(v.to_owned()),
+                None => Some("0.0.0.0:8390".to_owned()),
+            },
             config_directory,
         })
     }

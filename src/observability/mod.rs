@@ -1,4 +1,8 @@
-//! Logging set-up: human-readable lines on stderr, filtered by `RUST_LOG` (default `info`).
+//! Logging set-up (human-readable lines on stderr, filtered by `RUST_LOG`, default `info`),
+//! the metrics registry and the HTTP sidecar.
+
+pub mod metrics;
+pub mod sidecar;
 
 use tracing_subscriber::EnvFilter;
 

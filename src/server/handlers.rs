@@ -403,12 +403,15 @@ impl Session {
             return Ok(Flow::Continue);
         };
         match answer {
-            SaslResponse::Cancel => response::tagged(
-                &mut self.out,
-                &tag,
-                Status::No,
-                Text::Bare(b"Client canceled authentication"),
-            ),
+            SaslResponse::Cancel => {
+                self.ctx.metrics.command("AUTHENTICATE", "no");
+                response::tagged(
+                    &mut self.out,
+                    &tag,
+                    Status::No,
+                    Text::Bare(b"Client canceled authentication"),
+                )
+            }
             SaslResponse::Line(line) => self.check_login(&tag, &line).await?,
         }
         Ok(Flow::Continue)
@@ -417,6 +420,7 @@ impl Session {
     async fn check_login(&mut self, tag: &[u8], response: &[u8]) -> std::io::Result<()> {
         match self.ctx.auth.login_plain(response).await {
             Ok(identity) => {
+                self.ctx.metrics.command("AUTHENTICATE", "ok");
                 ok(&mut self.out, tag, "Authenticated");
                 // Nothing up to and including the login's OK is logged (spec §4.3).
                 self.flush().await?;
@@ -439,6 +443,8 @@ impl Session {
     }
 
     async fn login_failed(&mut self, tag: &[u8]) {
+        self.ctx.metrics.command("AUTHENTICATE", "no");
+        self.ctx.metrics.auth_failures.inc();
         let pause: Duration = self.ctx.settings.failed_login_pause;
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::observability::metrics::Metrics;
 use crate::protocol::response::{Banner, SERVER_UNABLE};
 use crate::replication::slave::UpstreamBarrier;
 use crate::store::Store;
@@ -54,11 +55,30 @@ pub struct ServerContext {
     pub full_dumps: AtomicU64,
     /// XUPDATEs resumed from the change log.
     pub resumes: AtomicU64,
+    /// Exported metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ServerContext {
     /// Builds the shared state.
     pub fn new(settings: Settings, store: Store, role: Role, shutdown: CancellationToken) -> Self {
+        Self::with_metrics(
+            settings,
+            store,
+            role,
+            shutdown,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    /// Builds the shared state, counting into `metrics`.
+    pub fn with_metrics(
+        settings: Settings,
+        store: Store,
+        role: Role,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let auth = Authenticator::new(&settings);
         let mut banner = Vec::new();
         Banner {
@@ -85,6 +105,7 @@ impl ServerContext {
             upstream: None,
             full_dumps: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -109,6 +130,7 @@ struct ConnectionSlot(Arc<ServerContext>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connections_open.dec();
     }
 }
 
@@ -135,8 +157,10 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
         };
         let mut conn = Connection::new(stream);
         let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.connections_open.inc();
         let slot = ConnectionSlot(ctx.clone());
         if open >= ctx.settings.connections_max {
+            ctx.metrics.connections_refused.inc();
             tracing::warn!(%peer, open, "connection limit reached; refusing");
             sessions.spawn(async move {
                 let _slot = slot;
@@ -145,6 +169,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
             });
             continue;
         }
+        ctx.metrics.connections_accepted.inc();
         let session = Session::new(ctx.clone(), conn);
         sessions.spawn(async move {
             let _slot = slot;

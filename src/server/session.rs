@@ -226,6 +226,7 @@ impl Session {
             }
             Event::Error { tag, kind } => {
                 response::parse_error(&mut self.out, tag.as_deref(), kind);
+                self.ctx.metrics.command("_OTHER", "bad");
                 Ok(Flow::Continue)
             }
             Event::Fatal { tag } => {
@@ -242,7 +243,18 @@ impl Session {
                 Ok(Flow::Close)
             }
             Event::Sasl(answer) => self.finish_sasl(answer).await,
-            Event::Command(command) => self.execute(command).await,
+            Event::Command(command) => {
+                let name = command.kind.name();
+                let before = self.out.len();
+                let flow = self.execute(command).await;
+                // AUTHENTICATE counts itself: its answer may come in a later event.
+                if name != "AUTHENTICATE" && self.out.len() > before {
+                    let result =
+                        crate::observability::metrics::Metrics::result_of(&self.out[before..]);
+                    self.ctx.metrics.command(name, result);
+                }
+                flow
+            }
         }
     }
 

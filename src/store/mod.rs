@@ -475,6 +475,11 @@ impl Store {
         self.feed.subscribe()
     }
 
+    /// Connections following the change feed.
+    pub fn listener_count(&self) -> usize {
+        self.feed.receiver_count()
+    }
+
     /// Sequence number of the last committed change.
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)

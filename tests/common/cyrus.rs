@@ -138,7 +138,7 @@ impl Cyrus {
                     "mupdate",
                     "__OURS__ -m",
                     &b"* OK MUPDATE"[..],
-                    format!("mupdate_passwd_file: {r}/passwd\n"),
+                    format!("mupdate_passwd_file: {r}/passwd\nmupdate_http_listen: 127.0.0.1:0\n"),
                 )
             }
             Service::Frontend { mupdate, backends } => (

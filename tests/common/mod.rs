@@ -451,7 +451,10 @@ pub fn write_process_config(dir: &Path, extra: &str) -> PathBuf {
     let conf = dir.join("imapd.conf");
     std::fs::write(
         &conf,
-        format!("{}mupdate_listen: 127.0.0.1:0\n{extra}", base_config(dir)),
+        format!(
+            "{}mupdate_listen: 127.0.0.1:0\nmupdate_http_listen: 127.0.0.1:0\n{extra}",
+            base_config(dir)
+        ),
     )
     .expect("write conf");
     conf

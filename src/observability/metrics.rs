@@ -1,0 +1,126 @@
+//! Every metric the server exports, in one app-owned registry. Label values come only from
+//! closed sets (command names, results, roles): never a mailbox, user or peer address.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The server's metrics.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Connections accepted.
+    pub connections_accepted: IntCounter,
+    /// Connections refused at `mupdate_connections_max`.
+    pub connections_refused: IntCounter,
+    /// Connections open now.
+    pub connections_open: IntGauge,
+    /// Commands by command and result (`ok`, `no`, `bad`).
+    pub commands: IntCounterVec,
+    /// Failed logins.
+    pub auth_failures: IntCounter,
+    /// UPDATE listeners streaming now.
+    pub listeners: IntGauge,
+    /// Store commits.
+    pub commits: IntGauge,
+    /// Writes committed.
+    pub writes: IntGauge,
+    /// Sequence number of the last committed change.
+    pub last_seq: IntGauge,
+}
+
+impl Default for Metrics {
+    /// Metrics in a registry of their own (tests, tools).
+    fn default() -> Metrics {
+        // Registration only fails on duplicate names, which a fresh registry cannot have.
+        Metrics::new()
+            .unwrap_or_else(|error| panic!("metric definitions are inconsistent: {error}"))
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let commands = IntCounterVec::new(
+            Opts::new(
+                "mupdate_commands_total",
+                "MUPDATE commands by command and result",
+            ),
+            &["command", "result"],
+        )?;
+        registry.register(Box::new(commands.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Metrics {
+            connections_accepted: counter(
+                "mupdate_connections_accepted_total",
+                "Client connections accepted",
+            )?,
+            connections_refused: counter(
+                "mupdate_connections_refused_total",
+                "Client connections refused at mupdate_connections_max",
+            )?,
+            connections_open: gauge("mupdate_connections_open", "Client connections open")?,
+            auth_failures: counter(
+                "mupdate_auth_failures_total",
+                "Failed AUTHENTICATE commands",
+            )?,
+            listeners: gauge(
+                "mupdate_update_listeners",
+                "Connections streaming UPDATE changes",
+            )?,
+            commits: gauge("mupdate_store_commits_total", "Durable store commits")?,
+            writes: gauge(
+                "mupdate_store_writes_total",
+                "Writes committed to the store",
+            )?,
+            last_seq: gauge(
+                "mupdate_store_last_sequence",
+                "Sequence number of the last committed change",
+            )?,
+            commands,
+            registry,
+        })
+    }
+
+    /// The result label of the last response line in `out` (`ok`, `no`, `bad`, `other`).
+    pub fn result_of(out: &[u8]) -> &'static str {
+        let body = out.strip_suffix(b"\r\n").unwrap_or(out);
+        let line = match body.iter().rposition(|&b| b == b'\n') {
+            Some(at) => &body[at + 1..],
+            None => body,
+        };
+        let mut words = line.split(|&b| b == b' ').skip(1);
+        match words.next() {
+            Some(b"OK") => "ok",
+            Some(b"NO") => "no",
+            Some(b"BAD") => "bad",
+            _ => "other",
+        }
+    }
+
+    /// Counts one command.
+    pub fn command(&self, name: &str, result: &str) {
+        self.commands.with_label_values(&[name, result]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(error) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "cannot render metrics");
+        }
+        out
+    }
+}
