@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite uses: the real Cyrus 3.6.1
 # (mupdatetest, ctl_mboxlist, master(8), mupdate) and Cyrus SASL's saslauthd
-# and saslpasswd2. Starts no system service. Idempotent; needs root.
+# and saslpasswd2, and Prometheus (promtool, a real scraper). Starts no system service.
+# Idempotent; needs root.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps.sh: run as root (apt-get install)" >&2
     exit 1
 fi
-packages=(cyrus-murder cyrus-clients sasl2-bin libsasl2-modules)
+packages=(cyrus-murder cyrus-clients sasl2-bin libsasl2-modules prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

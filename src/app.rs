@@ -385,8 +385,8 @@ async fn start_sidecar(
         let ctx = ctx.clone();
         Arc::new(move || {
             let (commits, writes, _) = ctx.store.commit_stats().snapshot();
-            ctx.metrics.commits.set(commits as i64);
-            ctx.metrics.writes.set(writes as i64);
+            Metrics::catch_up(&ctx.metrics.commits, commits);
+            Metrics::catch_up(&ctx.metrics.writes, writes);
             ctx.metrics.last_seq.set(ctx.store.last_seq() as i64);
             ctx.metrics.listeners.set(ctx.store.listener_count() as i64);
         })

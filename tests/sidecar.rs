@@ -144,3 +144,39 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     }
     assert_eq!(get(&http, "/livez").0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_our_metrics() {
+    if !cyrus_available(
+        "promtool_accepts_our_metrics (Prometheus)",
+        "/usr/bin/promtool",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let (child, http) = start(&conf, &["-m"]);
+    let (status, metrics) = get(&http, "/metrics");
+    assert_eq!(status, 200);
+    let mut promtool = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("metrics to promtool");
+    let out = promtool.wait_with_output().expect("promtool result");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(child);
+}

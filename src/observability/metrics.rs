@@ -20,9 +20,9 @@ pub struct Metrics {
     /// UPDATE listeners streaming now.
     pub listeners: IntGauge,
     /// Store commits.
-    pub commits: IntGauge,
+    pub commits: IntCounter,
     /// Writes committed.
-    pub writes: IntGauge,
+    pub writes: IntCounter,
     /// Sequence number of the last committed change.
     pub last_seq: IntGauge,
 }
@@ -79,8 +79,8 @@ impl Metrics {
                 "mupdate_update_listeners",
                 "Connections streaming UPDATE changes",
             )?,
-            commits: gauge("mupdate_store_commits_total", "Durable store commits")?,
-            writes: gauge(
+            commits: counter("mupdate_store_commits_total", "Durable store commits")?,
+            writes: counter(
                 "mupdate_store_writes_total",
                 "Writes committed to the store",
             )?,
@@ -107,6 +107,11 @@ impl Metrics {
             Some(b"BAD") => "bad",
             _ => "other",
         }
+    }
+
+    /// Brings a counter kept elsewhere (the store's) up to `total`.
+    pub fn catch_up(counter: &IntCounter, total: u64) {
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     /// Counts one command.
