@@ -180,3 +180,98 @@ async fn promtool_accepts_our_metrics() {
     );
     stop(child);
 }
+
+/// A query answered by Prometheus's HTTP API, as JSON.
+fn prometheus_query(addr: &str, query: &str) -> serde_json::Value {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (_, body) = get(addr, &format!("/api/v1/query?query={encoded}"));
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_a_master_and_a_slave() {
+    if !cyrus_available(
+        "a_real_prometheus_scrapes (Prometheus)",
+        "/usr/bin/prometheus",
+    ) {
+        return;
+    }
+    // A master and a slave, each with its sidecar.
+    let master_dir = tempfile::tempdir().unwrap();
+    let master = ServerProcess::start(&write_process_config(master_dir.path(), ""), &["-m"], &[]);
+    let sidecar_of = |process: &ServerProcess| {
+        let log = process.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+        let at = log.find("sidecar on http://").expect("sidecar line");
+        log[at + 18..]
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
+    let (master_http, slave_http) = (sidecar_of(&master), sidecar_of(&slave));
+
+    let prom_dir = tempfile::tempdir().unwrap();
+    let config = prom_dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mupdate\n    static_configs:\n      - targets: [\"{master_http}\", \"{slave_http}\"]\n"
+        ),
+    )
+    .unwrap();
+    let web = format!("127.0.0.1:{}", common::cyrus::free_port());
+    let mut prometheus = Command::new("/usr/bin/prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+
+    let mut writer = logged_in(master.addr).await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.scraped\" \"be1!p\" \"\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = serde_json::Value::Null;
+    let found = loop {
+        if std::net::TcpStream::connect(&web).is_ok() {
+            seen = prometheus_query(
+                &web,
+                "mupdate_commands_total{command=\"ACTIVATE\",result=\"ok\"}",
+            );
+            let value = seen["data"]["result"][0]["value"][1].as_str().unwrap_or("");
+            let up = prometheus_query(&web, "sum(up{job=\"mupdate\"})");
+            let targets_up = up["data"]["result"][0]["value"][1].as_str().unwrap_or("");
+            if value == "1" && targets_up == "2" {
+                break true;
+            }
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert!(
+        found,
+        "Prometheus never saw the ACTIVATE on both targets: {seen}"
+    );
+}
