@@ -426,6 +426,7 @@ fn follow_master(
         synced,
         requests,
         Some(kick::socket_path(&ctx.settings.config_directory)),
+        ctx.metrics.clone(),
         ctx.shutdown.clone(),
     ));
     watch

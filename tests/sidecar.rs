@@ -132,6 +132,14 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
         metrics.contains("mupdate_commands_total{command=\"AUTHENTICATE\",result=\"ok\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("mupdate_replication_resyncs_total{kind=\"full\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mupdate_command_duration_seconds_count{command=\"FIND\"} 1"),
+        "{metrics}"
+    );
     // The master goes away: the slave is no longer ready, but still alive.
     let _dir = master.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,7 +1,9 @@
 //! Every metric the server exports, in one app-owned registry. Label values come only from
 //! closed sets (command names, results, roles): never a mailbox, user or peer address.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// The server's metrics.
 pub struct Metrics {
@@ -25,6 +27,14 @@ pub struct Metrics {
     pub writes: IntCounter,
     /// Sequence number of the last committed change.
     pub last_seq: IntGauge,
+    /// Command latency by command.
+    pub command_seconds: HistogramVec,
+    /// A slave's resynchronisations with its master, by kind (`full`, `delta`).
+    pub resyncs: IntCounterVec,
+    /// A slave's lost links to its master.
+    pub reconnects: IntCounter,
+    /// A slave's position in its master's history.
+    pub applied_seq: IntGauge,
 }
 
 impl Default for Metrics {
@@ -58,6 +68,26 @@ impl Metrics {
             &["command", "result"],
         )?;
         registry.register(Box::new(commands.clone()))?;
+        let command_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "mupdate_command_duration_seconds",
+                "Time from a command's last byte to its answer",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 1.0,
+            ]),
+            &["command"],
+        )?;
+        registry.register(Box::new(command_seconds.clone()))?;
+        let resyncs = IntCounterVec::new(
+            Opts::new(
+                "mupdate_replication_resyncs_total",
+                "Resynchronisations of a slave with its master, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(resyncs.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -88,7 +118,17 @@ impl Metrics {
                 "mupdate_store_last_sequence",
                 "Sequence number of the last committed change",
             )?,
+            reconnects: counter(
+                "mupdate_replication_reconnects_total",
+                "Links of a slave to its master that were lost",
+            )?,
+            applied_seq: gauge(
+                "mupdate_replication_applied_sequence",
+                "The master's sequence number this slave has applied (resumable masters)",
+            )?,
             commands,
+            command_seconds,
+            resyncs,
             registry,
         })
     }

@@ -15,6 +15,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Credentials, Link, LinkError};
+use crate::observability::metrics::Metrics;
 use crate::protocol::reply::Reply;
 use crate::store::{MailboxState, Mutation, ReplicaRecord, Store};
 
@@ -55,14 +56,16 @@ pub async fn run(
     synced: watch::Sender<bool>,
     mut barriers: BarrierRequests,
     kick_socket: Option<PathBuf>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = follow(&store, &settings, &synced, &mut barriers, kick_socket.as_deref(), &shutdown) => result,
+            result = follow(&store, &settings, &synced, &mut barriers, kick_socket.as_deref(), &metrics, &shutdown) => result,
         };
         barriers.connected.store(false, Ordering::Release);
+        metrics.reconnects.inc();
         if let Err(error) = result {
             tracing::warn!(master = %settings.master, %error, "lost the master; retrying");
         }
@@ -108,6 +111,7 @@ async fn follow(
     synced: &watch::Sender<bool>,
     barriers: &mut BarrierRequests,
     kick_socket: Option<&Path>,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let mut link = client::connect(&Credentials {
@@ -160,10 +164,12 @@ async fn follow(
         let changes = dump.len();
         dump.extend(checkpoint);
         store.apply_many(dump).await?;
+        metrics.resyncs.with_label_values(&["delta"]).inc();
         tracing::info!(master = %settings.master, changes, "resumed from the master's change log");
     } else {
         let records = dump.len();
         reconcile(store, dump, checkpoint).await?;
+        metrics.resyncs.with_label_values(&["full"]).inc();
         tracing::info!(master = %settings.master, records, "full resync from the master");
     }
     synced.send_replace(true);
@@ -175,7 +181,10 @@ async fn follow(
     if let Some(path) = kick_socket {
         super::kick::serve(path, Some(barriers.handle.clone()), link_alive.clone())?;
     }
-    stream(store, settings, &mut link, &mut barriers.receiver).await
+    if let Some((_, seq)) = position {
+        metrics.applied_seq.set(seq as i64);
+    }
+    stream(store, settings, &mut link, &mut barriers.receiver, metrics).await
 }
 
 /// Reads `"epoch" "seq"`.
@@ -246,6 +255,7 @@ async fn stream(
     settings: &SlaveSettings,
     link: &mut Link,
     barriers: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    metrics: &Metrics,
 ) -> Result<(), LinkError> {
     let d = settings.retry_delay.max(Duration::from_secs(1));
     let mut noop = 0u64;
@@ -304,6 +314,7 @@ async fn stream(
                     } else if tag == b"*" && word == b"XSEQ" {
                         if let Some((epoch, seq)) = parse_position(&rest) {
                             batch.push(Mutation::Checkpoint { epoch, seq });
+                            metrics.applied_seq.set(seq as i64);
                         }
                     } else if tag == b"*" && word == b"BYE" {
                         return Err(LinkError::Protocol(format!(

@@ -246,7 +246,13 @@ impl Session {
             Event::Command(command) => {
                 let name = command.kind.name();
                 let before = self.out.len();
+                let started = std::time::Instant::now();
                 let flow = self.execute(command).await;
+                self.ctx
+                    .metrics
+                    .command_seconds
+                    .with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
                 // AUTHENTICATE counts itself: its answer may come in a later event.
                 if name != "AUTHENTICATE" && self.out.len() > before {
                     let result =
