@@ -45,6 +45,7 @@ fn fatal(code: i32, message: impl Into<String>) -> Fatal {
 pub fn main(cli: Cli) -> i32 {
     let tool = match &cli.command {
         Some(Command::HashPassword { user, scheme }) => return hash_password(user, *scheme),
+        Some(Command::Config { config }) => Some(print_config(config)),
         Some(Command::Dump {
             config,
             server,
@@ -72,11 +73,11 @@ pub fn main(cli: Cli) -> i32 {
             }
         };
     }
-    crate::observability::init_logging();
     let result = (|| {
         // First, since under master(8) this may re-execute the program.
         let launch = cyrus_master::detect()?;
         let settings = config::load(&cli.config).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+        crate::observability::init_logging(settings.log_json);
         let role = choose_role(&cli, &settings)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(async_workers(settings.worker_threads));
@@ -101,6 +102,16 @@ pub fn main(cli: Cli) -> i32 {
 /// more than they give; commits block their thread for one fsync either way.
 fn async_workers(configured: usize) -> usize {
     configured.max(1)
+}
+
+fn print_config(path: &std::path::Path) -> Result<i32, Fatal> {
+    let options = config::effective(path).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+    // Typed parsing too, so that a bad value is reported as the server would report it.
+    config::load(path).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+    for (key, value, origin) in options {
+        println!("{key}: {value}\t# {origin}");
+    }
+    Ok(0)
 }
 
 fn hash_password(user: &str, scheme: crate::auth::passwd_file::Scheme) -> i32 {

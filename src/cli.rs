@@ -40,6 +40,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "argon2id")]
         scheme: Scheme,
     },
+    /// Print the effective configuration (imapd.conf layered with IMAPD_* variables), each
+    /// option with where it was set; passwords and secrets masked.
+    Config {
+        /// Configuration file.
+        #[arg(short = 'C', default_value = "/etc/imapd.conf")]
+        config: PathBuf,
+    },
     /// Write a server's whole mailbox list to a portable dump (MUPDATE's own response format).
     Dump {
         /// Configuration (credentials: mupdate_authname, mupdate_password or $MUPDATE_PASSWORD).

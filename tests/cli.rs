@@ -185,3 +185,50 @@ fn under_master_without_its_descriptors_exits_71_and_binds_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
 }
+
+#[test]
+fn config_prints_effective_options_with_origins_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "mupdate_password: hunter2\n");
+    let out = mupdate()
+        .args(["config", "-C"])
+        .arg(&conf)
+        .env("IMAPD_SERVERNAME", "from-env")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("servername: from-env\t# environment variable IMAPD_SERVERNAME"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("admins: mupdate\t# {}:3", conf.display())),
+        "{text}"
+    );
+    assert!(text.contains("mupdate_password: ********"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "mupdate_log_format: json\n");
+    let mut server = ServerProcess::start(&conf, &["-m"], &[]);
+    assert_eq!(server.signal_and_wait(Signal::SIGTERM).code(), Some(0));
+    let log = server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut lines = 0;
+    for line in log.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            value["level"].is_string() && value["fields"]["message"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 2, "{log}");
+}

@@ -51,11 +51,7 @@ fn start(conf: &std::path::Path, args: &[&str]) -> (std::process::Child, String)
             .map_while(Result::ok)
         {
             if let Some(at) = line.find("sidecar on http://") {
-                let addr = line[at + 18..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
+                let addr = address_at(&line[at + 18..]);
                 let _ = found.send(addr);
             }
         }
@@ -107,7 +103,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     let slave = ServerProcess::start(&conf, &[], &[]);
     let log = slave.stderr.lock().map(|l| l.clone()).unwrap_or_default();
     let at = log.find("sidecar on http://").expect("sidecar line");
-    let http = log[at + 18..].split_whitespace().next().unwrap().to_owned();
+    let http = address_at(&log[at + 18..]);
     assert_eq!(get(&http, "/readyz").0, 200);
     let mut client = logged_in(slave.addr).await;
     client
@@ -216,11 +212,7 @@ async fn a_real_prometheus_scrapes_a_master_and_a_slave() {
     let sidecar_of = |process: &ServerProcess| {
         let log = process.stderr.lock().map(|l| l.clone()).unwrap_or_default();
         let at = log.find("sidecar on http://").expect("sidecar line");
-        log[at + 18..]
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_owned()
+        address_at(&log[at + 18..])
     };
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);

@@ -122,6 +122,8 @@ pub struct Settings {
     pub banner_version: String,
     /// Cyrus service name (`CYRUS_SERVICE`, default `mupdate`): telemetry file prefix.
     pub service_name: String,
+    /// `mupdate_log_format` (new): `text` or `json` log lines on stderr
+    pub log_json: bool,
     /// `mupdate_http_listen` (new): the sidecar's address (`off`: none)
     pub http_listen: Option<String>,
     /// `mupdate_worker_threads` (new): async worker threads; 0 means one per CPU.
@@ -168,6 +170,38 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         figment: &figment,
         service,
     })
+}
+
+/// Every option set in imapd.conf or the environment, as `(key, value, origin)`, sorted,
+/// with passwords and secrets masked: what `mupdate config` prints.
+pub fn effective(path: &Path) -> Result<Vec<(String, String, String)>, ConfigError> {
+    let service = service_name();
+    let conf = ImapdConf::read(path, &service)?;
+    let figment = Figment::new().merge(conf.clone()).merge(RawEnv);
+    let values: BTreeMap<String, String> = figment
+        .extract()
+        .map_err(|e| ConfigError::Figment(e.to_string()))?;
+    let options = Options {
+        values,
+        conf: &conf,
+        figment: &figment,
+        service,
+    };
+    Ok(options
+        .values
+        .iter()
+        .map(|(key, value)| {
+            let secret = ["password", "secret", "_key"]
+                .iter()
+                .any(|s| key.contains(s));
+            let shown = if secret {
+                "********".to_owned()
+            } else {
+                value.clone()
+            };
+            (key.clone(), shown, options.origin(key))
+        })
+        .collect())
 }
 
 struct Options<'a> {
@@ -312,6 +346,13 @@ impl Settings {
                 .unwrap_or_else(|| format!("3.6.1-mupdate-rs-{}", env!("CARGO_PKG_VERSION"))),
             service_name: o.service.clone(),
             worker_threads: o.typed("mupdate_worker_threads", 0, parse_count)?,
+            log_json: o.typed("mupdate_log_format", false, |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "text" => Ok(false),
+                    "json" => Ok(true),
+                    _ => Err(format!("{v:?} is not text or json")),
+                }
+            })?,
             http_listen: match o.get("mupdate_http_listen") {
                 Some(v) if v.eq_ignore_ascii_case("off") => None,
                 Some(v) => Some(v.to_owned()),

@@ -6,12 +6,17 @@ pub mod sidecar;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; harmless if one is already installed.
-pub fn init_logging() {
+/// Installs the global subscriber (JSON lines when `json`); harmless if one is installed.
+pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }

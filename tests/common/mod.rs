@@ -394,11 +394,7 @@ impl ServerProcess {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(at) = line.find("listening on ") {
-                    let addr = line[at + 13..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_owned();
+                    let addr = address_at(&line[at + 13..]);
                     let _ = found.send(addr);
                 }
                 if let Ok(mut log) = sink.lock() {
@@ -506,4 +502,11 @@ pub fn follow_config(dir: &Path, master: SocketAddr) -> PathBuf {
              mupdate_retry_delay: 1\n"
         ),
     )
+}
+
+/// The `host:port` address at the start of `text` (plain or JSON log lines).
+pub fn address_at(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect()
 }
