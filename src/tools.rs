@@ -13,7 +13,8 @@ use crate::config::{self, Settings};
 use crate::protocol::reply::{Reply, parse_reply};
 use crate::protocol::response;
 use crate::replication::client::{self, Credentials};
-use crate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreError, StoreOptions};
+use crate::replication::slave::{OnEmpty, reconcile, replicate};
+use crate::store::{Mutation, Store, StoreError, StoreOptions};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -118,38 +119,15 @@ fn read_dump(path: &Path) -> Result<Vec<Mutation>, Fatal> {
             .map_err(|e| fatal(EXIT_CONFIG, format!("{}: {e}", path.display())))?
             .ok_or_else(|| fatal(EXIT_CONFIG, format!("{}: truncated dump", path.display())))?;
         rest = &rest[used..];
-        let (name, record) = match reply {
-            Reply::Mailbox {
-                name,
-                location,
-                acl,
-            } => (
-                name,
-                ReplicaRecord {
-                    state: MailboxState::Active,
-                    location,
-                    acl,
-                },
-            ),
-            Reply::Reserve { name, location } => (
-                name,
-                ReplicaRecord {
-                    state: MailboxState::Reserved,
-                    location,
-                    acl: Vec::new(),
-                },
-            ),
+        match reply {
+            Reply::Mailbox { .. } | Reply::Reserve { .. } => mutations.extend(replicate(reply)),
             other => {
                 return Err(fatal(
                     EXIT_CONFIG,
                     format!("{}: not a dump record: {other:?}", path.display()),
                 ));
             }
-        };
-        mutations.push(Mutation::Replicate {
-            name,
-            record: Some(record),
-        });
+        }
     }
     Ok(mutations)
 }
@@ -170,27 +148,7 @@ pub fn restore(config: &Path, file: &Path) -> Result<(), Fatal> {
     })?;
     let count = wanted.len();
     runtime()?.block_on(async {
-        let names: std::collections::HashSet<Vec<u8>> =
-            wanted.iter().map(|m| m.name().to_vec()).collect();
-        let mut stale = Vec::new();
-        store
-            .snapshot()
-            .and_then(|s| {
-                s.walk(|r| {
-                    if !names.contains(r.name) {
-                        stale.push(Mutation::Replicate {
-                            name: r.name.to_vec(),
-                            record: None,
-                        });
-                    }
-                    true
-                })
-            })
-            .map_err(|e| fatal(EXIT_SOFTWARE, e.to_string()))?;
-        let mut all = wanted;
-        all.extend(stale);
-        store
-            .apply_many(all)
+        reconcile(&store, wanted, None, OnEmpty::Follow)
             .await
             .map_err(|e| fatal(EXIT_SOFTWARE, e.to_string()))?;
         store

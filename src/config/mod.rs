@@ -156,37 +156,50 @@ pub fn service_name() -> String {
         .unwrap_or_else(|| "mupdate".into())
 }
 
-/// Loads `path` and the environment into [`Settings`].
-pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+/// imapd.conf under the environment, merged: the values and what each came from.
+struct Layers {
+    conf: ImapdConf,
+    figment: Figment,
+    values: BTreeMap<String, String>,
+    service: String,
+}
+
+fn layers(path: &Path) -> Result<Layers, ConfigError> {
     let service = service_name();
     let conf = ImapdConf::read(path, &service)?;
     let figment = Figment::new().merge(conf.clone()).merge(RawEnv);
-    let values: BTreeMap<String, String> = figment
+    let values = figment
         .extract()
         .map_err(|e| ConfigError::Figment(e.to_string()))?;
-    Settings::from_values(&Options {
+    Ok(Layers {
+        conf,
+        figment,
         values,
-        conf: &conf,
-        figment: &figment,
         service,
     })
+}
+
+impl Layers {
+    fn options(&self) -> Options<'_> {
+        Options {
+            values: &self.values,
+            conf: &self.conf,
+            figment: &self.figment,
+            service: self.service.clone(),
+        }
+    }
+}
+
+/// Loads `path` and the environment into [`Settings`].
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    Settings::from_values(&layers(path)?.options())
 }
 
 /// Every option set in imapd.conf or the environment, as `(key, value, origin)`, sorted,
 /// with passwords and secrets masked: what `mupdate config` prints.
 pub fn effective(path: &Path) -> Result<Vec<(String, String, String)>, ConfigError> {
-    let service = service_name();
-    let conf = ImapdConf::read(path, &service)?;
-    let figment = Figment::new().merge(conf.clone()).merge(RawEnv);
-    let values: BTreeMap<String, String> = figment
-        .extract()
-        .map_err(|e| ConfigError::Figment(e.to_string()))?;
-    let options = Options {
-        values,
-        conf: &conf,
-        figment: &figment,
-        service,
-    };
+    let layers = layers(path)?;
+    let options = layers.options();
     Ok(options
         .values
         .iter()
@@ -205,7 +218,7 @@ pub fn effective(path: &Path) -> Result<Vec<(String, String, String)>, ConfigErr
 }
 
 struct Options<'a> {
-    values: BTreeMap<String, String>,
+    values: &'a BTreeMap<String, String>,
     conf: &'a ImapdConf,
     figment: &'a Figment,
     service: String,

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{self, Credentials, Link, LinkError};
 use crate::observability::metrics::Metrics;
 use crate::protocol::reply::Reply;
-use crate::store::{MailboxState, Mutation, ReplicaRecord, Store};
+use crate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreError};
 
 /// Changes applied per commit while reconciling a dump.
 const APPLY_CHUNK: usize = 4096;
@@ -77,7 +77,8 @@ pub async fn run(
     }
 }
 
-fn replicate(reply: Reply) -> Option<Mutation> {
+/// The store mutation that copies a master's MAILBOX, RESERVE or DELETE response.
+pub fn replicate(reply: Reply) -> Option<Mutation> {
     match reply {
         Reply::Mailbox {
             name,
@@ -168,7 +169,7 @@ async fn follow(
         tracing::info!(master = %settings.master, changes, "resumed from the master's change log");
     } else {
         let records = dump.len();
-        reconcile(store, dump, checkpoint).await?;
+        reconcile(store, dump, checkpoint, OnEmpty::Keep).await?;
         metrics.resyncs.with_label_values(&["full"]).inc();
         tracing::info!(master = %settings.master, records, "full resync from the master");
     }
@@ -199,13 +200,24 @@ fn parse_position(rest: &[u8]) -> Option<(u64, u64)> {
     }
 }
 
-/// Makes the store equal to the dump: every record of the dump, and nothing else. Only a
-/// complete dump (its tagged OK seen) gets here, so a cut connection never deletes.
-async fn reconcile(
+/// What to do with a non-empty store when the new list is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEmpty {
+    /// Keep the store (a slave: an empty master is more likely wiped than right).
+    Keep,
+    /// Empty the store too (an operator's restore).
+    Follow,
+}
+
+/// Makes the store equal to `dump` (replicate mutations): every record of it, and nothing
+/// else, in bounded commits, `checkpoint` last. A slave only gets here with a complete dump
+/// (its tagged OK seen), so a cut connection never deletes.
+pub async fn reconcile(
     store: &Store,
     dump: Vec<Mutation>,
     checkpoint: Option<Mutation>,
-) -> Result<(), LinkError> {
+    on_empty: OnEmpty,
+) -> Result<(), StoreError> {
     let snapshot = store.snapshot()?;
     let mut empty = true;
     snapshot.walk(|_| {
@@ -228,7 +240,7 @@ async fn reconcile(
     }
     // An empty list from a master that used to hold mailboxes is far more likely a wiped
     // or wrong master than a murder that deleted everything: keep the replica and say so.
-    if dump.is_empty() && !stale.is_empty() {
+    if dump.is_empty() && !stale.is_empty() && on_empty == OnEmpty::Keep {
         tracing::error!(
             kept = stale.len(),
             "the master sent an empty list; keeping this replica's mailboxes"
