@@ -261,15 +261,10 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
                 format!("cannot listen on {}: {e}", settings.listen),
             )
         })?,
-        Launch::UnderMaster(link) => {
-            let link = Arc::new(link);
-            let listener = link
-                .listener
-                .try_clone()
-                .and_then(TcpListener::from_std)
-                .map_err(|e| fatal(EXIT_OS, format!("master's listening socket: {e}")))?;
-            tokio::spawn(watch_master(link, shutdown.clone()));
-            listener
+        Launch::UnderMaster(cyrus_master::MasterLink { listener, parent }) => {
+            tokio::spawn(watch_master(parent, shutdown.clone()));
+            TcpListener::from_std(listener)
+                .map_err(|e| fatal(EXIT_OS, format!("master's listening socket: {e}")))?
         }
     };
     run(settings, role, listener, shutdown).await
@@ -449,11 +444,11 @@ async fn wait_until_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
 
 /// Shuts down when master(8) dies without a shutdown (spec §16.3), as its socket and pipe
 /// would otherwise keep an orphan serving and a restarted master could not bind.
-async fn watch_master(link: Arc<cyrus_master::MasterLink>, shutdown: CancellationToken) {
+async fn watch_master(parent: u32, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if link.master_gone() {
+        if std::os::unix::process::parent_id() != parent {
             tracing::warn!("Cyrus master(8) is gone; shutting down");
             shutdown.cancel();
             return;

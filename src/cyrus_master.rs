@@ -27,15 +27,8 @@ pub enum Launch {
 pub struct MasterLink {
     /// The listening socket (fd 4).
     pub listener: TcpListener,
-    /// master's pid, to notice when it is gone.
+    /// master's pid: once we are re-parented, master is gone.
     pub parent: u32,
-}
-
-impl MasterLink {
-    /// Whether master(8) has exited (we were re-parented).
-    pub fn master_gone(&self) -> bool {
-        std::os::unix::process::parent_id() != self.parent
-    }
 }
 
 fn fatal(code: i32, message: impl Into<String>) -> Fatal {
