@@ -45,7 +45,7 @@ fn fatal(code: i32, message: impl Into<String>) -> Fatal {
 pub fn main(cli: Cli) -> i32 {
     let tool = match &cli.command {
         Some(Command::HashPassword { user, scheme }) => return hash_password(user, *scheme),
-        Some(Command::Config { config }) => Some(print_config(config)),
+        Some(Command::Config { config, set }) => Some(print_config(config, set)),
         Some(Command::Dump {
             config,
             server,
@@ -76,8 +76,9 @@ pub fn main(cli: Cli) -> i32 {
     let result = (|| {
         // First, since under master(8) this may re-execute the program.
         let launch = cyrus_master::detect()?;
-        let settings = config::load(&cli.config).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
-        crate::observability::init_logging(settings.log_json);
+        let settings = config::load_with(&cli.config, &cli.set)
+            .map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+        let telemetry = crate::observability::init(settings.log_json);
         let role = choose_role(&cli, &settings)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(async_workers(settings.worker_threads));
@@ -85,7 +86,10 @@ pub fn main(cli: Cli) -> i32 {
             .enable_all()
             .build()
             .map_err(|e| fatal(EXIT_OS, format!("cannot start the runtime: {e}")))?;
-        runtime.block_on(serve(settings, role, launch))
+        let served = runtime.block_on(serve(settings, role, launch));
+        drop(runtime);
+        telemetry.shutdown();
+        served
     })();
     match result {
         Ok(()) => 0,
@@ -104,10 +108,11 @@ fn async_workers(configured: usize) -> usize {
     configured.max(1)
 }
 
-fn print_config(path: &std::path::Path) -> Result<i32, Fatal> {
-    let options = config::effective(path).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+fn print_config(path: &std::path::Path, overrides: &[String]) -> Result<i32, Fatal> {
+    let options =
+        config::effective(path, overrides).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
     // Typed parsing too, so that a bad value is reported as the server would report it.
-    config::load(path).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+    config::load_with(path, overrides).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
     for (key, value, origin) in options {
         println!("{key}: {value}\t# {origin}");
     }
@@ -310,8 +315,14 @@ pub async fn run(
     let address = listener
         .local_addr()
         .map_err(|e| fatal(EXIT_OS, e.to_string()))?;
-    let metrics =
-        Arc::new(Metrics::new().map_err(|e| fatal(EXIT_SOFTWARE, format!("metrics: {e}")))?);
+    let role_name = match role {
+        Role::Master => "master",
+        Role::Slave { .. } => "slave",
+    };
+    let metrics = Arc::new(
+        Metrics::new(role_name).map_err(|e| fatal(EXIT_SOFTWARE, format!("metrics: {e}")))?,
+    );
+    observe_commits(&store, &metrics);
     let mut ctx = ServerContext::with_metrics(settings, store, role, shutdown, metrics.clone());
     let mut readiness = Readiness::default();
     let mut link = None;
@@ -319,11 +330,15 @@ pub async fn run(
         let settings = slave_settings(&ctx.settings, master.clone());
         let (barrier, requests) = slave::barrier(&settings);
         let linked = barrier.clone();
-        readiness.also_require(Arc::new(move || linked.connected()));
+        let max_lag = ctx.settings.ready_max_lag;
+        readiness.also_require(Arc::new(move || {
+            linked.connected() && linked.status().lag().is_some_and(|lag| lag <= max_lag)
+        }));
         ctx.set_upstream(barrier);
         link = Some((settings, requests));
     }
     let ctx = Arc::new(ctx);
+    tokio::spawn(count_mailboxes(ctx.clone()));
     start_sidecar(&ctx, metrics, readiness.clone()).await?;
     match link {
         None => {
@@ -390,11 +405,21 @@ async fn start_sidecar(
     let refresh = {
         let ctx = ctx.clone();
         Arc::new(move || {
+            let metrics = &ctx.metrics;
             let (commits, writes, _) = ctx.store.commit_stats().snapshot();
-            Metrics::catch_up(&ctx.metrics.commits, commits);
-            Metrics::catch_up(&ctx.metrics.writes, writes);
-            ctx.metrics.last_seq.set(ctx.store.last_seq() as i64);
-            ctx.metrics.listeners.set(ctx.store.listener_count() as i64);
+            Metrics::catch_up(&metrics.commits, commits);
+            Metrics::catch_up(&metrics.writes, writes);
+            metrics.last_seq.set(ctx.store.last_seq() as i64);
+            metrics.listeners.set(ctx.store.listener_count() as i64);
+            metrics
+                .listener_queue_depth
+                .set(ctx.store.feed_backlog() as i64);
+            if let Ok(file) = std::fs::metadata(&ctx.settings.db_path) {
+                metrics.store_size.set(file.len() as i64);
+            }
+            if let Some(lag) = ctx.upstream().and_then(|u| u.status().lag()) {
+                metrics.lag_seconds.set(lag.as_secs_f64());
+            }
         })
     };
     tokio::spawn(sidecar::serve(
@@ -405,6 +430,47 @@ async fn start_sidecar(
         ctx.shutdown.clone(),
     ));
     Ok(())
+}
+
+/// Feeds every commit's batch size and duration to the histograms.
+fn observe_commits(store: &Store, metrics: &Arc<Metrics>) {
+    let metrics = metrics.clone();
+    store.commit_stats().observe(Box::new(move |batch, took| {
+        metrics.commit_batch.observe(batch as f64);
+        metrics.commit_seconds.observe(took.as_secs_f64());
+    }));
+}
+
+/// How often the mailboxes-by-state gauges are recounted (a walk of the whole list).
+const MAILBOX_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Keeps the mailboxes-by-state gauges current, counting on a snapshot off the async
+/// workers so that no client waits for the walk.
+async fn count_mailboxes(ctx: Arc<ServerContext>) {
+    let mut tick = tokio::time::interval(MAILBOX_COUNT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = ctx.store.clone();
+        let counted = tokio::task::spawn_blocking(move || store.snapshot()?.count_by_state()).await;
+        match counted {
+            Ok(Ok((active, reserved))) => {
+                ctx.metrics
+                    .mailboxes
+                    .with_label_values(&["active"])
+                    .set(active as i64);
+                ctx.metrics
+                    .mailboxes
+                    .with_label_values(&["reserved"])
+                    .set(reserved as i64);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot count the mailboxes"),
+            Err(error) => tracing::warn!(%error, "mailbox count task failed"),
+        }
+    }
 }
 
 /// The replication link's settings, from imapd.conf.

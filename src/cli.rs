@@ -20,6 +20,9 @@ pub struct Cli {
     /// Master if `mupdate_server` names this host, slave otherwise.
     #[arg(short = 'a')]
     pub autoselect: bool,
+    /// Set an option, overriding imapd.conf and IMAPD_* variables (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Accepted for Cyrus compatibility (Cyrus runs its debug_command); ignored.
     #[arg(short = 'D', hide = true)]
     pub debug: bool,
@@ -46,6 +49,9 @@ pub enum Command {
         /// Configuration file.
         #[arg(short = 'C', default_value = "/etc/imapd.conf")]
         config: PathBuf,
+        /// Options set on the command line, as the server would be given them.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Write a server's whole mailbox list to a portable dump (MUPDATE's own response format).
     Dump {

@@ -1,5 +1,6 @@
-//! Configuration: imapd.conf (Cyrus syntax) layered under `IMAPD_<KEY>` environment variables
-//! with figment, then typed into [`Settings`]. Every error names where the value came from.
+//! Configuration: built-in defaults < imapd.conf (Cyrus syntax) < `IMAPD_<KEY>` environment
+//! variables < `--set key=value` on the command line, layered with figment, then typed into
+//! [`Settings`]. Every error names where the value came from.
 
 mod imapd_conf;
 mod values;
@@ -128,6 +129,57 @@ pub struct Settings {
     pub http_listen: Option<String>,
     /// `mupdate_worker_threads` (new): async worker threads; 0 means one per CPU.
     pub worker_threads: usize,
+    /// `mupdate_ready_max_lag` (new): a slave that has not heard from its master, with
+    /// everything applied, for longer than this is not ready.
+    pub ready_max_lag: Duration,
+}
+
+/// `--set key=value` options from the command line, the last and strongest layer.
+struct CommandLine(Vec<(String, String)>);
+
+impl Provider for CommandLine {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("command line")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict: Dict = self
+            .0
+            .iter()
+            .map(|(key, value)| (key.clone(), Value::from(value.clone())))
+            .collect();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Splits `key=value` command-line settings; keys are lowercased as imapd.conf keys are.
+fn parse_overrides(overrides: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    overrides
+        .iter()
+        .map(|setting| {
+            let bad = |message: &str| ConfigError::Value {
+                origin: "command line --set".into(),
+                key: setting.clone(),
+                message: message.into(),
+            };
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| bad("expected KEY=VALUE"))?;
+            let key = key.trim().to_ascii_lowercase();
+            let value = value.trim();
+            if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(bad("invalid option name"));
+            }
+            if value.is_empty() {
+                return Err(bad("empty value"));
+            }
+            Ok((key, value.to_owned()))
+        })
+        .collect()
 }
 
 /// Environment variables `IMAPD_<KEY>` as raw strings (figment's own `Env` would parse
@@ -164,10 +216,14 @@ struct Layers {
     service: String,
 }
 
-fn layers(path: &Path) -> Result<Layers, ConfigError> {
+fn layers(path: &Path, overrides: &[String]) -> Result<Layers, ConfigError> {
     let service = service_name();
+    let overrides = CommandLine(parse_overrides(overrides)?);
     let conf = ImapdConf::read(path, &service)?;
-    let figment = Figment::new().merge(conf.clone()).merge(RawEnv);
+    let figment = Figment::new()
+        .merge(conf.clone())
+        .merge(RawEnv)
+        .merge(overrides);
     let values = figment
         .extract()
         .map_err(|e| ConfigError::Figment(e.to_string()))?;
@@ -192,13 +248,22 @@ impl Layers {
 
 /// Loads `path` and the environment into [`Settings`].
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    Settings::from_values(&layers(path)?.options())
+    load_with(path, &[])
 }
 
-/// Every option set in imapd.conf or the environment, as `(key, value, origin)`, sorted,
-/// with passwords and secrets masked: what `mupdate config` prints.
-pub fn effective(path: &Path) -> Result<Vec<(String, String, String)>, ConfigError> {
-    let layers = layers(path)?;
+/// Loads `path`, the environment and command-line `key=value` overrides into [`Settings`].
+pub fn load_with(path: &Path, overrides: &[String]) -> Result<Settings, ConfigError> {
+    Settings::from_values(&layers(path, overrides)?.options())
+}
+
+/// Every option set in imapd.conf, the environment or on the command line, as
+/// `(key, value, origin)`, sorted, with passwords and secrets masked: what `mupdate config`
+/// prints.
+pub fn effective(
+    path: &Path,
+    overrides: &[String],
+) -> Result<Vec<(String, String, String)>, ConfigError> {
+    let layers = layers(path, overrides)?;
     let options = layers.options();
     Ok(options
         .values
@@ -230,16 +295,14 @@ impl Options<'_> {
     }
 
     fn origin(&self, key: &str) -> String {
-        let from_env = self
-            .figment
-            .find_metadata(key)
-            .is_some_and(|m| m.name == "environment");
-        match (from_env, self.conf.origin(key)) {
-            (false, Some(origin)) => format!("{}:{}", origin.file.display(), origin.line),
-            _ => format!(
+        let layer = self.figment.find_metadata(key).map(|m| m.name.as_ref());
+        match (layer, self.conf.origin(key)) {
+            (Some("command line"), _) => format!("command line --set {key}"),
+            (Some("environment"), _) | (_, None) => format!(
                 "environment variable {ENV_PREFIX}{}",
                 key.to_ascii_uppercase()
             ),
+            (_, Some(origin)) => format!("{}:{}", origin.file.display(), origin.line),
         }
     }
 
@@ -365,6 +428,9 @@ impl Settings {
                     "json" => Ok(true),
                     _ => Err(format!("{v:?} is not text or json")),
                 }
+            })?,
+            ready_max_lag: o.typed("mupdate_ready_max_lag", Duration::from_secs(60), |v| {
+                parse_duration(v, 's')
             })?,
             http_listen: match o.get("mupdate_http_listen") {
                 Some(v) if v.eq_ignore_ascii_case("off") => None,

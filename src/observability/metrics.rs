@@ -2,7 +2,8 @@
 //! closed sets (command names, results, roles): never a mailbox, user or peer address.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// The server's metrics.
@@ -21,10 +22,22 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     /// UPDATE listeners streaming now.
     pub listeners: IntGauge,
+    /// Changes published but not yet taken by the slowest listener.
+    pub listener_queue_depth: IntGauge,
+    /// Streaming connections by protocol (`update`: Cyrus slaves, `xupdate`: ours).
+    pub slaves_connected: IntGaugeVec,
+    /// Mailboxes by state (`active`, `reserved`).
+    pub mailboxes: IntGaugeVec,
+    /// Size of the database file.
+    pub store_size: IntGauge,
     /// Store commits.
     pub commits: IntCounter,
     /// Writes committed.
     pub writes: IntCounter,
+    /// Writes per commit (group commit).
+    pub commit_batch: Histogram,
+    /// Time of one durable commit.
+    pub commit_seconds: Histogram,
     /// Sequence number of the last committed change.
     pub last_seq: IntGauge,
     /// Command latency by command.
@@ -35,100 +48,207 @@ pub struct Metrics {
     pub reconnects: IntCounter,
     /// A slave's position in its master's history.
     pub applied_seq: IntGauge,
+    /// Changes a slave has received but not yet applied.
+    pub lag_sequences: IntGauge,
+    /// Seconds since a slave last heard from its master with everything applied.
+    pub lag_seconds: Gauge,
+    /// 1 while a slave's link to its master is up.
+    pub link_up: IntGauge,
+    /// Records written to per-user telemetry logs.
+    pub telemetry_writes: IntCounter,
+    /// Telemetry log writes that failed.
+    pub telemetry_errors: IntCounter,
 }
 
 impl Default for Metrics {
-    /// Metrics in a registry of their own (tests, tools).
+    /// Metrics of a master in a registry of their own (tests, tools).
     fn default() -> Metrics {
         // Registration only fails on duplicate names, which a fresh registry cannot have.
-        Metrics::new()
+        Metrics::new("master")
             .unwrap_or_else(|error| panic!("metric definitions are inconsistent: {error}"))
     }
 }
 
+/// Registers metrics of one registry; every constructor returns what it registered.
+struct Registrar<'r> {
+    registry: &'r Registry,
+    role: &'static str,
+}
+
+impl Registrar<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: Result<M, prometheus::Error>,
+    ) -> Result<M, prometheus::Error> {
+        let metric = metric?;
+        self.registry.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.add(IntCounter::with_opts(Opts::new(name, help)))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.add(IntGauge::with_opts(Opts::new(name, help)))
+    }
+
+    /// Labelled with this instance's role (`master`, `slave`).
+    fn role_counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.add(IntCounter::with_opts(
+            Opts::new(name, help).const_label("role", self.role),
+        ))
+    }
+
+    fn role_gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.add(IntGauge::with_opts(
+            Opts::new(name, help).const_label("role", self.role),
+        ))
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> Result<Histogram, prometheus::Error> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets),
+        ))
+    }
+}
+
+/// Latency buckets from 50 µs to 1 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        1.0,
+    ]
+}
+
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+    /// Creates and registers every metric, for an instance in `role` (`master`, `slave`).
+    pub fn new(role: &'static str) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
-            let c = IntCounter::with_opts(Opts::new(name, help))?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
+        let r = Registrar {
+            registry: &registry,
+            role,
         };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::with_opts(Opts::new(name, help))?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let commands = IntCounterVec::new(
-            Opts::new(
-                "mupdate_commands_total",
-                "MUPDATE commands by command and result",
-            ),
-            &["command", "result"],
-        )?;
-        registry.register(Box::new(commands.clone()))?;
-        let command_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "mupdate_command_duration_seconds",
-                "Time from a command's last byte to its answer",
+        r.add(
+            IntGauge::with_opts(
+                Opts::new("mupdate_build_info", "Always 1; the labels say what runs")
+                    .const_label("version", env!("CARGO_PKG_VERSION"))
+                    .const_label("role", role),
             )
-            .buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 1.0,
-            ]),
-            &["command"],
+            .inspect(|g| g.set(1)),
         )?;
-        registry.register(Box::new(command_seconds.clone()))?;
-        let resyncs = IntCounterVec::new(
-            Opts::new(
-                "mupdate_replication_resyncs_total",
-                "Resynchronisations of a slave with its master, by kind",
-            ),
-            &["kind"],
-        )?;
-        registry.register(Box::new(resyncs.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(Metrics {
-            connections_accepted: counter(
+            connections_accepted: r.role_counter(
                 "mupdate_connections_accepted_total",
                 "Client connections accepted",
             )?,
-            connections_refused: counter(
+            connections_refused: r.role_counter(
                 "mupdate_connections_refused_total",
                 "Client connections refused at mupdate_connections_max",
             )?,
-            connections_open: gauge("mupdate_connections_open", "Client connections open")?,
-            auth_failures: counter(
+            connections_open: r
+                .role_gauge("mupdate_connections_open", "Client connections open")?,
+            commands: r.add(IntCounterVec::new(
+                Opts::new(
+                    "mupdate_commands_total",
+                    "MUPDATE commands by command and result",
+                ),
+                &["command", "result"],
+            ))?,
+            command_seconds: r.add(HistogramVec::new(
+                HistogramOpts::new(
+                    "mupdate_command_duration_seconds",
+                    "Time from a command's last byte to its answer",
+                )
+                .buckets(latency_buckets()),
+                &["command"],
+            ))?,
+            auth_failures: r.counter(
                 "mupdate_auth_failures_total",
                 "Failed AUTHENTICATE commands",
             )?,
-            listeners: gauge(
+            listeners: r.gauge(
                 "mupdate_update_listeners",
                 "Connections streaming UPDATE changes",
             )?,
-            commits: counter("mupdate_store_commits_total", "Durable store commits")?,
-            writes: counter(
+            listener_queue_depth: r.gauge(
+                "mupdate_update_listener_queue_depth",
+                "Changes published but not yet taken by the slowest UPDATE listener",
+            )?,
+            slaves_connected: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "mupdate_replication_slaves_connected",
+                    "Streaming connections by protocol: update (Cyrus slaves), xupdate (ours)",
+                ),
+                &["protocol"],
+            ))?,
+            mailboxes: r.add(IntGaugeVec::new(
+                Opts::new("mupdate_mailboxes", "Mailboxes by state"),
+                &["state"],
+            ))?,
+            store_size: r.gauge("mupdate_store_size_bytes", "Size of the redb database file")?,
+            commits: r.counter("mupdate_store_commits_total", "Durable store commits")?,
+            writes: r.counter(
                 "mupdate_store_writes_total",
                 "Writes committed to the store",
             )?,
-            last_seq: gauge(
+            commit_batch: r.histogram(
+                "mupdate_store_commit_batch_size",
+                "Writes carried by one durable commit (group commit)",
+                prometheus::exponential_buckets(1.0, 2.0, 13)?,
+            )?,
+            commit_seconds: r.histogram(
+                "mupdate_store_commit_duration_seconds",
+                "Time of one durable commit, fsync included",
+                latency_buckets(),
+            )?,
+            last_seq: r.gauge(
                 "mupdate_store_last_sequence",
                 "Sequence number of the last committed change",
             )?,
-            reconnects: counter(
+            resyncs: r.add(IntCounterVec::new(
+                Opts::new(
+                    "mupdate_replication_resyncs_total",
+                    "Resynchronisations of a slave with its master, by kind",
+                ),
+                &["kind"],
+            ))?,
+            reconnects: r.counter(
                 "mupdate_replication_reconnects_total",
                 "Links of a slave to its master that were lost",
             )?,
-            applied_seq: gauge(
+            applied_seq: r.gauge(
                 "mupdate_replication_applied_sequence",
                 "The master's sequence number this slave has applied (resumable masters)",
             )?,
-            commands,
-            command_seconds,
-            resyncs,
+            lag_sequences: r.gauge(
+                "mupdate_replication_lag_sequences",
+                "Changes this slave has received from its master but not yet applied",
+            )?,
+            lag_seconds: r.add(Gauge::with_opts(Opts::new(
+                "mupdate_replication_lag_seconds",
+                "Seconds since this slave last heard from its master with everything applied",
+            )))?,
+            link_up: r.gauge(
+                "mupdate_replication_link_up",
+                "1 while this slave's link to its master is up",
+            )?,
+            telemetry_writes: r.counter(
+                "mupdate_telemetry_log_writes_total",
+                "Records written to per-user telemetry logs",
+            )?,
+            telemetry_errors: r.counter(
+                "mupdate_telemetry_log_errors_total",
+                "Telemetry log opens and writes that failed",
+            )?,
             registry,
         })
     }
@@ -167,5 +287,23 @@ impl Metrics {
             tracing::warn!(%error, "cannot render metrics");
         }
         out
+    }
+}
+
+/// Holds one unit of a gauge for as long as it lives (a connection, a stream).
+#[derive(Debug)]
+pub struct GaugeSlot(IntGauge);
+
+impl GaugeSlot {
+    /// Adds one to `gauge` until dropped.
+    pub fn hold(gauge: IntGauge) -> GaugeSlot {
+        gauge.inc();
+        GaugeSlot(gauge)
+    }
+}
+
+impl Drop for GaugeSlot {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

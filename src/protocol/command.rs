@@ -103,6 +103,18 @@ impl CommandKind {
         }
     }
 
+    /// The mailbox a command names, if it names one.
+    pub fn mailbox(&self) -> Option<&[u8]> {
+        match self {
+            CommandKind::Activate { name, .. }
+            | CommandKind::Reserve { name, .. }
+            | CommandKind::Deactivate { name, .. }
+            | CommandKind::Delete { name }
+            | CommandKind::Find { name } => Some(name),
+            _ => None,
+        }
+    }
+
     /// True for the commands that change the mailbox list (refused on a slave).
     pub fn is_write(&self) -> bool {
         matches!(

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::client::{self, Credentials, Link, LinkError};
 use crate::observability::metrics::Metrics;
@@ -64,12 +65,22 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             result = follow(&store, &settings, &synced, &mut barriers, kick_socket.as_deref(), &metrics, &shutdown) => result,
         };
-        barriers.connected.store(false, Ordering::Release);
+        let was_linked = barriers.connected.swap(false, Ordering::AcqRel);
+        metrics.link_up.set(0);
         metrics.reconnects.inc();
-        if let Err(error) = result {
-            tracing::warn!(master = %settings.master, %error, "lost the master; retrying");
-        }
         let delay = reconnect_delay(settings.retry_delay);
+        let retry_in_secs = delay.as_secs();
+        match result {
+            Err(error) if was_linked => tracing::warn!(
+                master = %settings.master, %error, retry_in_secs,
+                "lost the connection to the master; retrying in {retry_in_secs} seconds"
+            ),
+            Err(error) => tracing::warn!(
+                master = %settings.master, %error, retry_in_secs,
+                "connection to master failed; retrying in {retry_in_secs} seconds"
+            ),
+            Ok(()) => {}
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -123,6 +134,53 @@ async fn follow(
         timeout: settings.client_timeout,
     })
     .await?;
+    tracing::info!(master = %settings.master, "successful mupdate connection to the master");
+    let sync_span = tracing::debug_span!(
+        target: crate::observability::traces::SPAN_TARGET,
+        "sync",
+        otel.name = "mupdate.slave.sync",
+        otel.kind = "client",
+        server.address = %settings.master,
+        mupdate.sync.kind = tracing::field::Empty,
+        mupdate.sync.records = tracing::field::Empty,
+    );
+    let position = synchronise(store, settings, &mut link, metrics)
+        .instrument(sync_span)
+        .await?;
+    synced.send_replace(true);
+    barriers.connected.store(true, Ordering::Release);
+    barriers.handle.status.confirm();
+    metrics.link_up.set(1);
+    // The kick socket answers only while this link lives (Cyrus: refused while cut off).
+    let link_alive = shutdown.child_token();
+    let _kicks_stop = link_alive.clone().drop_guard();
+    if let Some(path) = kick_socket {
+        super::kick::serve(path, Some(barriers.handle.clone()), link_alive.clone())?;
+    }
+    if let Some((_, seq)) = position {
+        metrics.applied_seq.set(seq as i64);
+    }
+    let status = barriers.handle.status.clone();
+    stream(
+        store,
+        settings,
+        &mut link,
+        &mut barriers.receiver,
+        &status,
+        metrics,
+    )
+    .await
+}
+
+/// Asks for the master's list (XUPDATE, else UPDATE) and applies it: a delta from the change
+/// log, or a full dump reconciled with the replica. Returns the master's position, if sent.
+async fn synchronise(
+    store: &Store,
+    settings: &SlaveSettings,
+    link: &mut Link,
+    metrics: &Metrics,
+) -> Result<Option<(u64, u64)>, LinkError> {
+    tracing::info!(master = %settings.master, "synchronizing mailbox list with master mupdate server");
     // XUPDATE resumes from where this replica stands; a Cyrus master does not know it
     // (BAD), and then a plain UPDATE does.
     let request = match store.upstream_position()? {
@@ -161,31 +219,22 @@ async fn follow(
         }
     }
     let checkpoint = position.map(|(epoch, seq)| Mutation::Checkpoint { epoch, seq });
+    let kind = if delta { "delta" } else { "full" };
+    let records = dump.len();
+    let span = tracing::Span::current();
+    span.record("mupdate.sync.kind", kind);
+    span.record("mupdate.sync.records", records);
+    metrics.lag_sequences.set(records as i64);
     if delta {
-        let changes = dump.len();
         dump.extend(checkpoint);
         store.apply_many(dump).await?;
-        metrics.resyncs.with_label_values(&["delta"]).inc();
-        tracing::info!(master = %settings.master, changes, "resumed from the master's change log");
     } else {
-        let records = dump.len();
         reconcile(store, dump, checkpoint, OnEmpty::Keep).await?;
-        metrics.resyncs.with_label_values(&["full"]).inc();
-        tracing::info!(master = %settings.master, records, "full resync from the master");
     }
-    synced.send_replace(true);
-    barriers.connected.store(true, Ordering::Release);
-    tracing::info!(master = %settings.master, "synchronised with the master");
-    // The kick socket answers only while this link lives (Cyrus: refused while cut off).
-    let link_alive = shutdown.child_token();
-    let _kicks_stop = link_alive.clone().drop_guard();
-    if let Some(path) = kick_socket {
-        super::kick::serve(path, Some(barriers.handle.clone()), link_alive.clone())?;
-    }
-    if let Some((_, seq)) = position {
-        metrics.applied_seq.set(seq as i64);
-    }
-    stream(store, settings, &mut link, &mut barriers.receiver, metrics).await
+    metrics.lag_sequences.set(0);
+    metrics.resyncs.with_label_values(&[kind]).inc();
+    tracing::info!(master = %settings.master, kind, records, "mailbox list synchronization complete ({kind} resync)");
+    Ok(position)
 }
 
 /// Reads `"epoch" "seq"`.
@@ -267,6 +316,7 @@ async fn stream(
     settings: &SlaveSettings,
     link: &mut Link,
     barriers: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    status: &LinkStatus,
     metrics: &Metrics,
 ) -> Result<(), LinkError> {
     let d = settings.retry_delay.max(Duration::from_secs(1));
@@ -307,6 +357,7 @@ async fn stream(
         quiet_since = Instant::now();
         // Apply what arrived together in one commit.
         let mut batch = Vec::new();
+        let mut position = None;
         let mut barrier_passed = false;
         let mut next = Some(reply);
         while let Some(reply) = next {
@@ -326,7 +377,7 @@ async fn stream(
                     } else if tag == b"*" && word == b"XSEQ" {
                         if let Some((epoch, seq)) = parse_position(&rest) {
                             batch.push(Mutation::Checkpoint { epoch, seq });
-                            metrics.applied_seq.set(seq as i64);
+                            position = Some(seq);
                         }
                     } else if tag == b"*" && word == b"BYE" {
                         return Err(LinkError::Protocol(format!(
@@ -340,8 +391,20 @@ async fn stream(
             next = link.buffered()?;
         }
         if !batch.is_empty() {
-            store.apply_many(batch).await?;
+            metrics.lag_sequences.set(batch.len() as i64);
+            let span = tracing::debug_span!(
+                target: crate::observability::traces::SPAN_TARGET,
+                "apply",
+                otel.name = "mupdate.slave.apply",
+                mupdate.apply.changes = batch.len(),
+            );
+            store.apply_many(batch).instrument(span).await?;
+            metrics.lag_sequences.set(0);
         }
+        if let Some(seq) = position {
+            metrics.applied_seq.set(seq as i64);
+        }
+        status.confirm();
         // The master answered the NOOP after everything it had committed before it, and
         // all of that is now applied here.
         if barrier_passed {
@@ -365,6 +428,7 @@ async fn send_noop(link: &mut Link, counter: &mut u64) -> Result<Vec<u8>, LinkEr
 pub struct UpstreamBarrier {
     requests: mpsc::Sender<oneshot::Sender<()>>,
     connected: Arc<AtomicBool>,
+    status: Arc<LinkStatus>,
     patience: Duration,
 }
 
@@ -385,6 +449,42 @@ impl UpstreamBarrier {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
+
+    /// The link's freshness.
+    pub fn status(&self) -> &LinkStatus {
+        &self.status
+    }
+}
+
+/// When the slave last heard from its master with everything received applied.
+#[derive(Debug, Default)]
+pub struct LinkStatus {
+    /// Milliseconds since the Unix epoch; 0 before the first sync.
+    confirmed_ms: std::sync::atomic::AtomicU64,
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl LinkStatus {
+    fn confirm(&self) {
+        self.confirmed_ms.store(unix_millis(), Ordering::Release);
+    }
+
+    /// How long ago the slave last knew it had everything its master had sent (`None`:
+    /// never synchronised). Near zero while the link streams; grows while cut off.
+    pub fn lag(&self) -> Option<Duration> {
+        match self.confirmed_ms.load(Ordering::Acquire) {
+            0 => None,
+            confirmed => Some(Duration::from_millis(
+                unix_millis().saturating_sub(confirmed),
+            )),
+        }
+    }
 }
 
 /// The barrier's two ends: clients hold the [`UpstreamBarrier`], the link the receiver.
@@ -394,6 +494,7 @@ pub fn barrier(settings: &SlaveSettings) -> (UpstreamBarrier, BarrierRequests) {
     let handle = UpstreamBarrier {
         requests,
         connected: connected.clone(),
+        status: Arc::new(LinkStatus::default()),
         patience: settings.retry_delay.max(Duration::from_secs(1)) * 2,
     };
     (

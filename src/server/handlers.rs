@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::session::{Flow, Session, Stream};
-use super::telemetry::TelemetryLog;
+use super::telemetry::{TelemetryCounters, TelemetryLog};
+use crate::observability::metrics::GaugeSlot;
 use crate::protocol::response::{self, Status, Text};
 use crate::protocol::{Command, CommandKind, SaslResponse};
 use crate::store::{Change, MailboxState, Mutation, Outcome, RecordRef, Snapshot, server_of};
@@ -208,6 +209,12 @@ impl Session {
             dumped_through,
             report_seq: false,
             last_seq: dumped_through,
+            _counted: GaugeSlot::hold(
+                self.ctx
+                    .metrics
+                    .slaves_connected
+                    .with_label_values(&["update"]),
+            ),
         });
         Ok(Flow::Continue)
     }
@@ -274,6 +281,12 @@ impl Session {
             dumped_through,
             report_seq: true,
             last_seq: dumped_through,
+            _counted: GaugeSlot::hold(
+                self.ctx
+                    .metrics
+                    .slaves_connected
+                    .with_label_values(&["xupdate"]),
+            ),
         });
         Ok(Flow::Continue)
     }
@@ -424,18 +437,36 @@ impl Session {
                 ok(&mut self.out, tag, "Authenticated");
                 // Nothing up to and including the login's OK is logged (spec §4.3).
                 self.flush().await?;
-                tracing::info!(user = %identity.authzid, authcid = %identity.authcid, "login");
+                tracing::info!(
+                    user = %identity.authzid,
+                    authcid = %identity.authcid,
+                    peer = ?self.peer,
+                    mechanism = "PLAIN",
+                    "login: {} {} PLAIN User logged in",
+                    self.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                    identity.authzid
+                );
                 if let Some(log) = TelemetryLog::open(
                     &self.ctx.settings.config_directory,
                     &identity.authzid,
                     &self.ctx.settings.service_name,
+                    TelemetryCounters {
+                        writes: self.ctx.metrics.telemetry_writes.clone(),
+                        errors: self.ctx.metrics.telemetry_errors.clone(),
+                    },
                 ) {
                     self.conn.set_telemetry(log);
                 }
                 self.identity = Some(identity);
             }
             Err(failure) => {
-                tracing::info!(reason = %failure, "login failed");
+                tracing::info!(
+                    reason = %failure,
+                    peer = ?self.peer,
+                    mechanism = "PLAIN",
+                    "badlogin: {} PLAIN {failure}",
+                    self.peer.map(|p| p.ip().to_string()).unwrap_or_default()
+                );
                 self.login_failed(tag).await;
             }
         }

@@ -114,6 +114,11 @@ impl ServerContext {
         self.upstream = Some(barrier);
     }
 
+    /// On a slave: the link to its master.
+    pub fn upstream(&self) -> Option<&UpstreamBarrier> {
+        self.upstream.as_ref()
+    }
+
     /// Writes are refused on a slave.
     pub fn read_only(&self) -> bool {
         matches!(self.role, Role::Slave { .. })
@@ -170,7 +175,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
             continue;
         }
         ctx.metrics.connections_accepted.inc();
-        let session = Session::new(ctx.clone(), conn);
+        let session = Session::new(ctx.clone(), conn, Some(peer));
         sessions.spawn(async move {
             let _slot = slot;
             tracing::debug!(%peer, "connection");

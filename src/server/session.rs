@@ -8,7 +8,11 @@ use tokio::time::Instant;
 
 use super::ServerContext;
 use super::connection::{Connection, ReadError};
+use tracing::Instrument;
+
 use crate::auth::Identity;
+use crate::observability::metrics::Metrics;
+use crate::observability::traces;
 use crate::protocol::response::{self, Status, Text};
 use crate::protocol::{Event, ParseContext, Parser};
 use crate::store::Change;
@@ -38,6 +42,8 @@ pub(super) struct Stream {
     pub(super) report_seq: bool,
     /// The last change this stream has accounted for.
     pub(super) last_seq: u64,
+    /// Counts this stream among the connected slaves while it lives.
+    pub(super) _counted: crate::observability::metrics::GaugeSlot,
 }
 
 /// The state of one connection.
@@ -50,6 +56,8 @@ pub(super) struct Session {
     pub(super) identity: Option<Identity>,
     pub(super) sasl_tag: Option<Vec<u8>>,
     pub(super) stream: Option<Stream>,
+    /// The client's address, for traces and logs.
+    pub(super) peer: Option<std::net::SocketAddr>,
     /// Set when the connection is closed on an over-limit input: the client may still be
     /// sending, and closing with unread input would reset the connection before it reads
     /// our last answer.
@@ -76,7 +84,11 @@ async fn next_change(
 }
 
 impl Session {
-    pub(super) fn new(ctx: Arc<ServerContext>, conn: Connection) -> Session {
+    pub(super) fn new(
+        ctx: Arc<ServerContext>,
+        conn: Connection,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Session {
         let parser = Parser::new(ctx.settings.limits);
         Session {
             ctx,
@@ -87,6 +99,7 @@ impl Session {
             identity: None,
             sasl_tag: None,
             stream: None,
+            peer,
             linger: false,
         }
     }
@@ -245,19 +258,22 @@ impl Session {
             Event::Sasl(answer) => self.finish_sasl(answer).await,
             Event::Command(command) => {
                 let name = command.kind.name();
+                let span = traces::command_span(name, command.kind.mailbox(), self.peer);
                 let before = self.out.len();
                 let started = std::time::Instant::now();
-                let flow = self.execute(command).await;
+                let flow = self.execute(command).instrument(span.clone()).await;
                 self.ctx
                     .metrics
                     .command_seconds
                     .with_label_values(&[name])
                     .observe(started.elapsed().as_secs_f64());
-                // AUTHENTICATE counts itself: its answer may come in a later event.
-                if name != "AUTHENTICATE" && self.out.len() > before {
-                    let result =
-                        crate::observability::metrics::Metrics::result_of(&self.out[before..]);
-                    self.ctx.metrics.command(name, result);
+                if self.out.len() > before {
+                    let result = Metrics::result_of(&self.out[before..]);
+                    traces::record_result(&span, result.to_ascii_uppercase().as_str());
+                    // AUTHENTICATE counts itself: its answer may come in a later event.
+                    if name != "AUTHENTICATE" {
+                        self.ctx.metrics.command(name, result);
+                    }
                 }
                 flow
             }

@@ -11,16 +11,31 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Cyrus's protocol layer flushes at most this many bytes at a time.
 const FLUSH_CHUNK: usize = 4096;
 
+/// Where telemetry writes are counted.
+#[derive(Debug, Clone)]
+pub struct TelemetryCounters {
+    /// Records written.
+    pub writes: prometheus::IntCounter,
+    /// Opens and writes that failed.
+    pub errors: prometheus::IntCounter,
+}
+
 /// An open telemetry file.
 #[derive(Debug)]
 pub struct TelemetryLog {
     file: File,
+    counters: TelemetryCounters,
 }
 
 impl TelemetryLog {
     /// Opens a new log for `user` if its directory exists; `None` otherwise (or on error,
     /// which is logged: telemetry must never break a session).
-    pub fn open(config_directory: &Path, user: &str, service: &str) -> Option<TelemetryLog> {
+    pub fn open(
+        config_directory: &Path,
+        user: &str,
+        service: &str,
+        counters: TelemetryCounters,
+    ) -> Option<TelemetryLog> {
         if user.is_empty() || user.contains('/') || user == "." || user == ".." {
             return None;
         }
@@ -42,6 +57,7 @@ impl TelemetryLog {
         let mut file = match opened {
             Ok(file) => file,
             Err(error) => {
+                counters.errors.inc();
                 tracing::warn!(path = %path.display(), %error, "cannot open telemetry log");
                 return None;
             }
@@ -52,10 +68,11 @@ impl TelemetryLog {
             .unwrap_or_default();
         let header = format!("---------- {user} {ctime}\n\n");
         if let Err(error) = file.write_all(header.as_bytes()) {
+            counters.errors.inc();
             tracing::warn!(path = %path.display(), %error, "cannot write telemetry log");
             return None;
         }
-        Some(TelemetryLog { file })
+        Some(TelemetryLog { file, counters })
     }
 
     /// Records one read from the client.
@@ -80,8 +97,12 @@ impl TelemetryLog {
         record.extend_from_slice(secs.to_string().as_bytes());
         record.push(direction);
         record.extend_from_slice(bytes);
-        if let Err(error) = self.file.write_all(&record) {
-            tracing::warn!(%error, "cannot write telemetry log");
+        match self.file.write_all(&record) {
+            Ok(()) => self.counters.writes.inc(),
+            Err(error) => {
+                self.counters.errors.inc();
+                tracing::warn!(%error, "cannot write telemetry log");
+            }
         }
     }
 }

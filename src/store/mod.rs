@@ -233,12 +233,16 @@ impl Change {
     }
 }
 
+/// Called after each durable commit with its batch size and duration.
+pub type CommitObserver = Box<dyn Fn(usize, Duration) + Send + Sync>;
+
 /// Commit counters, for observability.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CommitStats {
     commits: AtomicU64,
     writes: AtomicU64,
     commit_micros: AtomicU64,
+    observer: std::sync::OnceLock<CommitObserver>,
 }
 
 impl CommitStats {
@@ -247,6 +251,14 @@ impl CommitStats {
         self.writes.fetch_add(batch as u64, Ordering::Relaxed);
         self.commit_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if let Some(observe) = self.observer.get() {
+            observe(batch, took);
+        }
+    }
+
+    /// Installs the observer of every later commit; only the first one installed counts.
+    pub fn observe(&self, observer: CommitObserver) {
+        let _ = self.observer.set(observer);
     }
 
     /// (commits, writes, total commit time in µs) since start.
@@ -540,6 +552,11 @@ impl Store {
             .map_err(StoreError::from_redb)?
             .map(|v| v.value())
             .unwrap_or(0))
+    }
+
+    /// Changes published but not yet received by the slowest listener.
+    pub fn feed_backlog(&self) -> usize {
+        self.feed.len()
     }
 
     /// Commit counters.

@@ -1,0 +1,371 @@
+//! OpenTelemetry traces over OTLP/HTTP: a receiver built on the opentelemetry protobuf
+//! types takes the spans a running server exports.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
+use prost::Message;
+
+/// An OTLP/HTTP receiver on a free loopback port, keeping every export request it gets.
+struct Receiver {
+    endpoint: String,
+    requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (kept, seen) = (requests.clone(), paths.clone());
+        // The thread ends with the test process; it holds no server resources.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let (kept, seen) = (kept.clone(), seen.clone());
+                std::thread::spawn(move || serve_exports(stream, &kept, &seen));
+            }
+        });
+        Receiver {
+            endpoint,
+            requests,
+            paths,
+        }
+    }
+
+    /// Every span received, with its resource's attributes.
+    fn spans(&self) -> Vec<(Vec<KeyValue>, Span)> {
+        let requests = self.requests.lock().expect("requests");
+        let mut spans = Vec::new();
+        for request in requests.iter() {
+            for resource_spans in &request.resource_spans {
+                let resource = resource_spans
+                    .resource
+                    .as_ref()
+                    .map(|r| r.attributes.clone())
+                    .unwrap_or_default();
+                for scope in &resource_spans.scope_spans {
+                    for span in &scope.spans {
+                        spans.push((resource.clone(), span.clone()));
+                    }
+                }
+            }
+        }
+        spans
+    }
+}
+
+/// Answers HTTP/1.1 POSTs on one keep-alive connection with 200 and an empty body.
+fn serve_exports(
+    stream: TcpStream,
+    kept: &Mutex<Vec<ExportTraceServiceRequest>>,
+    seen: &Mutex<Vec<String>>,
+) {
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if let Some(path) = request_line.split_whitespace().nth(1) {
+            seen.lock().expect("paths").push(path.to_owned());
+        }
+        let decoded = ExportTraceServiceRequest::decode(body.as_slice())
+            .expect("an OTLP ExportTraceServiceRequest");
+        kept.lock().expect("requests").push(decoded);
+        let answer =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn string_value(value: &Option<AnyValue>) -> Option<String> {
+    match value.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| string_value(&kv.value))
+}
+
+fn span_named<'a>(spans: &'a [(Vec<KeyValue>, Span)], name: &str) -> Vec<&'a Span> {
+    spans
+        .iter()
+        .map(|(_, span)| span)
+        .filter(|span| span.name == name)
+        .collect()
+}
+
+/// Runs a master exporting to `receiver` with `env`, drives `session` against it, then stops
+/// it with SIGTERM, whose shutdown flushes every span still buffered.
+async fn run_master(receiver: &Receiver, env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let mut all_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str())];
+    all_env.extend_from_slice(env);
+    let mut server = ServerProcess::start(&conf, &["-m"], &all_env);
+    let mut client = logged_in(server.addr).await;
+    client
+        .exchange(
+            b"A1 ACTIVATE \"user.alice\" \"be1!default\" \"alice\tlrswipkxtecda\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    client
+        .exchange(
+            b"A2 ACTIVATE \"shared.news\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    client
+        .exchange(
+            b"D1 DELETE \"shared.nothing\"\r\n",
+            b"D1 NO \"mailbox doesn't exist\"\r\n",
+        )
+        .await;
+    client.send(b"F1 FIND \"shared.news\"\r\n").await;
+    let found = client.read_until(b"F1 OK \"Search completed\"\r\n").await;
+    assert!(find(&found, b"F1 MAILBOX").is_some());
+    drop(client);
+    let status = server.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activate_is_a_server_span_and_a_failed_command_an_error() {
+    let receiver = Receiver::start();
+    run_master(
+        &receiver,
+        &[
+            ("OTEL_SERVICE_NAME", "mupdate-under-test"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=ci"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    )
+    .await;
+    let spans = receiver.spans();
+    assert!(
+        receiver
+            .paths
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|p| p == "/v1/traces"),
+        "exports go to <endpoint>/v1/traces"
+    );
+
+    let activates = span_named(&spans, "mupdate/ACTIVATE");
+    assert_eq!(activates.len(), 2, "one span per ACTIVATE: {spans:#?}");
+    for activate in &activates {
+        assert_eq!(activate.kind, span::SpanKind::Server as i32);
+        assert_eq!(
+            attribute(&activate.attributes, "rpc.system.name").as_deref(),
+            Some("mupdate")
+        );
+        assert_eq!(
+            attribute(&activate.attributes, "rpc.method").as_deref(),
+            Some("ACTIVATE")
+        );
+        assert_eq!(
+            attribute(&activate.attributes, "rpc.response.status_code").as_deref(),
+            Some("OK")
+        );
+        assert_eq!(
+            attribute(&activate.attributes, "client.address").as_deref(),
+            Some("127.0.0.1")
+        );
+        let status = activate.status.as_ref().expect("a status");
+        assert_eq!(status.code, status::StatusCode::Ok as i32);
+        assert!(activate.end_time_unix_nano >= activate.start_time_unix_nano);
+    }
+    // A personal mailbox's name stays out of traces; a shared one is recorded.
+    let mailboxes: Vec<_> = activates
+        .iter()
+        .map(|s| {
+            (
+                attribute(&s.attributes, "mupdate.mailbox.kind"),
+                attribute(&s.attributes, "mupdate.mailbox"),
+            )
+        })
+        .collect();
+    assert!(
+        mailboxes.contains(&(Some("personal".into()), None)),
+        "{mailboxes:?}"
+    );
+    assert!(
+        mailboxes.contains(&(Some("shared".into()), Some("shared.news".into()))),
+        "{mailboxes:?}"
+    );
+    for (_, span) in &spans {
+        for kv in &span.attributes {
+            assert!(
+                !string_value(&kv.value)
+                    .unwrap_or_default()
+                    .contains("alice"),
+                "a user's name leaked into {}: {kv:?}",
+                span.name
+            );
+        }
+    }
+
+    // A durable commit is a child of the write command that led it.
+    let writes: Vec<&Span> = span_named(&spans, "mupdate/ACTIVATE")
+        .into_iter()
+        .chain(span_named(&spans, "mupdate/DELETE"))
+        .collect();
+    let commits = span_named(&spans, "store commit");
+    for commit in &commits {
+        let parent = writes
+            .iter()
+            .find(|w| w.span_id == commit.parent_span_id)
+            .expect("a commit span's parent is a write command's span");
+        assert_eq!(parent.trace_id, commit.trace_id);
+        assert_eq!(
+            attribute(&commit.attributes, "mupdate.commit.batch_size").as_deref(),
+            Some("1")
+        );
+    }
+    for activate in &activates {
+        assert!(
+            commits.iter().any(|c| c.parent_span_id == activate.span_id),
+            "no commit under {activate:#?}"
+        );
+    }
+
+    let deletes = span_named(&spans, "mupdate/DELETE");
+    assert_eq!(deletes.len(), 1);
+    let status = deletes[0].status.as_ref().expect("a status");
+    assert_eq!(
+        status.code,
+        status::StatusCode::Error as i32,
+        "{deletes:#?}"
+    );
+    assert_eq!(
+        attribute(&deletes[0].attributes, "error.type").as_deref(),
+        Some("NO")
+    );
+    assert_eq!(
+        attribute(&deletes[0].attributes, "rpc.response.status_code").as_deref(),
+        Some("NO")
+    );
+    assert_eq!(span_named(&spans, "mupdate/FIND").len(), 1);
+    assert_eq!(span_named(&spans, "mupdate/AUTHENTICATE").len(), 1);
+
+    // The resource comes from the standard variables.
+    let (resource, _) = &spans[0];
+    assert_eq!(
+        attribute(resource, "service.name").as_deref(),
+        Some("mupdate-under-test")
+    );
+    assert_eq!(
+        attribute(resource, "deployment.environment.name").as_deref(),
+        Some("ci")
+    );
+    assert_eq!(
+        attribute(resource, "service.version").as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_variables_are_honoured() {
+    let receiver = Receiver::start();
+    run_master(&receiver, &[("OTEL_TRACES_SAMPLER", "always_off")]).await;
+    let spans = receiver.spans();
+    assert!(spans.is_empty(), "always_off exported {spans:#?}");
+
+    // Without OTEL_SERVICE_NAME the service is called mupdate.
+    let receiver = Receiver::start();
+    run_master(&receiver, &[]).await;
+    let spans = receiver.spans();
+    assert_eq!(span_named(&spans, "mupdate/ACTIVATE").len(), 2);
+    assert_eq!(
+        attribute(&spans[0].0, "service.name").as_deref(),
+        Some("mupdate")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_traces_its_sync() {
+    let receiver = Receiver::start();
+    let master = TestServer::start("").await;
+    let mut writer = logged_in(master.addr).await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"shared.a\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = follow_config(dir.path(), master.addr);
+    let mut slave = ServerProcess::start(
+        &conf,
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str())],
+    );
+    let mut reader = logged_in(slave.addr).await;
+    writer
+        .exchange(
+            b"A2 ACTIVATE \"shared.b\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+    drop(reader);
+    let status = slave.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success());
+    let spans = receiver.spans();
+    let syncs = span_named(&spans, "mupdate.slave.sync");
+    assert_eq!(syncs.len(), 1, "{spans:#?}");
+    assert_eq!(syncs[0].kind, span::SpanKind::Client as i32);
+    assert_eq!(
+        attribute(&syncs[0].attributes, "mupdate.sync.kind").as_deref(),
+        Some("full")
+    );
+    assert_eq!(
+        attribute(&syncs[0].attributes, "mupdate.sync.records").as_deref(),
+        Some("1")
+    );
+    assert!(
+        !span_named(&spans, "mupdate.slave.apply").is_empty(),
+        "the live change was applied under a span: {spans:#?}"
+    );
+    let _ = master.stop().await;
+}
