@@ -290,15 +290,22 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
     }
 }
 
-/// Serves `role` on a bound `listener` until `shutdown`: opens the store, starts the
+/// Serves `role` on a bound `listener` until `stop` (then drains: not ready at once, still
+/// serving for `mupdate_shutdown_delay`, then goodbye): opens the store, starts the
 /// replication link and kick socket, and (a slave after its first sync) accepts clients.
 /// Tests run masters and slaves in-process through this.
 pub async fn run(
     settings: Settings,
     role: Role,
     listener: TcpListener,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> Result<(), Fatal> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shut_down_after_delay(
+        stop.clone(),
+        settings.shutdown_delay,
+        shutdown.clone(),
+    ));
     let store = Store::open(&settings.db_path, store_options(&settings)).map_err(|e| match e {
         StoreError::InUse => fatal(
             EXIT_CONFIG,
@@ -331,6 +338,14 @@ pub async fn run(
         let (barrier, requests) = slave::barrier(&settings);
         let linked = barrier.clone();
         let max_lag = ctx.settings.ready_max_lag;
+        if max_lag <= settings.retry_delay {
+            // A quiet link is confirmed only by the keep-alive NOOP every retry_delay.
+            tracing::warn!(
+                ready_max_lag_secs = max_lag.as_secs_f64(),
+                retry_delay_secs = settings.retry_delay.as_secs_f64(),
+                "mupdate_ready_max_lag is not above mupdate_retry_delay: this slave will turn unready on a quiet link"
+            );
+        }
         readiness.also_require(Arc::new(move || {
             linked.connected() && linked.status().lag().is_some_and(|lag| lag <= max_lag)
         }));
@@ -339,7 +354,10 @@ pub async fn run(
     }
     let ctx = Arc::new(ctx);
     tokio::spawn(count_mailboxes(ctx.clone()));
-    start_sidecar(&ctx, metrics, readiness.clone()).await?;
+    // The sidecar answers (503 on /readyz) until this function returns.
+    let sidecar_stop = CancellationToken::new();
+    let _sidecar_guard = sidecar_stop.clone().drop_guard();
+    start_sidecar(&ctx, metrics, readiness.clone(), &stop, sidecar_stop).await?;
     match link {
         None => {
             // A master answers kicks at once, from start-up on.
@@ -376,17 +394,19 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts the HTTP sidecar on `mupdate_http_listen`, unless it is `off`; readiness drops
-/// as soon as shutdown starts.
+/// Starts the HTTP sidecar on `mupdate_http_listen`, unless it is `off`, serving until
+/// `sidecar_stop`; readiness drops as soon as `stop` is asked for.
 async fn start_sidecar(
     ctx: &Arc<ServerContext>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    stop: &CancellationToken,
+    sidecar_stop: CancellationToken,
 ) -> Result<(), Fatal> {
-    let shutdown = ctx.shutdown.clone();
+    let stop = stop.clone();
     let draining = readiness.clone();
     tokio::spawn(async move {
-        shutdown.cancelled().await;
+        stop.cancelled().await;
         draining.set(false);
     });
     let Some(address) = &ctx.settings.http_listen else {
@@ -427,9 +447,27 @@ async fn start_sidecar(
         metrics,
         readiness,
         refresh,
-        ctx.shutdown.clone(),
+        sidecar_stop,
     ));
     Ok(())
+}
+
+/// Cancels `shutdown` once `stop` is asked for and `delay` has passed: load balancers see
+/// the instance not ready and stop sending clients before it says goodbye to them.
+async fn shut_down_after_delay(
+    stop: CancellationToken,
+    delay: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    stop.cancelled().await;
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_secs = delay.as_secs_f64(),
+            "shutting down: not ready, still serving for {delay:?}"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    shutdown.cancel();
 }
 
 /// Feeds every commit's batch size and duration to the histograms.
@@ -441,31 +479,32 @@ fn observe_commits(store: &Store, metrics: &Arc<Metrics>) {
     }));
 }
 
-/// How often the mailboxes-by-state gauges are recounted (a walk of the whole list).
-const MAILBOX_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often the mailboxes-by-state gauges may be recounted (a walk of the whole list).
+const MAILBOX_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Keeps the mailboxes-by-state gauges current, counting on a snapshot off the async
-/// workers so that no client waits for the walk.
+/// Keeps the mailboxes-by-state gauges current: recounted when the list has changed, on a
+/// snapshot off the async workers so that no client waits for the walk.
 async fn count_mailboxes(ctx: Arc<ServerContext>) {
     let mut tick = tokio::time::interval(MAILBOX_COUNT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counted_at = None;
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let seq = ctx.store.last_seq();
+        if counted_at == Some(seq) {
+            continue;
+        }
         let store = ctx.store.clone();
         let counted = tokio::task::spawn_blocking(move || store.snapshot()?.count_by_state()).await;
         match counted {
             Ok(Ok((active, reserved))) => {
-                ctx.metrics
-                    .mailboxes
-                    .with_label_values(&["active"])
-                    .set(active as i64);
-                ctx.metrics
-                    .mailboxes
-                    .with_label_values(&["reserved"])
-                    .set(reserved as i64);
+                let gauge = |state| ctx.metrics.mailboxes.with_label_values(&[state]);
+                gauge("active").set(active as i64);
+                gauge("reserved").set(reserved as i64);
+                counted_at = Some(seq);
             }
             Ok(Err(error)) => tracing::warn!(%error, "cannot count the mailboxes"),
             Err(error) => tracing::warn!(%error, "mailbox count task failed"),

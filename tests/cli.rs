@@ -232,3 +232,62 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(lines >= 2, "{log}");
 }
+
+#[test]
+fn the_command_line_overrides_the_environment_which_overrides_imapd_conf() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "maxword: 1000\nmaxquoted: 1000\n");
+    let out = mupdate()
+        .args(["config", "-C"])
+        .arg(&conf)
+        .args([
+            "--set",
+            "MAXQUOTED=3000",
+            "--set",
+            "mupdate_ready_max_lag=90",
+        ])
+        .env("IMAPD_MAXQUOTED", "2000")
+        .env("IMAPD_MAXWORD", "2000")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("maxquoted: 3000\t# command line --set maxquoted"),
+        "{text}"
+    );
+    assert!(
+        text.contains("maxword: 2000\t# environment variable IMAPD_MAXWORD"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mupdate_ready_max_lag: 90\t# command line --set mupdate_ready_max_lag"),
+        "{text}"
+    );
+
+    // A bad value on the command line is reported as coming from there, exit 78.
+    let out = mupdate()
+        .args(["-m", "-C"])
+        .arg(&conf)
+        .args(["--set", "mupdate_ready_max_lag=soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("command line --set mupdate_ready_max_lag"),
+        "{stderr}"
+    );
+    let out = mupdate()
+        .args(["-m", "-C"])
+        .arg(&conf)
+        .args(["--set", "no-equals-sign"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
+}

@@ -78,12 +78,103 @@ async fn master_health_and_metrics() {
     }
     assert_eq!(get(&http, "/nope").0, 404);
     let (_, metrics) = get(&http, "/metrics");
-    assert!(metrics.contains("mupdate_connections_open"), "{metrics}");
+    assert!(
+        metrics.contains("mupdate_connections_open{role=\"master\"} 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("process_resident_memory_bytes"),
         "{metrics}"
     );
     stop(child);
+}
+
+/// The value of the sample `name` (with its labels) in a `/metrics` text.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_stream_and_telemetry_metrics_follow_what_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    // Telemetry is logged for users whose directory exists.
+    std::fs::create_dir_all(dir.path().join("log/mupdate")).unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let server = ServerProcess::start(&conf, &["-m"], &[]);
+    let http = sidecar_of(&server);
+    let (_, metrics) = get(&http, "/metrics");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        metrics.contains(&format!(
+            "mupdate_build_info{{role=\"master\",version=\"{version}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let mut listener = logged_in(server.addr).await;
+    listener.send(b"U1 UPDATE\r\n").await;
+    listener.read_until(b"U1 OK \"streaming starts\"\r\n").await;
+    let mut writer = logged_in(server.addr).await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"shared.a\" \"be1!p\" \"anyone\tlrs\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    writer
+        .exchange(
+            b"R1 RESERVE \"shared.b\" \"be1!p\"\r\n",
+            b"R1 OK \"done\"\r\n",
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let (_, metrics) = get(&http, "/metrics");
+        if sample(&metrics, "mupdate_mailboxes{state=\"reserved\"}") == Some(1.0) {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mailboxes never counted: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let expect = |name: &str, wanted: f64| {
+        assert_eq!(sample(&metrics, name), Some(wanted), "{name} in {metrics}");
+    };
+    expect("mupdate_mailboxes{state=\"active\"}", 1.0);
+    expect("mupdate_store_commit_batch_size_count", 2.0);
+    expect("mupdate_store_commit_batch_size_sum", 2.0);
+    expect("mupdate_store_commit_duration_seconds_count", 2.0);
+    expect("mupdate_store_last_sequence", 2.0);
+    expect("mupdate_update_listeners", 1.0);
+    expect(
+        "mupdate_replication_slaves_connected{protocol=\"update\"}",
+        1.0,
+    );
+    expect("mupdate_connections_open{role=\"master\"}", 2.0);
+    expect("mupdate_connections_accepted_total{role=\"master\"}", 2.0);
+    assert!(sample(&metrics, "mupdate_store_size_bytes").unwrap_or(0.0) > 0.0);
+    // Each client's reads and writes after its login were logged.
+    assert!(
+        sample(&metrics, "mupdate_telemetry_log_writes_total").unwrap_or(0.0) >= 4.0,
+        "{metrics}"
+    );
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(
+        &get(&http, "/metrics").1,
+        "mupdate_replication_slaves_connected{protocol=\"update\"}",
+    ) != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a closed stream is still counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,9 +192,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     let dir = tempfile::tempdir().unwrap();
     let conf = follow_config(dir.path(), master.addr);
     let slave = ServerProcess::start(&conf, &[], &[]);
-    let log = slave.stderr.lock().map(|l| l.clone()).unwrap_or_default();
-    let at = log.find("sidecar on http://").expect("sidecar line");
-    let http = address_at(&log[at + 18..]);
+    let http = sidecar_of(&slave);
     assert_eq!(get(&http, "/readyz").0, 200);
     let mut client = logged_in(slave.addr).await;
     client
@@ -137,16 +226,129 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
         "{metrics}"
     );
     // The master goes away: the slave is no longer ready, but still alive.
-    let _dir = master.stop().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&http, "/readyz").0 != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "slave still ready without its master"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = master.addr.port();
+    let dir = master.stop().await;
+    wait_for_status(
+        &http,
+        "/readyz",
+        503,
+        "slave still ready without its master",
+    );
     assert_eq!(get(&http, "/livez").0, 200);
+    let (_, metrics) = get(&http, "/metrics");
+    assert!(
+        metrics.contains("mupdate_replication_link_up 0"),
+        "{metrics}"
+    );
+    // It comes back where the slave looks for it: ready again once resynchronised.
+    let master = TestServer::start_at(dir, "", port).await;
+    wait_for_status(
+        &http,
+        "/readyz",
+        200,
+        "slave not ready after its master came back",
+    );
+    let (_, metrics) = get(&http, "/metrics");
+    assert!(
+        metrics.contains("mupdate_replication_link_up 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mupdate_replication_resyncs_total{kind=\"full\"} 1")
+            && metrics.contains("mupdate_replication_resyncs_total{kind=\"delta\"} 1"),
+        "the first sync full, the one after the restart from the change log: {metrics}"
+    );
+    let _ = master.stop().await;
+}
+
+/// The sidecar address a server process logged.
+fn sidecar_of(server: &ServerProcess) -> String {
+    let log = server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    let at = log.find("sidecar on http://").expect("sidecar line");
+    address_at(&log[at + 18..])
+}
+
+/// Polls `path` until it answers `status` (20 s at most).
+fn wait_for_status(http: &str, path: &str, status: u16, failure: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(http, path).0 != status {
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Sends SIGTERM and checks the drain: not ready at once, alive, still answering an open
+/// session until `mupdate_shutdown_delay` is over, then a clean exit.
+async fn assert_drains(mut server: ServerProcess, client: &mut Client) {
+    let http = sidecar_of(&server);
+    assert_eq!(get(&http, "/readyz").0, 200);
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    wait_for_status(&http, "/readyz", 503, "still ready after SIGTERM");
+    assert_eq!(get(&http, "/livez").0, 200);
+    client
+        .exchange(b"N1 NOOP\r\n", b"N1 OK \"Noop done\"\r\n")
+        .await;
+    client.expect(b"* BYE \"server shutting down\"\r\n").await;
+    let status = server.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_is_not_ready_while_it_shuts_down() {
+    let drain = "mupdate_shutdown_delay: 2\n";
+    let dir = tempfile::tempdir().unwrap();
+    let master = ServerProcess::start(&write_process_config(dir.path(), drain), &["-m"], &[]);
+    let slave_dir = tempfile::tempdir().unwrap();
+    let conf = follow_config(slave_dir.path(), master.addr);
+    std::fs::write(&conf, std::fs::read_to_string(&conf).unwrap() + drain).unwrap();
+    let slave = ServerProcess::start(&conf, &[], &[]);
+    let mut slave_client = logged_in(slave.addr).await;
+    assert_drains(slave, &mut slave_client).await;
+    let mut master_client = logged_in(master.addr).await;
+    assert_drains(master, &mut master_client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_whose_master_stops_answering_is_not_ready_past_the_lag_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = ServerProcess::start(&write_process_config(dir.path(), ""), &["-m"], &[]);
+    let slave_dir = tempfile::tempdir().unwrap();
+    // Keep-alive NOOPs every 4 s of quiet, so a healthy quiet link stays under the 5 s
+    // bound; a silent master is given up on only after 8 s, so the bound decides first.
+    let conf = write_process_config(
+        slave_dir.path(),
+        &format!(
+            "mupdate_server: {}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+             mupdate_retry_delay: 4\nmupdate_ready_max_lag: 5\n",
+            master.addr
+        ),
+    );
+    let slave = ServerProcess::start(&conf, &[], &[]);
+    let http = sidecar_of(&slave);
+    assert_eq!(get(&http, "/readyz").0, 200);
+    let master_pid = nix::unistd::Pid::from_raw(master.child.id() as i32);
+    nix::sys::signal::kill(master_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    wait_for_status(&http, "/readyz", 503, "ready although the master is silent");
+    let (_, metrics) = get(&http, "/metrics");
+    nix::sys::signal::kill(master_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    assert!(
+        metrics.contains("mupdate_replication_link_up 1"),
+        "the lag bound, not a lost link, made it unready: {metrics}"
+    );
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mupdate_replication_lag_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("a lag figure");
+    assert!(lag > 5.0, "lag {lag}");
+    // The master answers the keep-alive it was sent meanwhile: ready again.
+    wait_for_status(&http, "/readyz", 200, "not ready after the master resumed");
+    let (_, metrics) = get(&http, "/metrics");
+    assert!(
+        metrics.contains("mupdate_replication_resyncs_total{kind=\"full\"} 1"),
+        "resumed on the same link, no resync: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

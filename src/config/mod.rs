@@ -132,6 +132,9 @@ pub struct Settings {
     /// `mupdate_ready_max_lag` (new): a slave that has not heard from its master, with
     /// everything applied, for longer than this is not ready.
     pub ready_max_lag: Duration,
+    /// `mupdate_shutdown_delay` (new): after a stop signal, how long the server keeps
+    /// serving while it reports not ready, before it says goodbye to its clients.
+    pub shutdown_delay: Duration,
 }
 
 /// `--set key=value` options from the command line, the last and strongest layer.
@@ -428,6 +431,9 @@ impl Settings {
                     "json" => Ok(true),
                     _ => Err(format!("{v:?} is not text or json")),
                 }
+            })?,
+            shutdown_delay: o.typed("mupdate_shutdown_delay", Duration::ZERO, |v| {
+                parse_duration(v, 's')
             })?,
             ready_max_lag: o.typed("mupdate_ready_max_lag", Duration::from_secs(60), |v| {
                 parse_duration(v, 's')
