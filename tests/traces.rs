@@ -133,9 +133,10 @@ fn span_named<'a>(spans: &'a [(Vec<KeyValue>, Span)], name: &str) -> Vec<&'a Spa
         .collect()
 }
 
-/// Runs a master exporting to `receiver` with `env`, drives `session` against it, then stops
+/// Runs a master exporting to `receiver` with `env`, drives a session (two ACTIVATEs, a
+/// failing DELETE, a line that is no command, then `finds` FINDs) against it, then stops
 /// it with SIGTERM, whose shutdown flushes every span still buffered.
-async fn run_master(receiver: &Receiver, env: &[(&str, &str)]) {
+async fn run_master(receiver: &Receiver, env: &[(&str, &str)], finds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let conf = write_process_config(dir.path(), "");
     let mut all_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str())];
@@ -160,9 +161,14 @@ async fn run_master(receiver: &Receiver, env: &[(&str, &str)]) {
             b"D1 NO \"mailbox doesn't exist\"\r\n",
         )
         .await;
-    client.send(b"F1 FIND \"shared.news\"\r\n").await;
-    let found = client.read_until(b"F1 OK \"Search completed\"\r\n").await;
-    assert!(find(&found, b"F1 MAILBOX").is_some());
+    client
+        .exchange(b"B1 XYZZY\r\n", b"B1 BAD \"Unrecognized command\"\r\n")
+        .await;
+    for _ in 0..finds {
+        client.send(b"F1 FIND \"shared.news\"\r\n").await;
+        let found = client.read_until(b"F1 OK \"Search completed\"\r\n").await;
+        assert!(find(&found, b"F1 MAILBOX").is_some());
+    }
     drop(client);
     let status = server.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{status:?}");
@@ -178,6 +184,7 @@ async fn an_activate_is_a_server_span_and_a_failed_command_an_error() {
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=ci"),
             ("OTEL_TRACES_SAMPLER", "always_on"),
         ],
+        1,
     )
     .await;
     let spans = receiver.spans();
@@ -211,8 +218,9 @@ async fn an_activate_is_a_server_span_and_a_failed_command_an_error() {
             attribute(&activate.attributes, "client.address").as_deref(),
             Some("127.0.0.1")
         );
-        let status = activate.status.as_ref().expect("a status");
-        assert_eq!(status.code, status::StatusCode::Ok as i32);
+        // Success leaves the status unset (instrumentation does not set Ok).
+        let status = activate.status.clone().unwrap_or_default();
+        assert_eq!(status.code, status::StatusCode::Unset as i32);
         assert!(activate.end_time_unix_nano >= activate.start_time_unix_nano);
     }
     // A personal mailbox's name stays out of traces; a shared one is recorded.
@@ -307,19 +315,64 @@ async fn an_activate_is_a_server_span_and_a_failed_command_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sampler_variables_are_honoured() {
     let receiver = Receiver::start();
-    run_master(&receiver, &[("OTEL_TRACES_SAMPLER", "always_off")]).await;
+    // always_off: nothing, not even failures.
+    run_master(&receiver, &[("OTEL_TRACES_SAMPLER", "always_off")], 20).await;
     let spans = receiver.spans();
     assert!(spans.is_empty(), "always_off exported {spans:#?}");
 
-    // Without OTEL_SERVICE_NAME the service is called mupdate.
+    // Without OTEL_TRACES_SAMPLER one command in a hundred is traced: of 1,000 FINDs, 10
+    // expected (the bounds are over 4 standard deviations away), no commit without its
+    // command, and every failure, sampled or not.
     let receiver = Receiver::start();
-    run_master(&receiver, &[]).await;
+    run_master(&receiver, &[], 1000).await;
     let spans = receiver.spans();
-    assert_eq!(span_named(&spans, "mupdate/ACTIVATE").len(), 2);
+    let finds = span_named(&spans, "mupdate/FIND").len();
+    assert!((1..=30).contains(&finds), "{finds} of 1,000 FINDs traced");
+    let deletes = span_named(&spans, "mupdate/DELETE");
+    assert_eq!(deletes.len(), 1, "the failed DELETE is traced: {spans:#?}");
+    assert_eq!(
+        deletes[0].status.clone().unwrap_or_default().code,
+        status::StatusCode::Error as i32
+    );
+    assert_eq!(deletes[0].kind, span::SpanKind::Server as i32);
+    assert_eq!(
+        attribute(&deletes[0].attributes, "mupdate.mailbox").as_deref(),
+        Some("shared.nothing")
+    );
+    assert!(deletes[0].end_time_unix_nano >= deletes[0].start_time_unix_nano);
+    let others = span_named(&spans, "mupdate/_OTHER");
+    assert_eq!(others.len(), 1, "the unknown command is traced: {spans:#?}");
+    assert_eq!(
+        attribute(&others[0].attributes, "error.type").as_deref(),
+        Some("BAD")
+    );
+    let commands: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.name.starts_with("mupdate/"))
+        .collect();
+    for commit in span_named(&spans, "store commit") {
+        assert!(commands.iter().any(|c| c.span_id == commit.parent_span_id));
+    }
+    // Without OTEL_SERVICE_NAME the service is called mupdate.
     assert_eq!(
         attribute(&spans[0].0, "service.name").as_deref(),
         Some("mupdate")
     );
+
+    // traceidratio takes its argument: a quarter of 400 is 100 expected.
+    let receiver = Receiver::start();
+    run_master(
+        &receiver,
+        &[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ],
+        400,
+    )
+    .await;
+    let finds = span_named(&receiver.spans(), "mupdate/FIND").len();
+    assert!((55..=150).contains(&finds), "{finds} of 400 FINDs traced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +391,10 @@ async fn a_slave_traces_its_sync() {
     let mut slave = ServerProcess::start(
         &conf,
         &[],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str())],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
     );
     let mut reader = logged_in(slave.addr).await;
     writer

@@ -58,8 +58,13 @@ pub fn init(json: bool) -> Telemetry {
     let trace_layer = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("mupdate"))
+            // Each of these costs work on every poll of a traced future or per span, and
+            // none answers an operator's question about a command.
             .with_location(false)
             .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
                 meta.target().starts_with("mupdate")
                     && (meta.is_span() || *meta.level() <= tracing::Level::INFO)
@@ -72,7 +77,12 @@ pub fn init(json: bool) -> Telemetry {
     if let Some(error) = exporter_error {
         tracing::warn!(%error, "traces are not exported");
     } else if provider.is_some() {
-        tracing::info!("exporting traces over OTLP/HTTP");
+        let share = traces::ratio();
+        tracing::info!(
+            sampled_share = share,
+            "exporting traces over OTLP/HTTP, {:.1}% of commands",
+            share * 100.0
+        );
     }
     Telemetry { provider }
 }

@@ -392,12 +392,16 @@ async fn stream(
         }
         if !batch.is_empty() {
             metrics.lag_sequences.set(batch.len() as i64);
-            let span = tracing::debug_span!(
-                target: crate::observability::traces::SPAN_TARGET,
-                "apply",
-                otel.name = "mupdate.slave.apply",
-                mupdate.apply.changes = batch.len(),
-            );
+            let span = if crate::observability::traces::sampled() {
+                tracing::debug_span!(
+                    target: crate::observability::traces::SPAN_TARGET,
+                    "apply",
+                    otel.name = "mupdate.slave.apply",
+                    mupdate.apply.changes = batch.len(),
+                )
+            } else {
+                tracing::Span::none()
+            };
             store.apply_many(batch).instrument(span).await?;
             metrics.lag_sequences.set(0);
         }

@@ -42,13 +42,15 @@ impl Committer {
     /// Commits `batch` durably, publishes its changes, then answers each request.
     pub(crate) fn commit_and_reply(&self, batch: Vec<WriteRequest>) {
         // A child of the command whose task leads this group commit.
-        let _span = tracing::debug_span!(
-            target: crate::observability::traces::SPAN_TARGET,
-            "store.commit",
-            otel.name = "store commit",
-            db.system.name = "redb",
-            mupdate.commit.batch_size = batch.len(),
-        )
+        let _span = crate::observability::traces::child_only(|| {
+            tracing::debug_span!(
+                target: crate::observability::traces::SPAN_TARGET,
+                "store.commit",
+                otel.name = "store commit",
+                db.system.name = "redb",
+                mupdate.commit.batch_size = batch.len(),
+            )
+        })
         .entered();
         let started = Instant::now();
         match self.commit(&batch) {
