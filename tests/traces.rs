@@ -425,3 +425,71 @@ async fn a_slave_traces_its_sync() {
     );
     let _ = master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_links_its_apply_to_the_masters_traced_write() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = ServerProcess::start(
+        &write_process_config(dir.path(), ""),
+        &["-m"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "master"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    );
+    let slave_dir = tempfile::tempdir().unwrap();
+    // The slave traces at the default share: the master's traced write decides for it.
+    let mut slave = ServerProcess::start(
+        &follow_config(slave_dir.path(), master.addr),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "slave"),
+        ],
+    );
+    let mut writer = logged_in(master.addr).await;
+    let mut reader = logged_in(slave.addr).await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"shared.linked\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+    drop((reader, writer));
+    assert!(
+        slave
+            .signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    assert!(
+        master
+            .signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    let spans = receiver.spans();
+    let from = |service: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|(resource, _)| attribute(resource, "service.name").as_deref() == Some(service))
+            .map(|(_, span)| span)
+            .collect()
+    };
+    let activate = from("master")
+        .into_iter()
+        .find(|s| s.name == "mupdate/ACTIVATE")
+        .expect("the master traced its ACTIVATE");
+    let applies: Vec<&Span> = from("slave")
+        .into_iter()
+        .filter(|s| s.name == "mupdate.slave.apply")
+        .collect();
+    assert!(
+        applies.iter().any(|apply| apply
+            .links
+            .iter()
+            .any(|link| link.trace_id == activate.trace_id && link.span_id == activate.span_id)),
+        "no apply linked to {activate:#?} in {applies:#?}"
+    );
+}

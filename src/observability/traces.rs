@@ -221,6 +221,65 @@ pub fn record_result(span: &Span, result: &str) {
     }
 }
 
+/// The W3C `traceparent` of the current span, when it is a sampled one.
+pub fn current_traceparent() -> Option<std::sync::Arc<str>> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = Span::current();
+    if span.is_none() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    (span_context.is_valid() && span_context.is_sampled()).then(|| {
+        format!(
+            "00-{}-{}-01",
+            span_context.trace_id(),
+            span_context.span_id()
+        )
+        .into()
+    })
+}
+
+/// The span context a W3C `traceparent` (version 00) names, if it is well formed.
+pub fn parse_traceparent(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let mut parts = traceparent.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let context = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(flags),
+        true,
+        TraceState::default(),
+    );
+    context.is_valid().then_some(context)
+}
+
+/// The span of a slave applying a batch of its master's changes: traced when any change
+/// came from a traced command (linked to those), else as sampled.
+pub fn apply_span(changes: usize, traced_writes: &[opentelemetry::trace::SpanContext]) -> Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !(sampled() || (!traced_writes.is_empty() && ratio() > 0.0)) {
+        return Span::none();
+    }
+    let span = tracing::debug_span!(
+        target: SPAN_TARGET,
+        "apply",
+        otel.name = "mupdate.slave.apply",
+        mupdate.apply.changes = changes,
+    );
+    for write in traced_writes {
+        span.add_link(write.clone());
+    }
+    span
+}
+
 /// When a command started, if failures may need a span made for them later.
 pub fn failure_clock() -> Option<std::time::SystemTime> {
     TRACER.get().map(|_| std::time::SystemTime::now())
@@ -326,6 +385,27 @@ mod tests {
         assert!(ratio_of(Some("traceidratio"), Some("2")).is_err());
         assert!(ratio_of(Some("traceidratio"), Some("lots")).is_err());
         assert!(ratio_of(Some("jaeger_remote"), None).is_err());
+    }
+
+    #[test]
+    fn traceparents_round_trip() {
+        let text = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let context = parse_traceparent(text).expect("valid");
+        assert_eq!(
+            format!("00-{}-{}-01", context.trace_id(), context.span_id()),
+            text
+        );
+        assert!(context.is_sampled() && context.is_remote());
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-xyz-b7ad6b7169203331-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

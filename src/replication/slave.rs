@@ -238,6 +238,13 @@ async fn synchronise(
 }
 
 /// Reads `"epoch" "seq"`.
+/// The span context of the traced command behind a change: an `XSEQ` line's third field.
+fn traced_write(rest: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
+    let text = std::str::from_utf8(rest).ok()?;
+    let traceparent = text.split_whitespace().nth(2)?.trim_matches('"');
+    crate::observability::traces::parse_traceparent(traceparent)
+}
+
 fn parse_position(rest: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(rest).ok()?;
     let mut numbers = text
@@ -358,6 +365,7 @@ async fn stream(
         // Apply what arrived together in one commit.
         let mut batch = Vec::new();
         let mut position = None;
+        let mut traced_writes = Vec::new();
         let mut barrier_passed = false;
         let mut next = Some(reply);
         while let Some(reply) = next {
@@ -379,6 +387,7 @@ async fn stream(
                             batch.push(Mutation::Checkpoint { epoch, seq });
                             position = Some(seq);
                         }
+                        traced_writes.extend(traced_write(&rest));
                     } else if tag == b"*" && word == b"BYE" {
                         return Err(LinkError::Protocol(format!(
                             "* BYE {}",
@@ -392,16 +401,7 @@ async fn stream(
         }
         if !batch.is_empty() {
             metrics.lag_sequences.set(batch.len() as i64);
-            let span = if crate::observability::traces::sampled() {
-                tracing::debug_span!(
-                    target: crate::observability::traces::SPAN_TARGET,
-                    "apply",
-                    otel.name = "mupdate.slave.apply",
-                    mupdate.apply.changes = batch.len(),
-                )
-            } else {
-                tracing::Span::none()
-            };
+            let span = crate::observability::traces::apply_span(batch.len(), &traced_writes);
             store.apply_many(batch).instrument(span).await?;
             metrics.lag_sequences.set(0);
         }

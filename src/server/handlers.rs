@@ -55,8 +55,15 @@ pub(super) fn encode_change(out: &mut Vec<u8>, tag: &[u8], change: &Change) {
 }
 
 /// `* XSEQ "epoch" "seq"`: where an XUPDATE stream stands in the master's history.
-pub(super) fn encode_position(out: &mut Vec<u8>, epoch: u64, seq: u64) {
-    out.extend_from_slice(format!("* XSEQ \"{epoch}\" \"{seq}\"\r\n").as_bytes());
+/// `* XSEQ "epoch" "seq"`, and the change's `traceparent` as a third field when the
+/// command that made it was traced (our slaves link their apply span to it).
+pub(super) fn encode_position(out: &mut Vec<u8>, epoch: u64, seq: u64, trace: Option<&str>) {
+    match trace {
+        Some(traceparent) => out.extend_from_slice(
+            format!("* XSEQ \"{epoch}\" \"{seq}\" \"{traceparent}\"\r\n").as_bytes(),
+        ),
+        None => out.extend_from_slice(format!("* XSEQ \"{epoch}\" \"{seq}\"\r\n").as_bytes()),
+    }
 }
 
 fn ok(out: &mut Vec<u8>, tag: &[u8], text: &str) {
@@ -272,7 +279,7 @@ impl Session {
                 self.ctx.full_dumps.fetch_add(1, Ordering::Relaxed);
             }
         }
-        encode_position(&mut self.out, our_epoch, dumped_through);
+        encode_position(&mut self.out, our_epoch, dumped_through, None);
         ok(&mut self.out, &tag, "streaming starts");
         self.stream = Some(Stream {
             tag,

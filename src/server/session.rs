@@ -333,6 +333,7 @@ impl Session {
                             &mut self.out,
                             self.ctx.store.epoch(),
                             change.seq,
+                            change.trace.as_deref(),
                         );
                     }
                 }
@@ -381,7 +382,7 @@ impl Session {
         {
             super::handlers::encode_change(&mut self.out, &stream.tag, change);
         }
-        super::handlers::encode_position(&mut self.out, self.ctx.store.epoch(), through);
+        super::handlers::encode_position(&mut self.out, self.ctx.store.epoch(), through, None);
         stream.feed = feed;
         stream.dumped_through = through;
         stream.last_seq = through;

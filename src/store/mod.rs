@@ -185,6 +185,9 @@ pub struct Change {
     pub old_server: Option<Vec<u8>>,
     /// Server part of the location the command gave, if any.
     pub given_server: Option<Vec<u8>>,
+    /// The W3C `traceparent` of the traced command that made the change, if it was traced
+    /// (in memory only: the live feed carries it to resumable slaves).
+    pub trace: Option<std::sync::Arc<str>>,
 }
 
 impl Change {
@@ -218,6 +221,7 @@ impl Change {
             record,
             old_server: None,
             given_server: None,
+            trace: None,
         })
     }
 
@@ -380,9 +384,14 @@ impl Store {
     /// crosses threads on its way to the disk and back.
     pub async fn apply(&self, mutation: Mutation) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();
+        let trace = crate::observability::traces::current_traceparent();
         let lead = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.pending.push(WriteRequest { mutation, reply });
+            queue.pending.push(WriteRequest {
+                mutation,
+                reply,
+                trace,
+            });
             !std::mem::replace(&mut queue.leader, true)
         };
         if lead {
@@ -422,7 +431,11 @@ impl Store {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             for mutation in mutations {
                 let (reply, answer) = oneshot::channel();
-                queue.pending.push(WriteRequest { mutation, reply });
+                queue.pending.push(WriteRequest {
+                    mutation,
+                    reply,
+                    trace: None,
+                });
                 answers.push(answer);
             }
             !std::mem::replace(&mut queue.leader, true)

@@ -24,6 +24,8 @@ const TRIM_STEP: u64 = 1024;
 pub(crate) struct WriteRequest {
     pub(crate) mutation: Mutation,
     pub(crate) reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    /// The requesting command's `traceparent`, when it is traced.
+    pub(crate) trace: Option<Arc<str>>,
 }
 
 /// Owns the write path. Whoever holds leadership (see [`super::Store::apply`]) calls it; redb
@@ -97,6 +99,7 @@ impl Committer {
                 let (outcome, change) = apply(&mut mailboxes, &request.mutation, self.policy)?;
                 outcomes.push(outcome);
                 if let Some(mut change) = change {
+                    change.trace = request.trace.clone();
                     seq += 1;
                     change.seq = seq;
                     log.insert(seq, change.encode_log_entry().as_slice())
@@ -264,6 +267,7 @@ fn apply(
         record: next,
         old_server,
         given_server: mutation.location().map(|l| server_of(l).to_vec()),
+        trace: None,
     };
     Ok((outcome, Some(change)))
 }
