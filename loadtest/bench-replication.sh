@@ -8,6 +8,7 @@
 # Needs root and Cyrus (scripts/install-test-deps.sh); installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source loadtest/ours.sh
 cargo build --release -q -p mupdate -p loadtest
 load=$PWD/target/release/mupdate-load
 bin=$PWD/target/release/mupdate
@@ -28,38 +29,20 @@ now() { date +%s.%N; }
 # ours: start_ours NAME [MASTERPORT] -> sets port_NAME, pid in pids
 start_ours() {
     local name=$1 upstream=${2:-} dir="$work/$1"
-    mkdir -p "$dir"
-    printf 'mupdate:{PLAIN}mupdatepass\n' > "$dir/passwd"
-    {
-        echo "configdirectory: $dir"
-        echo "servername: $name"
-        echo "admins: mupdate"
-        echo "allowplaintext: yes"
-        echo "failedloginpause: 0"
-        echo "mupdate_passwd_file: $dir/passwd"
-        echo "mupdate_listen: 127.0.0.1:0"
-        echo "mupdate_connections_max: 2000"
-        echo "mupdate_http_listen: 127.0.0.1:0"
-        if [ -n "$upstream" ]; then
-            echo "mupdate_server: 127.0.0.1:$upstream"
-            echo "mupdate_authname: mupdate"
-            echo "mupdate_password: mupdatepass"
-        fi
-    } > "$dir/imapd.conf"
+    local lines=("mupdate_connections_max: 2000" "mupdate_http_listen: 127.0.0.1:0")
+    if [ -n "$upstream" ]; then
+        lines+=("mupdate_server: 127.0.0.1:$upstream" "mupdate_authname: mupdate"
+            "mupdate_password: mupdatepass")
+    fi
+    write_ours_conf "$dir" "$name" "${lines[@]}"
     local mode=-m
     [ -n "$upstream" ] && mode=
     RUST_LOG=warn,mupdate::app=info "$bin" -C "$dir/imapd.conf" $mode 2> "$dir/log" &
     pids+=($!)
     eval "pid_$name=$!"
 }
-port_of() { # wait for "listening on" in NAME's log
-    local p=""
-    for _ in $(seq 1 6000); do
-        p=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/$1/log" | head -n 1 | cut -d: -f2 || true)
-        [ -n "$p" ] && { echo "$p"; return; }
-        sleep 0.05
-    done
-    cat "$work/$1/log" >&2; exit 1
+port_of() { # wait (5 minutes at most: a slave greets after its first sync) for NAME's port
+    ours_port "$work/$1" 6000
 }
 say() { echo "{\"server\":\"$1\",\"test\":\"$2\",\"result\":$3}" | tee -a "$work/results.jsonl" >&2; }
 

@@ -14,6 +14,7 @@
 # Usage: [PIN=1] [ROUNDS=3] loadtest/bench-tracing.sh [result.jsonl]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source loadtest/ours.sh
 out=${1:-}
 rounds=${ROUNDS:-3}
 sampler=${SAMPLER:-}
@@ -48,18 +49,7 @@ ticks_per_second=$(getconf CLK_TCK)
 
 start_server() { # mode
     local dir=$work/$1-$round
-    mkdir -p "$dir"
-    printf 'mupdate:{PLAIN}mupdatepass\n' > "$dir/passwd"
-    cat > "$dir/imapd.conf" <<CONF
-configdirectory: $dir
-servername: mupdate-master
-admins: mupdate
-allowplaintext: yes
-failedloginpause: 0
-mupdate_passwd_file: $dir/passwd
-mupdate_listen: 127.0.0.1:0
-mupdate_http_listen: off
-CONF
+    write_ours_conf "$dir" mupdate-master "mupdate_http_listen: off"
     local env=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
     if [ "$1" = on ]; then
         env+=(OTEL_EXPORTER_OTLP_ENDPOINT="$sink")
@@ -68,13 +58,7 @@ CONF
     fi
     RUST_LOG=warn,mupdate::app=info "${env[@]}" "${server_cpu[@]}" target/release/mupdate -C "$dir/imapd.conf" -m 2> "$dir/log" &
     server_pid=$!
-    port=
-    for _ in $(seq 1 100); do
-        port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$dir/log" | head -n 1 | cut -d: -f2 || true)
-        [ -n "$port" ] && break
-        sleep 0.05
-    done
-    [ -n "$port" ] || { cat "$dir/log"; exit 1; }
+    port=$(ours_port "$dir")
 }
 
 stop_server() {

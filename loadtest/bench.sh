@@ -12,6 +12,7 @@
 # on a VM a cross-CPU wake-up costs about 40 us, more than our whole FIND.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source loadtest/ours.sh
 out=${1:-}
 cargo build --release -q -p mupdate -p loadtest
 load=$PWD/target/release/mupdate-load
@@ -35,27 +36,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cport=$(free_port)
 cyrus_pid=$("${server_cpu[@]}" loadtest/cyrus-master.sh start "$work/cyrus" "$cport")
 
-mkdir -p "$work/ours"
-printf 'mupdate:{PLAIN}mupdatepass\n' > "$work/ours/passwd"
-cat > "$work/ours/imapd.conf" <<CONF
-configdirectory: $work/ours
-servername: mupdate-master
-admins: mupdate
-allowplaintext: yes
-failedloginpause: 0
-mupdate_passwd_file: $work/ours/passwd
-mupdate_listen: 127.0.0.1:0
-mupdate_connections_max: 256
-mupdate_http_listen: 127.0.0.1:0
-CONF
+write_ours_conf "$work/ours" mupdate-master "mupdate_connections_max: 256" \
+    "mupdate_http_listen: 127.0.0.1:0"
 RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" target/release/mupdate -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
 ours_pid=$!
-for _ in $(seq 1 100); do
-    oport=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/ours/log" | head -n 1 | cut -d: -f2 || true)
-    [ -n "$oport" ] && break
-    sleep 0.1
-done
-[ -n "$oport" ] || { cat "$work/ours/log"; exit 1; }
+oport=$(ours_port "$work/ours")
 
 run() { # server port label args...
     local server=$1 port=$2 label=$3; shift 3

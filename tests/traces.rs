@@ -3,9 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
 
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -13,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 use prost::Message;
 
-/// An OTLP/HTTP receiver on a free loopback port, keeping every export request it gets.
+/// An OTLP/HTTP receiver (hyper) on a free loopback port, keeping every export request.
 struct Receiver {
     endpoint: String,
     requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
@@ -21,17 +23,35 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let paths = Arc::new(Mutex::new(Vec::new()));
         let (kept, seen) = (requests.clone(), paths.clone());
-        // The thread ends with the test process; it holds no server resources.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
+        // The task ends with the test's runtime.
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
                 let (kept, seen) = (kept.clone(), seen.clone());
-                std::thread::spawn(move || serve_exports(stream, &kept, &seen));
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (kept, seen) = (kept.clone(), seen.clone());
+                    async move {
+                        seen.lock()
+                            .expect("paths")
+                            .push(request.uri().path().to_owned());
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let decoded = ExportTraceServiceRequest::decode(body)
+                            .expect("an OTLP ExportTraceServiceRequest");
+                        kept.lock().expect("requests").push(decoded);
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
             }
         });
         Receiver {
@@ -60,53 +80,6 @@ impl Receiver {
             }
         }
         spans
-    }
-}
-
-/// Answers HTTP/1.1 POSTs on one keep-alive connection with 200 and an empty body.
-fn serve_exports(
-    stream: TcpStream,
-    kept: &Mutex<Vec<ExportTraceServiceRequest>>,
-    seen: &Mutex<Vec<String>>,
-) {
-    let mut writer = stream.try_clone().expect("clone");
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        if let Some(path) = request_line.split_whitespace().nth(1) {
-            seen.lock().expect("paths").push(path.to_owned());
-        }
-        let decoded = ExportTraceServiceRequest::decode(body.as_slice())
-            .expect("an OTLP ExportTraceServiceRequest");
-        kept.lock().expect("requests").push(decoded);
-        let answer =
-            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
-        if writer.write_all(answer.as_bytes()).is_err() {
-            return;
-        }
     }
 }
 
@@ -176,7 +149,7 @@ async fn run_master(receiver: &Receiver, env: &[(&str, &str)], finds: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_activate_is_a_server_span_and_a_failed_command_an_error() {
-    let receiver = Receiver::start();
+    let receiver = Receiver::start().await;
     run_master(
         &receiver,
         &[
@@ -314,7 +287,7 @@ async fn an_activate_is_a_server_span_and_a_failed_command_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sampler_variables_are_honoured() {
-    let receiver = Receiver::start();
+    let receiver = Receiver::start().await;
     // always_off: nothing, not even failures.
     run_master(&receiver, &[("OTEL_TRACES_SAMPLER", "always_off")], 20).await;
     let spans = receiver.spans();
@@ -323,7 +296,7 @@ async fn the_sampler_variables_are_honoured() {
     // Without OTEL_TRACES_SAMPLER one command in a hundred is traced: of 1,000 FINDs, 10
     // expected (the bounds are over 4 standard deviations away), no commit without its
     // command, and every failure, sampled or not.
-    let receiver = Receiver::start();
+    let receiver = Receiver::start().await;
     run_master(&receiver, &[], 1000).await;
     let spans = receiver.spans();
     let finds = span_named(&spans, "mupdate/FIND").len();
@@ -361,7 +334,7 @@ async fn the_sampler_variables_are_honoured() {
     );
 
     // traceidratio takes its argument: a quarter of 400 is 100 expected.
-    let receiver = Receiver::start();
+    let receiver = Receiver::start().await;
     run_master(
         &receiver,
         &[
@@ -377,7 +350,7 @@ async fn the_sampler_variables_are_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_traces_its_sync() {
-    let receiver = Receiver::start();
+    let receiver = Receiver::start().await;
     let master = TestServer::start("").await;
     let mut writer = logged_in(master.addr).await;
     writer
@@ -428,7 +401,7 @@ async fn a_slave_traces_its_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_links_its_apply_to_the_masters_traced_write() {
-    let receiver = Receiver::start();
+    let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut master = ServerProcess::start(
         &write_process_config(dir.path(), ""),
@@ -491,5 +464,61 @@ async fn a_slave_links_its_apply_to_the_masters_traced_write() {
             .iter()
             .any(|link| link.trace_id == activate.trace_id && link.span_id == activate.span_id)),
         "no apply linked to {activate:#?} in {applies:#?}"
+    );
+}
+
+/// Names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_no_exporter_runs() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    // The sampler alone asks for nothing to be exported.
+    let mut quiet = ServerProcess::start(&conf, &["-m"], &[("OTEL_TRACES_SAMPLER", "always_on")]);
+    let exporting_dir = tempfile::tempdir().unwrap();
+    let mut exporting = ServerProcess::start(
+        &write_process_config(exporting_dir.path(), ""),
+        &["-m"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str())],
+    );
+    let exporter_thread = |names: Vec<String>| names.iter().any(|n| n.starts_with("OpenTelemetry"));
+    assert!(
+        !exporter_thread(thread_names(quiet.child.id())),
+        "{:?}",
+        thread_names(quiet.child.id())
+    );
+    assert!(
+        exporter_thread(thread_names(exporting.child.id())),
+        "{:?}",
+        thread_names(exporting.child.id())
+    );
+    let log = |server: &ServerProcess| server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(!log(&quiet).contains("exporting traces"), "{}", log(&quiet));
+    assert!(
+        log(&exporting).contains("exporting traces over OTLP/HTTP, 1.0% of commands"),
+        "{}",
+        log(&exporting)
+    );
+    assert!(
+        quiet
+            .signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
+    );
+    assert!(
+        exporting
+            .signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .success()
     );
 }

@@ -486,51 +486,29 @@ async fn main() -> Result<()> {
 
 /// Serves OTLP/HTTP exports until killed, counting requests and body bytes.
 async fn otlp_sink(listen: &str, stats: std::path::PathBuf) -> Result<()> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("{}", listener.local_addr()?);
-    let totals = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let totals = Arc::new((AtomicU64::new(0), AtomicU64::new(0), stats));
     loop {
         let (stream, _) = listener.accept().await?;
-        let (totals, stats) = (totals.clone(), stats.clone());
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut read = BufReader::new(read);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let mut length = 0usize;
-                loop {
-                    line.clear();
-                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let header = line.trim_end();
-                    if header.is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = header.split_once(':')
-                        && name.eq_ignore_ascii_case("content-length")
-                    {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                if read.read_exact(&mut body).await.is_err() {
-                    return;
-                }
+        let totals = totals.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let totals = totals.clone();
+            async move {
+                let length = request.into_body().collect().await?.to_bytes().len() as u64;
                 let requests = totals.0.fetch_add(1, Ordering::Relaxed) + 1;
-                let bytes = totals.1.fetch_add(length as u64, Ordering::Relaxed) + length as u64;
-                let _ = std::fs::write(&stats, format!("{requests} {bytes}\n"));
-                let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
-                if write.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
+                let bytes = totals.1.fetch_add(length, Ordering::Relaxed) + length;
+                let _ = std::fs::write(&totals.2, format!("{requests} {bytes}\n"));
+                Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
             }
         });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+        );
     }
 }

@@ -1,0 +1,33 @@
+# Sourced by the bench scripts: our mupdate in a scratch directory, set up as every
+# benchmark needs it (PLAIN over loopback, no failed-login pause, ports from the OS).
+
+# write_ours_conf DIR NAME [LINE...]: DIR/imapd.conf (with the extra LINEs) and DIR/passwd.
+write_ours_conf() {
+    local dir=$1 name=$2
+    shift 2
+    mkdir -p "$dir"
+    printf 'mupdate:{PLAIN}mupdatepass\n' > "$dir/passwd"
+    {
+        echo "configdirectory: $dir"
+        echo "servername: $name"
+        echo "admins: mupdate"
+        echo "allowplaintext: yes"
+        echo "failedloginpause: 0"
+        echo "mupdate_passwd_file: $dir/passwd"
+        echo "mupdate_listen: 127.0.0.1:0"
+        for line in "$@"; do echo "$line"; done
+    } > "$dir/imapd.conf"
+}
+
+# ours_port DIR [TRIES]: the port DIR/log says the server listens on, polled every 50 ms
+# (TRIES times, default 200); prints the log and fails if it never does.
+ours_port() {
+    local dir=$1 tries=${2:-200} port=
+    for _ in $(seq 1 "$tries"); do
+        port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$dir/log" | head -n 1 | cut -d: -f2 || true)
+        [ -n "$port" ] && { echo "$port"; return 0; }
+        sleep 0.05
+    done
+    cat "$dir/log" >&2
+    return 1
+}
