@@ -173,10 +173,64 @@ fn resource() -> Resource {
         .build()
 }
 
+/// The tracing of one command: its span when sampled; when not, what a failure's span
+/// made after the answer needs.
+pub struct CommandTrace {
+    method: &'static str,
+    span: Span,
+    peer: Option<std::net::SocketAddr>,
+    unsampled: Option<(std::time::SystemTime, Option<Vec<u8>>)>,
+}
+
+impl CommandTrace {
+    /// Starts tracing a command as it begins to execute.
+    pub fn start(
+        method: &'static str,
+        mailbox: Option<&[u8]>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> CommandTrace {
+        let span = command_span(method, mailbox, peer);
+        let unsampled = if span.is_none() {
+            failure_clock().map(|at| (at, mailbox.map(<[u8]>::to_vec)))
+        } else {
+            None
+        };
+        CommandTrace {
+            method,
+            span,
+            peer,
+            unsampled,
+        }
+    }
+
+    /// The span to run the command in (none when not sampled).
+    pub fn span(&self) -> Span {
+        self.span.clone()
+    }
+
+    /// Records the answer (`ok`, `no`, `bad`): on the span, or as a span of its own when a
+    /// command that was not sampled failed.
+    pub fn finish(self, result: &str) {
+        record_result(&self.span, result);
+        if let Some((started, mailbox)) = self.unsampled
+            && matches!(result, "no" | "bad")
+        {
+            failed_command(self.method, mailbox.as_deref(), self.peer, started, result);
+        }
+    }
+
+    /// Traces a line refused before any command was known (always a failure).
+    pub fn refused_line(peer: Option<std::net::SocketAddr>) {
+        if let Some(now) = failure_clock() {
+            failed_command("_OTHER", None, peer, now, "bad");
+        }
+    }
+}
+
 /// The server span of one sampled MUPDATE command (RPC semantic conventions), or none.
 /// `mailbox` is recorded only for shared mailboxes: a personal mailbox's name carries the
 /// user's name.
-pub fn command_span(
+fn command_span(
     method: &'static str,
     mailbox: Option<&[u8]>,
     peer: Option<std::net::SocketAddr>,
@@ -208,7 +262,7 @@ pub fn command_span(
 /// Records a command's outcome (`ok`, `no`, `bad`, as the metrics label it) on its span
 /// as the response's status word; `NO` and `BAD` are errors. A success leaves the span's
 /// status unset, as the OpenTelemetry specification asks of instrumentation.
-pub fn record_result(span: &Span, result: &str) {
+fn record_result(span: &Span, result: &str) {
     if span.is_disabled() {
         return;
     }
@@ -281,13 +335,13 @@ pub fn apply_span(changes: usize, traced_writes: &[opentelemetry::trace::SpanCon
 }
 
 /// When a command started, if failures may need a span made for them later.
-pub fn failure_clock() -> Option<std::time::SystemTime> {
+fn failure_clock() -> Option<std::time::SystemTime> {
     TRACER.get().map(|_| std::time::SystemTime::now())
 }
 
 /// Traces a failed command that was not sampled (`result`: `no`, `bad`), from `started`
 /// (see [`failure_clock`]) to now, with the attributes a sampled one has.
-pub fn failed_command(
+fn failed_command(
     method: &'static str,
     mailbox: Option<&[u8]>,
     peer: Option<std::net::SocketAddr>,

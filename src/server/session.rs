@@ -240,9 +240,7 @@ impl Session {
             Event::Error { tag, kind } => {
                 response::parse_error(&mut self.out, tag.as_deref(), kind);
                 self.ctx.metrics.command("_OTHER", "bad");
-                if let Some(now) = traces::failure_clock() {
-                    traces::failed_command("_OTHER", None, self.peer, now, "bad");
-                }
+                traces::CommandTrace::refused_line(self.peer);
                 Ok(Flow::Continue)
             }
             Event::Fatal { tag } => {
@@ -261,18 +259,10 @@ impl Session {
             Event::Sasl(answer) => self.finish_sasl(answer).await,
             Event::Command(command) => {
                 let name = command.kind.name();
-                let span = traces::command_span(name, command.kind.mailbox(), self.peer);
-                // Only for a failure's span, made after the answer if this one is not traced.
-                let unsampled = span
-                    .is_none()
-                    .then(|| {
-                        traces::failure_clock()
-                            .map(|at| (at, command.kind.mailbox().map(<[u8]>::to_vec)))
-                    })
-                    .flatten();
+                let trace = traces::CommandTrace::start(name, command.kind.mailbox(), self.peer);
                 let before = self.out.len();
                 let started = std::time::Instant::now();
-                let flow = self.execute(command).instrument(span.clone()).await;
+                let flow = self.execute(command).instrument(trace.span()).await;
                 self.ctx
                     .metrics
                     .command_seconds
@@ -280,18 +270,7 @@ impl Session {
                     .observe(started.elapsed().as_secs_f64());
                 if self.out.len() > before {
                     let result = Metrics::result_of(&self.out[before..]);
-                    traces::record_result(&span, result);
-                    if let Some((started, mailbox)) = unsampled
-                        && matches!(result, "no" | "bad")
-                    {
-                        traces::failed_command(
-                            name,
-                            mailbox.as_deref(),
-                            self.peer,
-                            started,
-                            result,
-                        );
-                    }
+                    trace.finish(result);
                     // AUTHENTICATE counts itself: its answer may come in a later event.
                     if name != "AUTHENTICATE" {
                         self.ctx.metrics.command(name, result);
