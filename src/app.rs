@@ -330,7 +330,16 @@ pub async fn run(
         Metrics::new(role_name).map_err(|e| fatal(EXIT_SOFTWARE, format!("metrics: {e}")))?,
     );
     observe_commits(&store, &metrics);
+    let acceptor = match (&settings.tls_server_cert, &settings.tls_server_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::tls::acceptor(cert, key).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?)
+        }
+        _ => None,
+    };
     let mut ctx = ServerContext::with_metrics(settings, store, role, shutdown, metrics.clone());
+    if let Some(acceptor) = acceptor {
+        ctx.set_tls(acceptor);
+    }
     let mut readiness = Readiness::default();
     let mut link = None;
     if let Role::Slave { master } = &ctx.role {

@@ -9,6 +9,7 @@
 //! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
 //! - [`observability`]: logging set-up;
 //! - [`cyrus_master`]: running as a service of Cyrus master(8) (fd handoff, status pipe);
+//! - [`tls`]: rustls set-up for STARTTLS, server and client side;
 //! - [`tools`]: operator tools (dump, restore, check);
 //! - [`app`]: the composition root that wires them together.
 
@@ -24,4 +25,5 @@ pub mod protocol;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod tools;

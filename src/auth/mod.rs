@@ -61,7 +61,8 @@ pub struct Authenticator {
     login_realms: Vec<String>,
     default_realm: String,
     service: String,
-    mechanisms: Vec<String>,
+    plain_listed: bool,
+    allow_plaintext: bool,
 }
 
 impl Authenticator {
@@ -82,25 +83,25 @@ impl Authenticator {
             .sasl_mech_list
             .as_ref()
             .is_none_or(|list| list.iter().any(|m| m.eq_ignore_ascii_case(PLAIN)));
-        // Without TLS, Cyrus offers PLAIN only with `allowplaintext: yes`.
-        let mechanisms = if plain_listed && settings.allow_plaintext {
-            vec![PLAIN.to_owned()]
-        } else {
-            Vec::new()
-        };
         Authenticator {
             sources,
             admins: settings.admins.clone(),
             login_realms: settings.login_realms.clone(),
             default_realm: settings.server_name.clone(),
             service: settings.service_name.clone(),
-            mechanisms,
+            plain_listed,
+            allow_plaintext: settings.allow_plaintext,
         }
     }
 
-    /// Mechanisms for the `* AUTH` banner line.
-    pub fn mechanisms(&self) -> &[String] {
-        &self.mechanisms
+    /// Mechanisms for the `* AUTH` banner line, with or without TLS active: as Cyrus,
+    /// PLAIN only under TLS or with `allowplaintext: yes`.
+    pub fn mechanisms(&self, tls: bool) -> Vec<String> {
+        if self.plain_listed && (tls || self.allow_plaintext) {
+            vec![PLAIN.to_owned()]
+        } else {
+            Vec::new()
+        }
     }
 
     /// True when some password source is configured.
@@ -108,9 +109,9 @@ impl Authenticator {
         !self.sources.is_empty()
     }
 
-    /// Whether `mechanism` (as the client spelled it) is offered.
-    pub fn offers(&self, mechanism: &[u8]) -> bool {
-        self.mechanisms
+    /// Whether `mechanism` (as the client spelled it) is offered, TLS active or not.
+    pub fn offers(&self, mechanism: &[u8], tls: bool) -> bool {
+        self.mechanisms(tls)
             .iter()
             .any(|m| m.as_bytes().eq_ignore_ascii_case(mechanism))
     }

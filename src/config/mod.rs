@@ -129,6 +129,10 @@ pub struct Settings {
     pub http_listen: Option<String>,
     /// `mupdate_worker_threads` (new): async worker threads; 0 means one per CPU.
     pub worker_threads: usize,
+    /// `tls_server_cert` (PEM chain); with the key, STARTTLS is offered.
+    pub tls_server_cert: Option<PathBuf>,
+    /// `tls_server_key` (PEM private key).
+    pub tls_server_key: Option<PathBuf>,
     /// `mupdate_ready_max_lag` (new): a slave that has not heard from its master, with
     /// everything applied, for longer than this is not ready.
     pub ready_max_lag: Duration,
@@ -330,6 +334,13 @@ impl Options<'_> {
     }
 }
 
+/// A `tls_*` file option: unset, or `disabled` (Cyrus's word for off), is none.
+fn tls_path(value: Option<&str>) -> Option<PathBuf> {
+    value
+        .filter(|v| !v.eq_ignore_ascii_case("disabled"))
+        .map(PathBuf::from)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -372,6 +383,8 @@ impl Settings {
             admins: o.get("admins").map(parse_list).unwrap_or_default(),
             login_realms: o.get("loginrealms").map(parse_list).unwrap_or_default(),
             allow_plaintext: o.typed("allowplaintext", false, parse_switch)?,
+            tls_server_cert: tls_path(o.get("tls_server_cert")),
+            tls_server_key: tls_path(o.get("tls_server_key")),
             sasl_mech_list: o.get("sasl_mech_list").map(parse_list),
             sasl_pwcheck_method: o
                 .get("sasl_pwcheck_method")

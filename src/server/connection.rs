@@ -1,8 +1,13 @@
-//! The byte pipe of one client: socket, optional COMPRESS layer and telemetry log. Everything
-//! above it sees plain MUPDATE bytes.
+//! The byte pipe of one client: socket (TLS after STARTTLS), optional COMPRESS layer and
+//! telemetry log. Everything above it sees plain MUPDATE bytes.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::compress::{Deflate, InflateError};
 use super::telemetry::TelemetryLog;
@@ -21,10 +26,70 @@ pub enum ReadError {
     Inflate(#[from] InflateError),
 }
 
+/// How long a STARTTLS handshake may take (Cyrus: 180 s).
+const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// The socket, in clear or under TLS.
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while a handshake is under way, or after one failed.
+    Closed,
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            Transport::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            Transport::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+            Transport::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+            Transport::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// One client connection.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Transport,
     raw: Vec<u8>,
     deflate: Option<Deflate>,
     telemetry: Option<TelemetryLog>,
@@ -35,7 +100,7 @@ impl Connection {
     pub fn new(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
         Connection {
-            stream,
+            stream: Transport::Plain(stream),
             // Only COMPRESS sessions use it.
             raw: Vec::new(),
             deflate: None,
@@ -102,6 +167,24 @@ impl Connection {
     /// Whether COMPRESS is on.
     pub fn compressed(&self) -> bool {
         self.deflate.is_some()
+    }
+
+    /// Whether TLS is on.
+    pub fn tls(&self) -> bool {
+        matches!(self.stream, Transport::Tls(_))
+    }
+
+    /// Runs the server side of a TLS handshake on the socket (after `OK Begin TLS
+    /// negotiation now` went out in clear). On failure the connection is closed.
+    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> std::io::Result<()> {
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.stream, Transport::Closed) else {
+            return Err(std::io::Error::other("TLS is already active"));
+        };
+        let tls = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+        self.stream = Transport::Tls(Box::new(tls));
+        Ok(())
     }
 
     /// Starts logging this session.

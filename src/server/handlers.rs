@@ -103,12 +103,7 @@ impl Session {
                 ok(&mut self.out, &tag, "Noop done");
                 Ok(Flow::Continue)
             }
-            CommandKind::Starttls => {
-                // TLS is not configured, so Cyrus answers as for an unknown command, after
-                // dropping whatever the client pipelined behind STARTTLS.
-                bad(&mut self.out, &tag, "Unrecognized command");
-                Ok(Flow::DiscardInput)
-            }
+            CommandKind::Starttls => Ok(self.starttls(&tag)),
             CommandKind::Compress { algorithm } => Ok(self.compress(&tag, &algorithm)),
             _ if streaming => {
                 bad(&mut self.out, &tag, "not legal when streaming");
@@ -364,6 +359,38 @@ impl Session {
         }
     }
 
+    /// STARTTLS (spec §5.10): whatever the client pipelined behind it is dropped in every
+    /// case; then Cyrus's checks, in its order and words.
+    fn starttls(&mut self, tag: &[u8]) -> Flow {
+        let refusal: Option<&[u8]> = if self.ctx.tls.is_none() {
+            bad(&mut self.out, tag, "Unrecognized command");
+            return Flow::DiscardInput;
+        } else if self.identity.is_some() {
+            Some(b"Can't Starttls after authentication")
+        } else if self.conn.compressed() {
+            Some(b"Can't Starttls after Compress")
+        } else if self.conn.tls() {
+            Some(b"Already did a successful Starttls")
+        } else {
+            None
+        };
+        match refusal {
+            Some(text) => {
+                response::tagged(&mut self.out, tag, Status::Bad, Text::Bare(text));
+                Flow::DiscardInput
+            }
+            None => {
+                response::tagged(
+                    &mut self.out,
+                    tag,
+                    Status::Ok,
+                    Text::Bare(b"Begin TLS negotiation now"),
+                );
+                Flow::StartTls
+            }
+        }
+    }
+
     fn compress(&mut self, tag: &[u8], algorithm: &[u8]) -> Flow {
         if self.conn.compressed() {
             response::tagged(
@@ -396,10 +423,10 @@ impl Session {
             bad(&mut self.out, &tag, "already authenticated");
             return Ok(Flow::Continue);
         }
-        if !self.ctx.auth.offers(&mechanism) {
+        if !self.ctx.auth.offers(&mechanism, self.conn.tls()) {
             tracing::info!(
                 mechanism = %String::from_utf8_lossy(&mechanism),
-                offered = ?self.ctx.auth.mechanisms(),
+                offered = ?self.ctx.auth.mechanisms(self.conn.tls()),
                 "login failed: mechanism not offered"
             );
             self.login_failed(&tag).await;

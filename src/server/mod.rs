@@ -23,6 +23,7 @@ use crate::replication::slave::UpstreamBarrier;
 use crate::store::Store;
 use connection::Connection;
 use session::Session;
+use tokio_rustls::TlsAcceptor;
 
 /// Which side of replication this server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,9 @@ pub struct ServerContext {
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     banner: Vec<u8>,
+    /// The banner sent again after STARTTLS (spec §3.1).
+    tls_banner: Vec<u8>,
+    tls: Option<TlsAcceptor>,
     open_connections: AtomicUsize,
     upstream: Option<UpstreamBarrier>,
     /// Full dumps sent (UPDATE, or XUPDATE that could not resume).
@@ -80,20 +84,8 @@ impl ServerContext {
         metrics: Arc<Metrics>,
     ) -> Self {
         let auth = Authenticator::new(&settings);
-        let mut banner = Vec::new();
-        Banner {
-            mechanisms: auth.mechanisms().to_vec(),
-            starttls: false,
-            compress: true,
-            server_name: settings.server_name.clone(),
-            implementation: settings.banner_implementation.clone(),
-            version: settings.banner_version.clone(),
-            role: match &role {
-                Role::Master => "(master)".into(),
-                Role::Slave { master } => format!("mupdate://{master}"),
-            },
-        }
-        .encode(&mut banner);
+        let banner = encode_banner(&settings, &auth, &role, false, false);
+        let tls_banner = encode_banner(&settings, &auth, &role, false, true);
         ServerContext {
             settings,
             store,
@@ -101,12 +93,20 @@ impl ServerContext {
             role,
             shutdown,
             banner,
+            tls_banner,
+            tls: None,
             open_connections: AtomicUsize::new(0),
             upstream: None,
             full_dumps: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    /// Offers STARTTLS with `acceptor` (`tls_server_cert`/`tls_server_key`).
+    pub fn set_tls(&mut self, acceptor: TlsAcceptor) {
+        self.banner = encode_banner(&self.settings, &self.auth, &self.role, true, false);
+        self.tls = Some(acceptor);
     }
 
     /// On a slave: how a streaming client's NOOP waits for the master (spec §5.8).
@@ -128,6 +128,32 @@ impl ServerContext {
     pub fn open_connections(&self) -> usize {
         self.open_connections.load(Ordering::Relaxed)
     }
+}
+
+/// The capability banner (spec §3.1): `starttls_offered` before TLS when configured;
+/// `tls_active` after the handshake, where PLAIN is always allowed.
+fn encode_banner(
+    settings: &Settings,
+    auth: &Authenticator,
+    role: &Role,
+    starttls_offered: bool,
+    tls_active: bool,
+) -> Vec<u8> {
+    let mut banner = Vec::new();
+    Banner {
+        mechanisms: auth.mechanisms(tls_active),
+        starttls: starttls_offered,
+        compress: true,
+        server_name: settings.server_name.clone(),
+        implementation: settings.banner_implementation.clone(),
+        version: settings.banner_version.clone(),
+        role: match role {
+            Role::Master => "(master)".into(),
+            Role::Slave { master } => format!("mupdate://{master}"),
+        },
+    }
+    .encode(&mut banner);
+    banner
 }
 
 struct ConnectionSlot(Arc<ServerContext>);

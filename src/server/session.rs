@@ -28,6 +28,8 @@ pub(super) enum Flow {
     DiscardInput,
     /// Switch both directions to DEFLATE from the next byte.
     StartCompression,
+    /// Drop buffered input, run the TLS handshake, greet again (STARTTLS, spec §5.10).
+    StartTls,
 }
 
 /// A registered UPDATE stream.
@@ -214,6 +216,20 @@ impl Session {
                 Flow::Continue => {}
                 Flow::Close => return Ok(Flow::Close),
                 Flow::DiscardInput => pos = self.input.len(),
+                Flow::StartTls => {
+                    // The OK goes out in clear; the client's next bytes are its handshake.
+                    self.flush().await?;
+                    self.input.clear();
+                    pos = 0;
+                    let Some(acceptor) = self.ctx.tls.clone() else {
+                        return Ok(Flow::Close);
+                    };
+                    if let Err(error) = self.conn.start_tls(&acceptor).await {
+                        tracing::warn!(peer = ?self.peer, %error, "STARTTLS negotiation failed; closing this connection");
+                        return Ok(Flow::Close);
+                    }
+                    self.out.extend_from_slice(&self.ctx.tls_banner);
+                }
                 Flow::StartCompression => {
                     // The OK goes out in clear; everything after it is compressed.
                     self.flush().await?;
