@@ -177,7 +177,7 @@ fn choose_role(cli: &Cli, settings: &Settings) -> Result<Role, Fatal> {
 /// Whether `mupdate_server` (`host` or `host:port`) names this machine: its host name, or
 /// a name or address that resolves to an address of one of its interfaces.
 fn names_this_host(server: &str) -> bool {
-    let host = split_host(server);
+    let host = crate::tls::host_of(server);
     let own_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     if host.eq_ignore_ascii_case(own_name.trim()) {
         return true;
@@ -186,17 +186,6 @@ fn names_this_host(server: &str) -> bool {
     std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
         .map(|addrs| addrs.into_iter().any(|a| local.contains(&a.ip())))
         .unwrap_or(false)
-}
-
-/// The host part of `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
-fn split_host(server: &str) -> &str {
-    if let Some(rest) = server.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    if server.matches(':').count() == 1 {
-        return server.split(':').next().unwrap_or(server);
-    }
-    server
 }
 
 /// Addresses of this machine's interfaces.
@@ -343,7 +332,7 @@ pub async fn run(
     let mut readiness = Readiness::default();
     let mut link = None;
     if let Role::Slave { master } = &ctx.role {
-        let settings = slave_settings(&ctx.settings, master.clone());
+        let settings = slave_settings(&ctx.settings, master.clone())?;
         let (barrier, requests) = slave::barrier(&settings);
         let linked = barrier.clone();
         let max_lag = ctx.settings.ready_max_lag;
@@ -522,15 +511,18 @@ async fn count_mailboxes(ctx: Arc<ServerContext>) {
 }
 
 /// The replication link's settings, from imapd.conf.
-fn slave_settings(settings: &Settings, master: String) -> SlaveSettings {
-    SlaveSettings {
+fn slave_settings(settings: &Settings, master: String) -> Result<SlaveSettings, Fatal> {
+    let tls =
+        crate::tls::client_for(settings, &master).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+    Ok(SlaveSettings {
+        tls,
         master,
         authname: settings.mupdate_authname.clone().unwrap_or_default(),
         username: settings.mupdate_username.clone().unwrap_or_default(),
         password: settings.mupdate_password.clone().unwrap_or_default(),
         retry_delay: settings.retry_delay,
         client_timeout: settings.client_timeout,
-    }
+    })
 }
 
 /// Starts the replication link; the receiver turns true after the first sync.
@@ -596,10 +588,13 @@ mod tests {
 
     #[test]
     fn host_parts() {
-        assert_eq!(split_host("mupdate-0.mupdate:3905"), "mupdate-0.mupdate");
-        assert_eq!(split_host("master"), "master");
-        assert_eq!(split_host("[::1]:3905"), "::1");
-        assert_eq!(split_host("::1"), "::1");
+        assert_eq!(
+            crate::tls::host_of("mupdate-0.mupdate:3905"),
+            "mupdate-0.mupdate"
+        );
+        assert_eq!(crate::tls::host_of("master"), "master");
+        assert_eq!(crate::tls::host_of("[::1]:3905"), "::1");
+        assert_eq!(crate::tls::host_of("::1"), "::1");
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! its master against a configured CA.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -27,6 +32,125 @@ pub enum TlsError {
     /// The name to verify the master against is not a valid server name.
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
+    /// `mupdate_tls` without a CA to verify the master with.
+    #[error("mupdate_tls needs mupdate_tls_ca_file, the CA the master's certificate must chain to")]
+    NoCaFile,
+}
+
+/// A socket in clear, or under TLS (`S`: the server or client side's TLS stream).
+#[derive(Debug)]
+pub enum Transport<S> {
+    /// Before STARTTLS, or without it.
+    Plain(TcpStream),
+    /// After a successful handshake.
+    Tls(Box<S>),
+    /// Only while a handshake is under way, or after one failed.
+    Closed,
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Transport<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            Transport::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Transport<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            Transport::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+            Transport::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+            Transport::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// How a client (our slave, the operator tools) secures its link: STARTTLS is required,
+/// and the server must present a certificate for `server_name` from a trusted CA.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// Trusts the configured CA only.
+    pub connector: TlsConnector,
+    /// The name the certificate must carry.
+    pub server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientTls({:?})", self.server_name)
+    }
+}
+
+impl ClientTls {
+    /// From the CA file and the name to verify (`host` of `host[:port]`).
+    pub fn new(ca_file: &Path, server_name: &str) -> Result<ClientTls, TlsError> {
+        Ok(ClientTls {
+            connector: connector(ca_file)?,
+            server_name: self::server_name(server_name)?,
+        })
+    }
+}
+
+/// The TLS a client of `server` (`host[:port]`) uses under these settings: none without
+/// `mupdate_tls`; with it, `mupdate_tls_ca_file` is required.
+pub fn client_for(
+    settings: &crate::config::Settings,
+    server: &str,
+) -> Result<Option<ClientTls>, TlsError> {
+    if !settings.mupdate_tls {
+        return Ok(None);
+    }
+    let ca_file = settings
+        .mupdate_tls_ca_file
+        .as_deref()
+        .ok_or(TlsError::NoCaFile)?;
+    let name = match &settings.mupdate_tls_server_name {
+        Some(name) => name.clone(),
+        None => host_of(server).to_owned(),
+    };
+    ClientTls::new(ca_file, &name).map(Some)
+}
+
+/// The host part of `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
+pub fn host_of(server: &str) -> &str {
+    if let Some(rest) = server.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    if server.matches(':').count() == 1 {
+        return server.split(':').next().unwrap_or(server);
+    }
+    server
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

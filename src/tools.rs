@@ -44,7 +44,10 @@ fn credentials(settings: &Settings, server: String) -> Result<Credentials, Fatal
         .clone()
         .or_else(|| settings.admins.first().cloned())
         .unwrap_or_else(|| "mupdate".into());
+    let tls =
+        crate::tls::client_for(settings, &server).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
     Ok(Credentials {
+        tls,
         server,
         authname,
         username: settings.mupdate_username.clone().unwrap_or_default(),

@@ -289,6 +289,19 @@ async fn a_bad_certificate_file_is_a_configuration_error() {
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cert.pem"), "{stderr}");
+
+    // A slave asked to use TLS with nothing to verify its master against.
+    let slave_dir = tempfile::tempdir().unwrap();
+    let conf = follow_config(slave_dir.path(), "127.0.0.1:1".parse().unwrap());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"))
+        .arg("-C")
+        .arg(&conf)
+        .args(["--set", "mupdate_tls=yes"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mupdate_tls_ca_file"), "{stderr}");
 }
 
 /// Runs the Python client (Python's ssl and zlib) against `server`; with `ca`, over STARTTLS.
@@ -321,4 +334,101 @@ async fn compress_in_both_directions_against_python_zlib_in_clear_and_after_star
     python_compress_client(&server, None);
     python_compress_client(&server, Some(&dir.path().join("ca.pem")));
     still_serving(&server).await;
+}
+
+/// A slave configuration following `master` over STARTTLS, trusting `ca`.
+fn tls_slave_config(dir: &Path, master: std::net::SocketAddr, ca: &Path) -> std::path::PathBuf {
+    let conf = follow_config(dir, master);
+    let text = std::fs::read_to_string(&conf).expect("conf")
+        + &format!("mupdate_tls: yes\nmupdate_tls_ca_file: {}\n", ca.display());
+    std::fs::write(&conf, text).expect("conf");
+    conf
+}
+
+/// Starts a slave that cannot synchronise and returns the first log line containing
+/// `expected` (it keeps retrying and never greets), then stops it.
+fn slave_fails_with(conf: &Path, expected: &str) -> String {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"))
+        .arg("-C")
+        .arg(conf)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mupdate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (found, wait) = std::sync::mpsc::channel();
+    let expected = expected.to_owned();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            assert!(!line.contains("listening on"), "it synchronised: {line}");
+            if line.contains(&expected) {
+                let _ = found.send(line);
+            }
+        }
+    });
+    let line = wait.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    line.expect("the expected failure in the slave's log")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_follows_its_master_over_starttls_and_refuses_what_it_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, _pki) = tls_master(dir.path(), &[]);
+    let mut writer = logged_in(master.addr).await;
+    writer
+        .exchange(
+            b"A1 ACTIVATE \"user.secure\" \"be1!p\" \"\"\r\n",
+            b"A1 OK \"done\"\r\n",
+        )
+        .await;
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave = ServerProcess::start(
+        &tls_slave_config(slave_dir.path(), master.addr, &dir.path().join("ca.pem")),
+        &[],
+        &[],
+    );
+    let mut reader = logged_in(slave.addr).await;
+    writer
+        .exchange(
+            b"A2 ACTIVATE \"user.secure2\" \"be1!p\" \"\"\r\n",
+            b"A2 OK \"done\"\r\n",
+        )
+        .await;
+    converge(&mut reader, &mut writer).await;
+
+    // A slave that trusts another CA does not synchronise.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    TestPki::create(stranger_dir.path());
+    let wary_dir = tempfile::tempdir().unwrap();
+    let line = slave_fails_with(
+        &tls_slave_config(
+            wary_dir.path(),
+            master.addr,
+            &stranger_dir.path().join("ca.pem"),
+        ),
+        "TLS with the master",
+    );
+    assert!(line.contains("retrying"), "{line}");
+
+    // Nor one whose master does not offer STARTTLS (no silent downgrade).
+    let plain_master = TestServer::start("").await;
+    let plain_dir = tempfile::tempdir().unwrap();
+    slave_fails_with(
+        &tls_slave_config(
+            plain_dir.path(),
+            plain_master.addr,
+            &dir.path().join("ca.pem"),
+        ),
+        "does not offer STARTTLS",
+    );
+    let _ = plain_master.stop().await;
+    still_serving(&master).await;
 }

@@ -133,6 +133,13 @@ pub struct Settings {
     pub tls_server_cert: Option<PathBuf>,
     /// `tls_server_key` (PEM private key).
     pub tls_server_key: Option<PathBuf>,
+    /// `mupdate_tls` (new): a slave (and the tools) require STARTTLS to the master.
+    pub mupdate_tls: bool,
+    /// `mupdate_tls_ca_file` (new): the CA (PEM) the master's certificate must chain to.
+    pub mupdate_tls_ca_file: Option<PathBuf>,
+    /// `mupdate_tls_server_name` (new): the name the master's certificate must carry
+    /// (default: the host of `mupdate_server`).
+    pub mupdate_tls_server_name: Option<String>,
     /// `mupdate_ready_max_lag` (new): a slave that has not heard from its master, with
     /// everything applied, for longer than this is not ready.
     pub ready_max_lag: Duration,
@@ -385,6 +392,9 @@ impl Settings {
             allow_plaintext: o.typed("allowplaintext", false, parse_switch)?,
             tls_server_cert: tls_path(o.get("tls_server_cert")),
             tls_server_key: tls_path(o.get("tls_server_key")),
+            mupdate_tls: o.typed("mupdate_tls", false, parse_switch)?,
+            mupdate_tls_ca_file: o.string("mupdate_tls_ca_file").map(PathBuf::from),
+            mupdate_tls_server_name: o.string("mupdate_tls_server_name"),
             sasl_mech_list: o.get("sasl_mech_list").map(parse_list),
             sasl_pwcheck_method: o
                 .get("sasl_pwcheck_method")

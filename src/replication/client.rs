@@ -8,6 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+
+use crate::tls::{ClientTls, Transport};
 
 use crate::protocol::reply::{Reply, ReplyError, parse_reply};
 use crate::store::StoreError;
@@ -28,6 +31,8 @@ pub struct Credentials {
     pub password: String,
     /// Time to connect, read the banner and log in.
     pub timeout: Duration,
+    /// STARTTLS, required, when set.
+    pub tls: Option<ClientTls>,
 }
 
 /// Why a link ended.
@@ -51,11 +56,14 @@ pub enum LinkError {
     /// The master's answer could not be parsed.
     #[error(transparent)]
     Reply(#[from] ReplyError),
+    /// The TLS handshake failed (an untrusted or wrong certificate, among others).
+    #[error("TLS with the master: {0}")]
+    Tls(String),
 }
 
 /// An open, logged-in connection.
 pub struct Link {
-    stream: TcpStream,
+    stream: Transport<TlsStream<TcpStream>>,
     buffer: Vec<u8>,
     /// Bytes of `buffer` already parsed: dropping each reply from the front at once would
     /// move the rest of the buffer for every record of a dump.
@@ -121,25 +129,21 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
     let stream = TcpStream::connect(address(&settings.server)).await?;
     stream.set_nodelay(true)?;
     let mut link = Link {
-        stream,
+        stream: Transport::Plain(stream),
         buffer: Vec::new(),
         start: 0,
     };
-    let mut plain_offered = false;
-    loop {
-        match link.next(settings.timeout).await? {
-            Reply::Line { tag, word, rest } if tag == b"*" && word == b"AUTH" => {
-                plain_offered = rest.split(|&b| b == b' ').any(|m| {
-                    m.trim_ascii_start().eq_ignore_ascii_case(b"\"PLAIN\"")
-                        || m.eq_ignore_ascii_case(b"PLAIN")
-                });
-            }
-            Reply::Line { tag, word, .. } if tag == b"*" && word == b"OK" => break,
-            Reply::Line { tag, .. } if tag == b"*" => {}
-            other => return Err(LinkError::Protocol(format!("{other:?} in the banner"))),
+    let mut banner = link.banner(settings.timeout).await?;
+    if let Some(tls) = &settings.tls {
+        if !banner.starttls {
+            return Err(LinkError::Login(
+                "the master does not offer STARTTLS, which mupdate_tls requires".into(),
+            ));
         }
+        link.start_tls(tls, settings.timeout).await?;
+        banner = link.banner(settings.timeout).await?;
     }
-    if !plain_offered {
+    if !banner.plain {
         return Err(LinkError::Login("the master does not offer PLAIN".into()));
     }
     let token = STANDARD.encode(
@@ -161,6 +165,62 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
         Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => Ok(link),
         Reply::Line { rest, .. } => Err(LinkError::Login(String::from_utf8_lossy(&rest).into())),
         other => Err(LinkError::Protocol(format!("{other:?} after AUTHENTICATE"))),
+    }
+}
+
+/// What a banner offers.
+struct Offers {
+    plain: bool,
+    starttls: bool,
+}
+
+impl Link {
+    /// Reads the capability banner up to its `* OK` line.
+    async fn banner(&mut self, patience: Duration) -> Result<Offers, LinkError> {
+        let mut offers = Offers {
+            plain: false,
+            starttls: false,
+        };
+        loop {
+            match self.next(patience).await? {
+                Reply::Line { tag, word, rest } if tag == b"*" && word == b"AUTH" => {
+                    offers.plain = rest.split(|&b| b == b' ').any(|m| {
+                        m.trim_ascii_start().eq_ignore_ascii_case(b"\"PLAIN\"")
+                            || m.eq_ignore_ascii_case(b"PLAIN")
+                    });
+                }
+                Reply::Line { tag, word, .. } if tag == b"*" && word == b"STARTTLS" => {
+                    offers.starttls = true;
+                }
+                Reply::Line { tag, word, .. } if tag == b"*" && word == b"OK" => return Ok(offers),
+                Reply::Line { tag, .. } if tag == b"*" => {}
+                other => return Err(LinkError::Protocol(format!("{other:?} in the banner"))),
+            }
+        }
+    }
+
+    /// STARTTLS, then the handshake, verifying the server's certificate.
+    async fn start_tls(&mut self, tls: &ClientTls, patience: Duration) -> Result<(), LinkError> {
+        self.stream.write_all(b"S01 STARTTLS\r\n").await?;
+        match self.next(patience).await? {
+            Reply::Line { tag, word, .. } if tag == b"S01" && word == b"OK" => {}
+            other => return Err(LinkError::Protocol(format!("{other:?} after STARTTLS"))),
+        }
+        if self.start < self.buffer.len() {
+            return Err(LinkError::Protocol(
+                "data after the STARTTLS answer, before the handshake".into(),
+            ));
+        }
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.stream, Transport::Closed) else {
+            return Err(LinkError::Protocol("STARTTLS twice".into()));
+        };
+        let secured = tls
+            .connector
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        self.stream = Transport::Tls(Box::new(secured));
+        Ok(())
     }
 }
 

@@ -38,6 +38,8 @@ pub struct SlaveSettings {
     pub retry_delay: Duration,
     /// Time to connect, read the banner and log in.
     pub client_timeout: Duration,
+    /// STARTTLS to the master, required, when set (`mupdate_tls`).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// The delay before reconnecting: `d + rand() % (d/2)`, with d of 0 or 1 treated as 1 s
@@ -132,6 +134,7 @@ async fn follow(
         username: settings.username.clone(),
         password: settings.password.clone(),
         timeout: settings.client_timeout,
+        tls: settings.tls.clone(),
     })
     .await?;
     tracing::info!(master = %settings.master, "successful mupdate connection to the master");

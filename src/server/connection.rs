@@ -1,13 +1,12 @@
 //! The byte pipe of one client: socket (TLS after STARTTLS), optional COMPRESS layer and
 //! telemetry log. Everything above it sees plain MUPDATE bytes.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::tls::Transport;
 
 use super::compress::{Deflate, InflateError};
 use super::telemetry::TelemetryLog;
@@ -29,67 +28,10 @@ pub enum ReadError {
 /// How long a STARTTLS handshake may take (Cyrus: 180 s).
 const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
 
-/// The socket, in clear or under TLS.
-#[derive(Debug)]
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while a handshake is under way, or after one failed.
-    Closed,
-}
-
-fn closed() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-            Transport::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-            Transport::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-            Transport::Closed => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Transport::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-            Transport::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
-
 /// One client connection.
 #[derive(Debug)]
 pub struct Connection {
-    stream: Transport,
+    stream: Transport<TlsStream<TcpStream>>,
     raw: Vec<u8>,
     deflate: Option<Deflate>,
     telemetry: Option<TelemetryLog>,
