@@ -1,5 +1,6 @@
-//! An OK to a write means the write is durable: SIGKILL the server while 8 clients write,
-//! restart it, and find every mailbox that was acknowledged (20 rounds).
+//! An OK to a write means the write is durable: SIGKILL (20 rounds) or SIGTERM (5) the server
+//! while 8 clients write, restart it, and find every mailbox that was acknowledged. The long
+//! soak with a mixed write load is `loadtest/soak.sh`.
 
 mod common;
 
@@ -60,20 +61,24 @@ fn listed_names(answer: &[u8]) -> BTreeSet<String> {
     parse_records(answer).into_iter().map(|r| r.name).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_write_survives_sigkill() {
+/// Runs `rounds` rounds of 8 writers stopped by `signal`; after each restart every
+/// acknowledged write must be listed. Returns how many were acknowledged.
+async fn acknowledged_writes_survive(signal: nix::sys::signal::Signal, rounds: usize) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let conf = write_process_config(dir.path(), "");
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let mut total_acked = 0;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut server = ServerProcess::start(&conf, &["-m"], &[]);
         let tasks: Vec<_> = (0..WRITERS)
             .map(|id| tokio::spawn(writer(server.addr, round, id, acked.clone())))
             .collect();
-        // Kill at a different point of the write stream each round.
+        // Stop at a different point of the write stream each round.
         tokio::time::sleep(Duration::from_millis(60 + (round as u64 * 37) % 250)).await;
-        server.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+        let status = server.signal_and_wait(signal);
+        if signal == nix::sys::signal::Signal::SIGTERM {
+            assert!(status.success(), "round {round}: {status:?}");
+        }
         for task in tasks {
             task.await.unwrap();
         }
@@ -97,5 +102,18 @@ async fn every_acknowledged_write_survives_sigkill() {
         total_acked = acked.len();
         drop(server);
     }
-    eprintln!("{total_acked} acknowledged writes over {ROUNDS} SIGKILL rounds, none lost");
+    total_acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_sigkill() {
+    let total = acknowledged_writes_survive(nix::sys::signal::Signal::SIGKILL, ROUNDS).await;
+    eprintln!("{total} acknowledged writes over {ROUNDS} SIGKILL rounds, none lost");
+}
+
+/// Graceful: commands in flight finish; no client is told OK for a write that is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_sigterm() {
+    let total = acknowledged_writes_survive(nix::sys::signal::Signal::SIGTERM, 5).await;
+    eprintln!("{total} acknowledged writes over 5 SIGTERM rounds, none lost");
 }

@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+mod soak;
+
 #[derive(Parser)]
 struct Cli {
     /// Server address.
@@ -90,6 +92,27 @@ enum Run {
     Rss {
         #[arg(long)]
         pid: u32,
+    },
+    /// Crash-safety soak: our server (`--bin`) under a mixed write load from `writers`
+    /// clients, stopped with `signal` at a random moment `rounds` times; after each restart
+    /// every acknowledged write must be there and nothing half-applied. Works in `workdir`.
+    Soak {
+        #[arg(long)]
+        bin: std::path::PathBuf,
+        #[arg(long)]
+        workdir: std::path::PathBuf,
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        #[arg(long, value_enum, default_value = "kill")]
+        signal: soak::StopSignal,
+        /// Earliest stop after the writers start, in ms.
+        #[arg(long, default_value_t = 50)]
+        min_ms: u64,
+        /// Latest stop, in ms.
+        #[arg(long, default_value_t = 400)]
+        max_ms: u64,
     },
     /// A minimal OTLP/HTTP endpoint for trace-export benchmarks: prints its address, answers
     /// every POST with 200, and keeps `requests bytes` received in `stats`.
@@ -481,6 +504,26 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Run::OtlpSink { listen, stats } => otlp_sink(listen, stats.clone()).await,
+        Run::Soak {
+            bin,
+            workdir,
+            rounds,
+            writers,
+            signal,
+            min_ms,
+            max_ms,
+        } => {
+            soak::run(&soak::Soak {
+                bin: bin.clone(),
+                workdir: workdir.clone(),
+                rounds: *rounds,
+                writers: *writers,
+                signal: *signal,
+                min_ms: *min_ms,
+                max_ms: *max_ms,
+            })
+            .await
+        }
     }
 }
 
