@@ -198,3 +198,96 @@ impl Authenticator {
         }
     }
 }
+
+/// Failed logins per peer address within a window; past the limit a peer's logins are
+/// refused without a password check (a brute force learns nothing).
+pub struct FailedLogins {
+    max: u32,
+    window: std::time::Duration,
+    peers: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+/// Peers remembered at most; past it, expired entries go, and if that is not enough, all.
+const FAILED_LOGIN_PEERS: usize = 65_536;
+
+impl FailedLogins {
+    /// `max` failures per `window` (`max` 0: no limit).
+    pub fn new(max: u32, window: std::time::Duration) -> FailedLogins {
+        FailedLogins {
+            max,
+            window,
+            peers: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn peers(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+    > {
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `peer` has used up its failed logins.
+    pub fn blocked(&self, peer: std::net::IpAddr) -> bool {
+        self.max > 0
+            && self
+                .peers()
+                .get(&peer)
+                .is_some_and(|(count, since)| *count >= self.max && since.elapsed() < self.window)
+    }
+
+    /// Counts one failed login of `peer`.
+    pub fn record(&self, peer: std::net::IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        let mut peers = self.peers();
+        if peers.len() >= FAILED_LOGIN_PEERS {
+            let window = self.window;
+            peers.retain(|_, (_, since)| since.elapsed() < window);
+            if peers.len() >= FAILED_LOGIN_PEERS {
+                peers.clear();
+            }
+        }
+        let entry = peers.entry(peer).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    /// A successful login clears `peer`'s count.
+    pub fn clear(&self, peer: std::net::IpAddr) {
+        if self.max > 0 {
+            self.peers().remove(&peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod failed_login_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_blocked_after_max_failures_until_the_window_passes() {
+        let limits = FailedLogins::new(3, std::time::Duration::from_millis(200));
+        let peer: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let other: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(!limits.blocked(peer));
+            limits.record(peer);
+        }
+        assert!(limits.blocked(peer));
+        assert!(!limits.blocked(other));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(!limits.blocked(peer));
+        limits.record(peer);
+        limits.clear(peer);
+        assert!(!limits.blocked(peer));
+        assert!(!FailedLogins::new(0, std::time::Duration::from_secs(1)).blocked(peer));
+    }
+}

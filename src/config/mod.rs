@@ -91,6 +91,17 @@ pub struct Settings {
     pub connections_max: usize,
     /// `failedloginpause`
     pub failed_login_pause: Duration,
+    /// `mupdate_unauthenticated_max` (new): connections not yet logged in, at most.
+    pub unauthenticated_max: usize,
+    /// `mupdate_login_timeout` (new): time a connection has to log in.
+    pub login_timeout: Duration,
+    /// `mupdate_write_timeout` (new): a client that takes no output for this long is dropped.
+    pub write_timeout: Duration,
+    /// `mupdate_failed_logins_max` (new): failed logins per peer address in the window
+    /// before its logins are refused unchecked (0: no limit).
+    pub failed_logins_max: u32,
+    /// `mupdate_failed_logins_window` (new).
+    pub failed_logins_window: Duration,
     /// `maxword`, `maxquoted`, `maxliteral`
     pub limits: Limits,
     /// `mupdate_server`
@@ -408,6 +419,21 @@ impl Settings {
             db_path,
             listen,
             connections_max: o.typed("mupdate_connections_max", 128, parse_count)?,
+            unauthenticated_max: o.typed("mupdate_unauthenticated_max", 64, parse_count)?,
+            login_timeout: o.typed("mupdate_login_timeout", Duration::from_secs(60), |v| {
+                parse_duration(v, 's')
+            })?,
+            write_timeout: o.typed("mupdate_write_timeout", Duration::from_secs(60), |v| {
+                parse_duration(v, 's')
+            })?,
+            failed_logins_max: o.typed("mupdate_failed_logins_max", 10, |v| {
+                parse_count(v).and_then(|n| u32::try_from(n).map_err(|e| e.to_string()))
+            })?,
+            failed_logins_window: o.typed(
+                "mupdate_failed_logins_window",
+                Duration::from_secs(15 * 60),
+                |v| parse_duration(v, 's'),
+            )?,
             failed_login_pause: o.typed("failedloginpause", Duration::from_secs(3), |v| {
                 parse_duration(v, 's')
             })?,

@@ -35,11 +35,13 @@ pub struct Connection {
     raw: Vec<u8>,
     deflate: Option<Deflate>,
     telemetry: Option<TelemetryLog>,
+    /// A client that takes none of our output for this long is dropped.
+    write_timeout: std::time::Duration,
 }
 
 impl Connection {
     /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream) -> Connection {
+    pub fn new(stream: TcpStream, write_timeout: std::time::Duration) -> Connection {
         let _ = stream.set_nodelay(true);
         Connection {
             stream: Transport::Plain(stream),
@@ -47,6 +49,7 @@ impl Connection {
             raw: Vec::new(),
             deflate: None,
             telemetry: None,
+            write_timeout,
         }
     }
 
@@ -87,13 +90,19 @@ impl Connection {
         if let Some(log) = &mut self.telemetry {
             log.record_write(bytes);
         }
-        match &mut self.deflate {
-            None => self.stream.write_all(bytes).await,
+        let written = match &mut self.deflate {
+            None => tokio::time::timeout(self.write_timeout, self.stream.write_all(bytes)).await,
             Some(deflate) => {
                 let wire = deflate.deflate(bytes);
-                self.stream.write_all(&wire).await
+                tokio::time::timeout(self.write_timeout, self.stream.write_all(&wire)).await
             }
-        }
+        };
+        written.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client takes no output",
+            ))
+        })
     }
 
     /// From the next byte on, both directions are raw deflate; `pending` holds bytes the

@@ -423,6 +423,19 @@ impl Session {
             bad(&mut self.out, &tag, "already authenticated");
             return Ok(Flow::Continue);
         }
+        if let Some(peer) = self.peer
+            && self.ctx.failed_logins.blocked(peer.ip())
+        {
+            tracing::warn!(%peer, "badlogin: {} too many failed logins; refused unchecked", peer.ip());
+            self.ctx.metrics.command("AUTHENTICATE", "no");
+            self.ctx.metrics.auth_failures.inc();
+            let pause = self.ctx.settings.failed_login_pause;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            no(&mut self.out, &tag, "too many failed logins");
+            return Ok(Flow::Continue);
+        }
         if !self.ctx.auth.offers(&mechanism, self.conn.tls()) {
             tracing::info!(
                 mechanism = %String::from_utf8_lossy(&mechanism),
@@ -468,6 +481,10 @@ impl Session {
         match self.ctx.auth.login_plain(response).await {
             Ok(identity) => {
                 self.ctx.metrics.command("AUTHENTICATE", "ok");
+                self.login_slot = None;
+                if let Some(peer) = self.peer {
+                    self.ctx.failed_logins.clear(peer.ip());
+                }
                 ok(&mut self.out, tag, "Authenticated");
                 // Nothing up to and including the login's OK is logged (spec §4.3).
                 self.flush().await?;
@@ -510,6 +527,9 @@ impl Session {
     async fn login_failed(&mut self, tag: &[u8]) {
         self.ctx.metrics.command("AUTHENTICATE", "no");
         self.ctx.metrics.auth_failures.inc();
+        if let Some(peer) = self.peer {
+            self.ctx.failed_logins.record(peer.ip());
+        }
         let pause: Duration = self.ctx.settings.failed_login_pause;
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;

@@ -54,6 +54,10 @@ pub struct ServerContext {
     tls_banner: Vec<u8>,
     tls: Option<TlsAcceptor>,
     open_connections: AtomicUsize,
+    /// Connections that have not logged in yet.
+    unauthenticated: AtomicUsize,
+    /// Failed logins per peer address.
+    pub failed_logins: crate::auth::FailedLogins,
     upstream: Option<UpstreamBarrier>,
     /// Full dumps sent (UPDATE, or XUPDATE that could not resume).
     pub full_dumps: AtomicU64,
@@ -86,6 +90,10 @@ impl ServerContext {
         let auth = Authenticator::new(&settings);
         let banner = encode_banner(&settings, &auth, &role, false, false);
         let tls_banner = encode_banner(&settings, &auth, &role, false, true);
+        let failed_logins = crate::auth::FailedLogins::new(
+            settings.failed_logins_max,
+            settings.failed_logins_window,
+        );
         ServerContext {
             settings,
             store,
@@ -96,6 +104,8 @@ impl ServerContext {
             tls_banner,
             tls: None,
             open_connections: AtomicUsize::new(0),
+            unauthenticated: AtomicUsize::new(0),
+            failed_logins,
             upstream: None,
             full_dumps: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
@@ -156,6 +166,18 @@ fn encode_banner(
     banner
 }
 
+/// Counts a connection among those not yet logged in until it logs in or ends.
+pub(crate) struct LoginSlot(Arc<ServerContext>);
+
+impl Drop for LoginSlot {
+    fn drop(&mut self) {
+        self.0.unauthenticated.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The answer to a connection over `mupdate_unauthenticated_max`.
+const TOO_MANY_UNAUTHENTICATED: &[u8] = b"* BYE \"too many connections awaiting login\"\r\n";
+
 struct ConnectionSlot(Arc<ServerContext>);
 
 impl Drop for ConnectionSlot {
@@ -186,7 +208,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
                 continue;
             }
         };
-        let mut conn = Connection::new(stream);
+        let mut conn = Connection::new(stream, ctx.settings.write_timeout);
         let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
         ctx.metrics.connections_open.inc();
         let slot = ConnectionSlot(ctx.clone());
@@ -200,8 +222,20 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
             });
             continue;
         }
+        let waiting = ctx.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        let login_slot = LoginSlot(ctx.clone());
+        if waiting >= ctx.settings.unauthenticated_max {
+            ctx.metrics.connections_refused.inc();
+            tracing::warn!(%peer, waiting, "too many connections awaiting login; refusing");
+            sessions.spawn(async move {
+                let _slots = (slot, login_slot);
+                let _ = conn.send_raw(TOO_MANY_UNAUTHENTICATED).await;
+                conn.shutdown().await;
+            });
+            continue;
+        }
         ctx.metrics.connections_accepted.inc();
-        let session = Session::new(ctx.clone(), conn, Some(peer));
+        let session = Session::new(ctx.clone(), conn, Some(peer), login_slot);
         sessions.spawn(async move {
             let _slot = slot;
             tracing::debug!(%peer, "connection");

@@ -60,6 +60,8 @@ pub(super) struct Session {
     pub(super) stream: Option<Stream>,
     /// The client's address, for traces and logs.
     pub(super) peer: Option<std::net::SocketAddr>,
+    /// Held until the client logs in (`mupdate_unauthenticated_max`).
+    pub(super) login_slot: Option<super::LoginSlot>,
     /// Set when the connection is closed on an over-limit input: the client may still be
     /// sending, and closing with unread input would reset the connection before it reads
     /// our last answer.
@@ -74,6 +76,7 @@ enum Wake {
     Read(Result<bool, ReadError>),
     Change(Result<Arc<Change>, broadcast::error::RecvError>),
     Idle,
+    LoginDeadline,
 }
 
 async fn next_change(
@@ -90,6 +93,7 @@ impl Session {
         ctx: Arc<ServerContext>,
         conn: Connection,
         peer: Option<std::net::SocketAddr>,
+        login_slot: super::LoginSlot,
     ) -> Session {
         let parser = Parser::new(ctx.settings.limits);
         Session {
@@ -102,6 +106,7 @@ impl Session {
             sasl_tag: None,
             stream: None,
             peer,
+            login_slot: Some(login_slot),
             linger: false,
         }
     }
@@ -133,6 +138,8 @@ impl Session {
         tokio::pin!(cancelled);
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        let login_deadline = tokio::time::sleep(self.ctx.settings.login_timeout);
+        tokio::pin!(login_deadline);
         let mut last_read = Instant::now();
         loop {
             if self.process_input().await? == Flow::Close {
@@ -144,6 +151,7 @@ impl Session {
                     conn,
                     input,
                     stream,
+                    login_slot,
                     ..
                 } = self;
                 tokio::select! {
@@ -152,6 +160,7 @@ impl Session {
                     change = next_change(stream) => Wake::Change(change),
                     read = conn.read(input) => Wake::Read(read),
                     _ = &mut idle => Wake::Idle,
+                    _ = &mut login_deadline, if login_slot.is_some() => Wake::LoginDeadline,
                 }
             };
             match wake {
@@ -176,6 +185,12 @@ impl Session {
                 Wake::Idle => {
                     self.answer_interrupted_command();
                     response::bye(&mut self.out, "idle for too long");
+                    return self.flush().await;
+                }
+                Wake::LoginDeadline => {
+                    tracing::info!(peer = ?self.peer, "no login in time; closing this connection");
+                    self.answer_interrupted_command();
+                    response::bye(&mut self.out, "login timed out");
                     return self.flush().await;
                 }
                 Wake::Shutdown => {
