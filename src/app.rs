@@ -244,8 +244,23 @@ fn lock_instance(settings: &Settings) -> Result<std::fs::File, Fatal> {
     }
 }
 
+/// Raises the soft limit of open files to the hard one: every client is a descriptor, and
+/// the soft default (often 1,024) is far below what a murder's listeners need.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(error) => tracing::warn!(%error, soft, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open-file limit"),
+    }
+}
+
 async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fatal> {
     let _lock = lock_instance(&settings)?;
+    raise_file_limit();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
     let listener = match launch {

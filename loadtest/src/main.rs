@@ -114,6 +114,17 @@ enum Run {
         #[arg(long, default_value_t = 400)]
         max_ms: u64,
     },
+    /// Idle connections: holds `connections` logged-in connections that send nothing,
+    /// reports the server's RSS (`pid`) before and with them, and times `probes` fresh
+    /// clients' banner + login + FIND meanwhile.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 50)]
+        probes: usize,
+    },
     /// A minimal OTLP/HTTP endpoint for trace-export benchmarks: prints its address, answers
     /// every POST with 200, and keeps `requests bytes` received in `stats`.
     OtlpSink {
@@ -504,6 +515,11 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Run::OtlpSink { listen, stats } => otlp_sink(listen, stats.clone()).await,
+        Run::Idle {
+            connections,
+            pid,
+            probes,
+        } => idle(&cli, *connections, *pid, *probes).await,
         Run::Soak {
             bin,
             workdir,
@@ -525,6 +541,72 @@ async fn main() -> Result<()> {
             .await
         }
     }
+}
+
+/// Opens one connection, logs in (pipelined behind the banner) and returns it, idle.
+async fn idle_login(addr: &str, login: &[u8]) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(login).await?;
+    let mut seen = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !seen.windows(6).any(|w| w == b"A01 OK") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            bail!("closed before login: {}", String::from_utf8_lossy(&seen));
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(stream)
+}
+
+async fn idle(cli: &Cli, connections: usize, pid: u32, probes: usize) -> Result<()> {
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("\0{}\0{}", cli.user, cli.password));
+    let login = format!("A01 AUTHENTICATE \"PLAIN\" \"{token}\"\r\n").into_bytes();
+    let rss_before = rss_kib(pid)?;
+    let started = Instant::now();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let mut opening = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (gate, addr, login) = (gate.clone(), cli.addr.clone(), login.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            idle_login(&addr, &login).await
+        }));
+    }
+    let mut held = Vec::with_capacity(connections);
+    for task in opening {
+        held.push(task.await??);
+    }
+    let open_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_with = rss_kib(pid)?;
+    let mut times = Vec::with_capacity(probes);
+    for i in 0..probes {
+        let probe_started = Instant::now();
+        let mut conn = Conn::open(cli).await?;
+        conn.command(
+            &format!("F{i}"),
+            format!("F{i} FIND \"user.nobody\"\r\n").as_bytes(),
+        )
+        .await?;
+        times.push(probe_started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{{\"connections\":{},\"open_seconds\":{open_seconds:.2},\"rss_before_kib\":{rss_before},\
+         \"rss_with_kib\":{rss_with},\"kib_per_connection\":{:.2},\"probe_p50_ms\":{:.3},\
+         \"probe_p99_ms\":{:.3},\"probe_max_ms\":{:.3}}}",
+        held.len(),
+        (rss_with.saturating_sub(rss_before)) as f64 / held.len().max(1) as f64,
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.last().map(|d| ms(*d)).unwrap_or(0.0)
+    );
+    drop(held);
+    Ok(())
 }
 
 /// Serves OTLP/HTTP exports until killed, counting requests and body bytes.
