@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite uses: the real Cyrus 3.6.1
-# (mupdatetest, ctl_mboxlist, master(8), mupdate) and Cyrus SASL's saslauthd
-# and saslpasswd2, and Prometheus (promtool, a real scraper). Starts no system service.
-# Idempotent; needs root.
+# Installs what the test suite uses: the Debian packages of the real Cyrus 3.6.1
+# (mupdatetest, ctl_mboxlist, master(8), mupdate), Cyrus SASL's saslauthd and saslpasswd2,
+# and Prometheus (promtool, a real scraper); and cargo-fuzz from crates.io (the fuzz smoke
+# run). Starts no system service. Idempotent; needs root.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps.sh: run as root (apt-get install)" >&2
     exit 1
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz --version 0.13.2
 fi
 packages=(cyrus-murder cyrus-clients sasl2-bin libsasl2-modules prometheus)
 missing=()

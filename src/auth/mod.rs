@@ -118,14 +118,7 @@ impl Authenticator {
 
     /// Checks a base64 PLAIN response (`=` is the empty response).
     pub async fn login_plain(&self, base64_response: &[u8]) -> Result<Identity, AuthFailure> {
-        let decoded = if base64_response == b"=" {
-            Vec::new()
-        } else {
-            STANDARD
-                .decode(base64_response)
-                .map_err(|_| AuthFailure::Malformed)?
-        };
-        let credentials = plain::parse(&decoded).ok_or(AuthFailure::Malformed)?;
+        let credentials = decode_plain_response(base64_response)?;
         let (user, realm) = match credentials.authcid.split_once('@') {
             Some((user, realm)) => {
                 if !self.login_realms.iter().any(|r| r == realm) {
@@ -197,6 +190,20 @@ impl Authenticator {
             None => Ok(false),
         }
     }
+}
+
+/// Decodes a client's base64 PLAIN response (`=` is the empty response) into its fields.
+pub fn decode_plain_response(
+    base64_response: &[u8],
+) -> Result<plain::PlainCredentials, AuthFailure> {
+    let decoded = if base64_response == b"=" {
+        Vec::new()
+    } else {
+        STANDARD
+            .decode(base64_response)
+            .map_err(|_| AuthFailure::Malformed)?
+    };
+    plain::parse(&decoded).ok_or(AuthFailure::Malformed)
 }
 
 /// Failed logins per peer address within a window; past the limit a peer's logins are
