@@ -4,6 +4,7 @@
 pub mod passwd_file;
 pub mod plain;
 pub mod saslauthd;
+pub mod scram;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,11 @@ pub struct Authenticator {
     service: String,
     plain_listed: bool,
     allow_plaintext: bool,
+    /// SCRAM-SHA-256 is offered only when `sasl_mech_list` names it and a passwd file holds
+    /// verifiers: a Cyrus client picks the strongest mechanism offered, and one whose user
+    /// has no verifier must still get PLAIN.
+    scram: bool,
+    passwd_file: Option<std::path::PathBuf>,
 }
 
 impl Authenticator {
@@ -91,17 +97,103 @@ impl Authenticator {
             service: settings.service_name.clone(),
             plain_listed,
             allow_plaintext: settings.allow_plaintext,
+            scram: settings.passwd_file.is_some()
+                && settings.sasl_mech_list.as_ref().is_some_and(|list| {
+                    list.iter()
+                        .any(|m| m.eq_ignore_ascii_case(scram::MECHANISM))
+                }),
+            passwd_file: settings.passwd_file.clone(),
         }
+    }
+
+    /// The user a SASL authentication identity names and its realm, if the realm is allowed.
+    fn user_and_realm(&self, authcid: &str) -> Result<(String, String), AuthFailure> {
+        match authcid.split_once('@') {
+            Some((user, realm)) => {
+                if !self.login_realms.iter().any(|r| r == realm) {
+                    return Err(AuthFailure::Realm(authcid.to_owned()));
+                }
+                Ok((user.to_owned(), realm.to_owned()))
+            }
+            None => Ok((authcid.to_owned(), self.default_realm.clone())),
+        }
+    }
+
+    /// Who logged in: `authcid`'s user, acting as `authzid` if given; only admins may.
+    fn admitted(&self, authcid: &str, authzid: Option<&str>) -> Result<Identity, AuthFailure> {
+        let (user, _) = self.user_and_realm(authcid)?;
+        if !self.admins.iter().any(|a| *a == user || a == authcid) {
+            return Err(AuthFailure::NotAdmin(user));
+        }
+        Ok(Identity {
+            authzid: match authzid {
+                Some(authzid) if authzid != authcid => authzid.to_owned(),
+                _ => user.clone(),
+            },
+            authcid: user,
+        })
+    }
+
+    /// SCRAM-SHA-256, first step: the server's first message for the client's. An unknown
+    /// user (or one without a verifier) gets a decoy and fails at the proof like a wrong
+    /// password.
+    pub async fn scram_start(
+        &self,
+        client_first: &[u8],
+    ) -> Result<(scram::Pending, Vec<u8>), AuthFailure> {
+        let client = scram::parse_client_first(client_first).map_err(|_| AuthFailure::Malformed)?;
+        let (user, _) = self.user_and_realm(&client.authcid)?;
+        let verifier = match &self.passwd_file {
+            Some(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || passwd_file::scram_verifier_file(&path, &user))
+                    .await
+                    .map_err(|e| AuthFailure::Backend(e.to_string()))?
+                    .map_err(|e| AuthFailure::Backend(e.to_string()))?
+            }
+            None => None,
+        };
+        let verifier = verifier.unwrap_or_else(|| {
+            let decoy: [u8; 32] = rand::random();
+            let salt: [u8; 16] = rand::random();
+            scram::Verifier::from_password(&decoy, &salt, scram::DEFAULT_ITERATIONS)
+        });
+        let nonce_bytes: [u8; 18] = rand::random();
+        Ok(scram::Pending::start(
+            client,
+            &STANDARD.encode(nonce_bytes),
+            verifier,
+        ))
+    }
+
+    /// SCRAM-SHA-256, second step: checks the client's proof; returns the server's final
+    /// message and who logged in.
+    pub fn scram_finish(
+        &self,
+        pending: &scram::Pending,
+        client_final: &[u8],
+    ) -> Result<(Vec<u8>, Identity), AuthFailure> {
+        let server_final = pending
+            .finish(client_final)
+            .map_err(|_| AuthFailure::BadCredentials(pending.client().authcid.clone()))?;
+        let identity = self.admitted(
+            &pending.client().authcid,
+            pending.client().authzid.as_deref(),
+        )?;
+        Ok((server_final, identity))
     }
 
     /// Mechanisms for the `* AUTH` banner line, with or without TLS active: as Cyrus,
     /// PLAIN only under TLS or with `allowplaintext: yes`.
     pub fn mechanisms(&self, tls: bool) -> Vec<String> {
-        if self.plain_listed && (tls || self.allow_plaintext) {
-            vec![PLAIN.to_owned()]
-        } else {
-            Vec::new()
+        let mut offered = Vec::new();
+        if self.scram {
+            offered.push(scram::MECHANISM.to_owned());
         }
+        if self.plain_listed && (tls || self.allow_plaintext) {
+            offered.push(PLAIN.to_owned());
+        }
+        offered
     }
 
     /// True when some password source is configured.
@@ -119,36 +211,14 @@ impl Authenticator {
     /// Checks a base64 PLAIN response (`=` is the empty response).
     pub async fn login_plain(&self, base64_response: &[u8]) -> Result<Identity, AuthFailure> {
         let credentials = decode_plain_response(base64_response)?;
-        let (user, realm) = match credentials.authcid.split_once('@') {
-            Some((user, realm)) => {
-                if !self.login_realms.iter().any(|r| r == realm) {
-                    return Err(AuthFailure::Realm(credentials.authcid.clone()));
-                }
-                (user.to_owned(), realm.to_owned())
-            }
-            None => (credentials.authcid.clone(), self.default_realm.clone()),
-        };
+        let (user, realm) = self.user_and_realm(&credentials.authcid)?;
         if !self
             .check_password(&user, &realm, &credentials.password)
             .await?
         {
             return Err(AuthFailure::BadCredentials(user));
         }
-        if !self
-            .admins
-            .iter()
-            .any(|a| *a == user || *a == credentials.authcid)
-        {
-            return Err(AuthFailure::NotAdmin(user));
-        }
-        Ok(Identity {
-            authzid: if credentials.authzid == credentials.authcid {
-                user.clone()
-            } else {
-                credentials.authzid
-            },
-            authcid: user,
-        })
+        self.admitted(&credentials.authcid, Some(&credentials.authzid))
     }
 
     async fn check_password(

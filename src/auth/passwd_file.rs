@@ -17,6 +17,8 @@ pub enum Scheme {
     Ssha256,
     /// Clear text (for tests only).
     Plain,
+    /// A SCRAM-SHA-256 verifier: serves SCRAM-SHA-256 and PLAIN logins.
+    ScramSha256,
 }
 
 /// Errors reading the file.
@@ -34,7 +36,8 @@ pub enum PasswdError {
 
 /// Looks `user` up in the passwd-file text and checks `password`. Lines that do not parse,
 /// or name an unknown scheme, never match.
-pub fn verify_in(text: &str, user: &str, password: &[u8]) -> bool {
+/// The stored password field of `user`, if the file has the user.
+fn stored_for<'t>(text: &'t str, user: &str) -> Option<&'t str> {
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|line| {
@@ -43,7 +46,31 @@ pub fn verify_in(text: &str, user: &str, password: &[u8]) -> bool {
             Some((name, stored))
         })
         .find(|(name, _)| *name == user)
-        .is_some_and(|(_, stored)| verify_stored(stored, password))
+        .map(|(_, stored)| stored)
+}
+
+pub fn verify_in(text: &str, user: &str, password: &[u8]) -> bool {
+    stored_for(text, user).is_some_and(|stored| verify_stored(stored, password))
+}
+
+/// The SCRAM-SHA-256 verifier of `user`, if its entry is one.
+pub fn scram_verifier_in(text: &str, user: &str) -> Option<super::scram::Verifier> {
+    let (scheme, data) = split_scheme(stored_for(text, user)?)?;
+    (scheme == "SCRAM-SHA-256")
+        .then(|| super::scram::Verifier::decode(data))
+        .flatten()
+}
+
+/// [`scram_verifier_in`] on the file at `path`.
+pub fn scram_verifier_file(
+    path: &std::path::Path,
+    user: &str,
+) -> Result<Option<super::scram::Verifier>, PasswdError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PasswdError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(scram_verifier_in(&text, user))
 }
 
 /// Reads `path` and verifies `user`'s password.
@@ -84,6 +111,9 @@ fn verify_stored(stored: &str, password: &[u8]) -> bool {
             hasher.update(salt);
             bool::from(hasher.finalize().as_slice().ct_eq(digest))
         }
+        "SCRAM-SHA-256" => {
+            super::scram::Verifier::decode(data).is_some_and(|verifier| verifier.matches(password))
+        }
         "ARGON2ID" => PasswordHash::new(data.trim()).is_ok_and(|hash| {
             hash.algorithm.as_str() == "argon2id"
                 && argon2::Argon2::default()
@@ -111,6 +141,15 @@ pub fn hash(scheme: Scheme, password: &[u8]) -> Result<String, String> {
             raw.extend_from_slice(&salt);
             Ok(format!("{{SSHA256}}{}", STANDARD.encode(raw)))
         }
+        Scheme::ScramSha256 => {
+            let salt: [u8; 16] = rand::random();
+            let verifier = super::scram::Verifier::from_password(
+                password,
+                &salt,
+                super::scram::DEFAULT_ITERATIONS,
+            );
+            Ok(format!("{{SCRAM-SHA-256}}{}", verifier.encode()))
+        }
         Scheme::Argon2id => {
             let salt_bytes: [u8; 16] = rand::random();
             let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
@@ -128,7 +167,12 @@ mod tests {
 
     #[test]
     fn every_scheme_verifies_and_rejects() {
-        for scheme in [Scheme::Argon2id, Scheme::Ssha256, Scheme::Plain] {
+        for scheme in [
+            Scheme::Argon2id,
+            Scheme::Ssha256,
+            Scheme::Plain,
+            Scheme::ScramSha256,
+        ] {
             let line = format!("mupdate:{}\n", hash(scheme, b"mupdatepass").unwrap());
             assert!(verify_in(&line, "mupdate", b"mupdatepass"), "{scheme:?}");
             assert!(!verify_in(&line, "mupdate", b"wrong"), "{scheme:?}");

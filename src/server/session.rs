@@ -32,6 +32,24 @@ pub(super) enum Flow {
     StartTls,
 }
 
+/// An AUTHENTICATE waiting for the client's next response line.
+pub(super) struct SaslExchange {
+    pub(super) tag: Vec<u8>,
+    pub(super) step: SaslStep,
+}
+
+/// What the next response line of an exchange is.
+pub(super) enum SaslStep {
+    /// PLAIN's only message.
+    Plain,
+    /// SCRAM-SHA-256's client-first message.
+    ScramFirst,
+    /// SCRAM-SHA-256's client-final message.
+    ScramFinal(Box<crate::auth::scram::Pending>),
+    /// The client's empty answer to the server's final message, then OK.
+    ScramAck(Identity),
+}
+
 /// A registered UPDATE stream.
 pub(super) struct Stream {
     pub(super) tag: Vec<u8>,
@@ -56,7 +74,7 @@ pub(super) struct Session {
     input: Vec<u8>,
     pub(super) out: Vec<u8>,
     pub(super) identity: Option<Identity>,
-    pub(super) sasl_tag: Option<Vec<u8>>,
+    pub(super) sasl: Option<SaslExchange>,
     pub(super) stream: Option<Stream>,
     /// The client's address, for traces and logs.
     pub(super) peer: Option<std::net::SocketAddr>,
@@ -103,7 +121,7 @@ impl Session {
             input: Vec::new(),
             out: Vec::with_capacity(1024),
             identity: None,
-            sasl_tag: None,
+            sasl: None,
             stream: None,
             peer,
             login_slot: Some(login_slot),
@@ -203,7 +221,7 @@ impl Session {
 
     /// At an idle timeout Cyrus answers a half-received command as if its line had ended.
     fn answer_interrupted_command(&mut self) {
-        if let Some(tag) = self.sasl_tag.take() {
+        if let Some(SaslExchange { tag, .. }) = self.sasl.take() {
             response::tagged(
                 &mut self.out,
                 &tag,
