@@ -696,3 +696,64 @@ async fn a_cyrus_slave_follows_our_slave() {
     pipeline(&mut writer, &writes(&names, 3)).await;
     converge(&mut reader, &mut writer).await;
 }
+
+/// SCRAM-SHA-256 between Cyrus 3.6.1 (Cyrus SASL's SCRAM plugin) and us, both ways: a
+/// Cyrus slave logs in to our master, which offers nothing else; our slave picks SCRAM when
+/// a Cyrus master offers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_256_between_cyrus_and_us_both_ways() {
+    if !cyrus::available("scram_sha_256_between_cyrus_and_us_both_ways") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "sasl_mech_list: SCRAM-SHA-256 PLAIN\n");
+    std::fs::write(
+        dir.path().join("passwd"),
+        scram_passwd_line("mupdate", "mupdatepass"),
+    )
+    .expect("passwd");
+    let ours = ServerProcess::start(&conf, &["-m"], &[("IMAPD_ALLOWPLAINTEXT", "no")]);
+    let master_addr = ours.addr.to_string();
+    // Cyrus's slave greets only after its first sync: starting it proves the login.
+    let cyrus_slave = tokio::task::spawn_blocking(move || {
+        Cyrus::start(
+            Service::MupdateSlave {
+                master: &master_addr,
+                retry_delay: 2,
+            },
+            "mupdate-slave",
+            "",
+        )
+    })
+    .await
+    .expect("the Cyrus slave logs in with SCRAM-SHA-256 and synchronises");
+    let log = ours.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(
+        log.contains("mupdate SCRAM-SHA-256 User logged in"),
+        "{log}"
+    );
+    drop(cyrus_slave);
+
+    let cyrus_master = tokio::task::spawn_blocking(|| {
+        Cyrus::start(
+            Service::MupdateMaster,
+            "mupdate-master",
+            "sasl_mech_list: SCRAM-SHA-256 PLAIN\n",
+        )
+    })
+    .await
+    .expect("start the Cyrus master");
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave = tokio::task::spawn_blocking({
+        let path = slave_dir.path().to_owned();
+        let addr = cyrus_master.addr;
+        move || our_slave(&path, addr)
+    })
+    .await
+    .expect("start our slave");
+    let log = slave.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(
+        log.contains("successful mupdate connection to the master (SCRAM-SHA-256)"),
+        "{log}"
+    );
+}

@@ -10,28 +10,7 @@ use mupdate::auth::scram;
 
 /// A passwd file whose `mupdate` entry is a SCRAM verifier made by `mupdate hash-password`.
 fn scram_passwd(server: &TestServer, password: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"))
-        .args([
-            "hash-password",
-            "--user",
-            "mupdate",
-            "--scheme",
-            "scram-sha256",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("hash-password output");
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).expect("UTF-8");
+    let line = scram_passwd_line("mupdate", password);
     assert!(line.starts_with("mupdate:{SCRAM-SHA-256}4096$"), "{line}");
     std::fs::write(
         server.dir.path().join("passwd"),
@@ -178,5 +157,29 @@ async fn scram_is_offered_only_when_sasl_mech_list_names_it() {
             b"S1 AUTHENTICATE \"SCRAM-SHA-256\" \"bj0sbj1tdXBkYXRlLHI9YWJj\"\r\n",
             b"S1 NO \"undefined error!\"\r\n",
         )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_slave_logs_in_to_its_master_with_scram() {
+    let dir = tempfile::tempdir().unwrap();
+    // A master that offers SCRAM-SHA-256 only (no plaintext logins without TLS).
+    let conf = write_process_config(dir.path(), OFFER_SCRAM);
+    std::fs::write(
+        dir.path().join("passwd"),
+        scram_passwd_line("mupdate", "mupdatepass"),
+    )
+    .expect("passwd");
+    let master = ServerProcess::start(&conf, &["-m"], &[("IMAPD_ALLOWPLAINTEXT", "no")]);
+    let slave_dir = tempfile::tempdir().unwrap();
+    let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
+    let log = master.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(
+        log.contains("mupdate SCRAM-SHA-256 User logged in"),
+        "{log}"
+    );
+    let mut reader = logged_in(slave.addr).await;
+    reader
+        .exchange(b"N1 NOOP\r\n", b"N1 OK \"Noop done\"\r\n")
         .await;
 }

@@ -63,6 +63,8 @@ pub enum LinkError {
 
 /// An open, logged-in connection.
 pub struct Link {
+    /// The SASL mechanism the login used.
+    pub mechanism: &'static str,
     stream: Transport<TlsStream<TcpStream>>,
     buffer: Vec<u8>,
     /// Bytes of `buffer` already parsed: dropping each reply from the front at once would
@@ -129,6 +131,7 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
     let stream = TcpStream::connect(address(&settings.server)).await?;
     stream.set_nodelay(true)?;
     let mut link = Link {
+        mechanism: "PLAIN",
         stream: Transport::Plain(stream),
         buffer: Vec::new(),
         start: 0,
@@ -143,8 +146,14 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
         link.start_tls(tls, settings.timeout).await?;
         banner = link.banner(settings.timeout).await?;
     }
+    if banner.scram {
+        link.scram_login(settings).await?;
+        return Ok(link);
+    }
     if !banner.plain {
-        return Err(LinkError::Login("the master does not offer PLAIN".into()));
+        return Err(LinkError::Login(
+            "the master offers neither SCRAM-SHA-256 nor PLAIN".into(),
+        ));
     }
     let token = STANDARD.encode(
         [
@@ -171,7 +180,13 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
 /// What a banner offers.
 struct Offers {
     plain: bool,
+    scram: bool,
     starttls: bool,
+}
+
+/// `,` and `=` escaped as SCRAM names need (RFC 5802 §5.1).
+fn scram_name(name: &str) -> String {
+    name.replace('=', "=3D").replace(',', "=2C")
 }
 
 impl Link {
@@ -179,15 +194,24 @@ impl Link {
     async fn banner(&mut self, patience: Duration) -> Result<Offers, LinkError> {
         let mut offers = Offers {
             plain: false,
+            scram: false,
             starttls: false,
         };
         loop {
             match self.next(patience).await? {
                 Reply::Line { tag, word, rest } if tag == b"*" && word == b"AUTH" => {
-                    offers.plain = rest.split(|&b| b == b' ').any(|m| {
-                        m.trim_ascii_start().eq_ignore_ascii_case(b"\"PLAIN\"")
-                            || m.eq_ignore_ascii_case(b"PLAIN")
-                    });
+                    let offered = |mechanism: &[u8]| {
+                        rest.split(|&b| b == b' ').any(|m| {
+                            let m = m.trim_ascii();
+                            let m = m
+                                .strip_prefix(b"\"")
+                                .and_then(|m| m.strip_suffix(b"\""))
+                                .unwrap_or(m);
+                            m.eq_ignore_ascii_case(mechanism)
+                        })
+                    };
+                    offers.plain = offered(b"PLAIN");
+                    offers.scram = offered(crate::auth::scram::MECHANISM.as_bytes());
                 }
                 Reply::Line { tag, word, .. } if tag == b"*" && word == b"STARTTLS" => {
                     offers.starttls = true;
@@ -196,6 +220,96 @@ impl Link {
                 Reply::Line { tag, .. } if tag == b"*" => {}
                 other => return Err(LinkError::Protocol(format!("{other:?} in the banner"))),
             }
+        }
+    }
+
+    /// The next raw line (a SASL challenge is bare base64, not a reply), without its CRLF.
+    async fn raw_line(&mut self, patience: Duration) -> Result<Vec<u8>, LinkError> {
+        loop {
+            if let Some(end) = self.buffer[self.start..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+            {
+                let line = self.buffer[self.start..self.start + end].to_vec();
+                self.start += end + 2;
+                return Ok(line);
+            }
+            if self.buffer.len() - self.start > MAX_REPLY {
+                return Err(LinkError::Protocol("over-long SASL challenge".into()));
+            }
+            self.buffer.reserve(4096);
+            let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
+                .await
+                .map_err(|_| LinkError::Timeout)??;
+            if n == 0 {
+                return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// A SASL challenge line, decoded; a tagged line instead means the login failed.
+    async fn challenge(&mut self, patience: Duration) -> Result<Vec<u8>, LinkError> {
+        let line = self.raw_line(patience).await?;
+        if line.starts_with(b"A01 ") {
+            return Err(LinkError::Login(String::from_utf8_lossy(&line[4..]).into()));
+        }
+        STANDARD
+            .decode(&line)
+            .map_err(|_| LinkError::Protocol("a SASL challenge that is not base64".into()))
+    }
+
+    /// SCRAM-SHA-256: the password never crosses the wire, and the master proves it holds
+    /// the user's verifier.
+    async fn scram_login(&mut self, settings: &Credentials) -> Result<(), LinkError> {
+        use crate::auth::scram;
+        let patience = settings.timeout;
+        let nonce_bytes: [u8; 18] = rand::random();
+        let nonce = STANDARD.encode(nonce_bytes);
+        let gs2_header = if settings.username.is_empty() || settings.username == settings.authname {
+            "n,,".to_owned()
+        } else {
+            format!("n,a={},", scram_name(&settings.username))
+        };
+        let bare = format!("n={},r={nonce}", scram_name(&settings.authname));
+        let first = STANDARD.encode(format!("{gs2_header}{bare}"));
+        let command = format!(
+            "A01 AUTHENTICATE \"{}\" {{{}+}}\r\n{first}\r\n",
+            scram::MECHANISM,
+            first.len()
+        );
+        self.stream.write_all(command.as_bytes()).await?;
+        let server_first = String::from_utf8(self.challenge(patience).await?)
+            .map_err(|_| LinkError::Protocol("SCRAM server-first is not UTF-8".into()))?;
+        if !server_first.starts_with(&format!("r={nonce}")) {
+            return Err(LinkError::Protocol("SCRAM nonce not continued".into()));
+        }
+        let (client_final, expected) = scram::client_final(
+            &bare,
+            &gs2_header,
+            &server_first,
+            settings.password.as_bytes(),
+        )
+        .map_err(|e| LinkError::Protocol(e.to_string()))?;
+        self.stream
+            .write_all(format!("{}\r\n", STANDARD.encode(client_final)).as_bytes())
+            .await?;
+        let server_final = self.challenge(patience).await?;
+        if server_final != expected.as_bytes() {
+            return Err(LinkError::Login(
+                "the master's SCRAM signature is wrong: it does not hold this user's verifier"
+                    .into(),
+            ));
+        }
+        self.stream.write_all(b"\r\n").await?;
+        match self.next(patience).await? {
+            Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => {
+                self.mechanism = scram::MECHANISM;
+                Ok(())
+            }
+            Reply::Line { rest, .. } => {
+                Err(LinkError::Login(String::from_utf8_lossy(&rest).into()))
+            }
+            other => Err(LinkError::Protocol(format!("{other:?} after AUTHENTICATE"))),
         }
     }
 

@@ -137,7 +137,12 @@ async fn follow(
         tls: settings.tls.clone(),
     })
     .await?;
-    tracing::info!(master = %settings.master, "successful mupdate connection to the master");
+    tracing::info!(
+        master = %settings.master,
+        mechanism = link.mechanism,
+        "successful mupdate connection to the master ({})",
+        link.mechanism
+    );
     let sync_span = tracing::debug_span!(
         target: crate::observability::traces::SPAN_TARGET,
         "sync",

@@ -161,13 +161,19 @@ impl Cyrus {
                 ),
             ),
         };
+        // PLAIN unless the test chooses (Cyrus refuses an option given twice).
+        let mech_list = if extra.contains("sasl_mech_list:") {
+            ""
+        } else {
+            "sasl_mech_list: PLAIN\n"
+        };
         std::fs::write(
             root.join("imapd.conf"),
             format!(
                 "configdirectory: {r}/conf\nproc_path: {r}/conf/proc\nmboxname_lockpath: {r}/conf/lock\n\
                  defaultpartition: default\npartition-default: {r}/spool\nservername: {servername}\n\
                  admins: mupdate admin\nallowplaintext: yes\nsasl_pwcheck_method: auxprop\nsasl_auxprop_plugin: sasldb\n\
-                 sasl_sasldb_path: {r}/sasldb2\nsasl_mech_list: PLAIN\nsasl_auto_transition: no\nfailedloginpause: 0\n\
+                 sasl_sasldb_path: {r}/sasldb2\n{mech_list}sasl_auto_transition: no\nfailedloginpause: 0\n\
                  {service_conf}{extra}"
             ),
         )

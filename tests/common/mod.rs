@@ -510,3 +510,24 @@ pub fn address_at(text: &str) -> String {
         .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
         .collect()
 }
+
+/// A passwd-file line for `user` holding a SCRAM-SHA-256 verifier of `password`, made by
+/// `mupdate hash-password`.
+pub fn scram_passwd_line(user: &str, password: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"))
+        .args(["hash-password", "--user", user, "--scheme", "scram-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("hash-password output");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
