@@ -80,19 +80,7 @@ async fn scenario1_cyrus_slave_follows_our_master() {
     let ours = list(&mut writer).await;
 
     let started = Instant::now();
-    let master_addr = master.addr.to_string();
-    let slave = tokio::task::spawn_blocking(move || {
-        Cyrus::start(
-            Service::MupdateSlave {
-                master: &master_addr,
-                retry_delay: 2,
-            },
-            "mupdate-slave",
-            "",
-        )
-    })
-    .await
-    .expect("start the Cyrus slave");
+    let slave = cyrus_slave_of(master.addr).await;
     eprintln!("Cyrus slave synchronised in {:?}", started.elapsed());
 
     let mut reader = logged_in(slave.addr).await;
@@ -677,19 +665,7 @@ async fn a_cyrus_slave_follows_our_slave() {
     })
     .await
     .expect("start our slave");
-    let our_addr = ours.addr.to_string();
-    let cyrus_slave = tokio::task::spawn_blocking(move || {
-        Cyrus::start(
-            Service::MupdateSlave {
-                master: &our_addr,
-                retry_delay: 2,
-            },
-            "mupdate-slave",
-            "",
-        )
-    })
-    .await
-    .expect("start the Cyrus slave");
+    let cyrus_slave = cyrus_slave_of(ours.addr).await;
     let mut reader = logged_in(cyrus_slave.addr).await;
     converge(&mut reader, &mut writer).await;
     // A change on our master travels master -> our slave -> Cyrus slave.
@@ -713,20 +689,8 @@ async fn scram_sha_256_between_cyrus_and_us_both_ways() {
     )
     .expect("passwd");
     let ours = ServerProcess::start(&conf, &["-m"], &[("IMAPD_ALLOWPLAINTEXT", "no")]);
-    let master_addr = ours.addr.to_string();
     // Cyrus's slave greets only after its first sync: starting it proves the login.
-    let cyrus_slave = tokio::task::spawn_blocking(move || {
-        Cyrus::start(
-            Service::MupdateSlave {
-                master: &master_addr,
-                retry_delay: 2,
-            },
-            "mupdate-slave",
-            "",
-        )
-    })
-    .await
-    .expect("the Cyrus slave logs in with SCRAM-SHA-256 and synchronises");
+    let cyrus_slave = cyrus_slave_of(ours.addr).await;
     let log = ours.stderr.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(
         log.contains("mupdate SCRAM-SHA-256 User logged in"),
@@ -756,4 +720,21 @@ async fn scram_sha_256_between_cyrus_and_us_both_ways() {
         log.contains("successful mupdate connection to the master (SCRAM-SHA-256)"),
         "{log}"
     );
+}
+
+/// A Cyrus 3.6.1 mupdate slave of `master`, once it has synchronised (it greets only then).
+async fn cyrus_slave_of(master: std::net::SocketAddr) -> Cyrus {
+    let master = master.to_string();
+    tokio::task::spawn_blocking(move || {
+        Cyrus::start(
+            Service::MupdateSlave {
+                master: &master,
+                retry_delay: 2,
+            },
+            "mupdate-slave",
+            "",
+        )
+    })
+    .await
+    .expect("the Cyrus slave starts and synchronises")
 }
