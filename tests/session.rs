@@ -131,10 +131,14 @@ async fn c109_starttls_without_tls_discards_pipelined_input() {
 async fn c110_connection_limit() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir, "mupdate_connections_max: 2\n").await;
-    let first = server.admin().await;
+    let mut first = server.admin().await;
     let _second = server.client().await;
     let mut third = Client::connect(server.addr).await;
     third.expect_eof(b"* BYE \"Server Unable\"\r\n\0").await;
+    // The clients already in are still served.
+    first
+        .exchange(b"N1 NOOP\r\n", b"N1 OK \"Noop done\"\r\n")
+        .await;
     drop(first);
     // A slot frees up when a client leaves.
     let mut again = None;
