@@ -136,3 +136,18 @@ async fn a_peer_with_too_many_failed_logins_is_refused_unchecked() {
         .exchange(AUTH, b"A0 OK \"Authenticated\"\r\n")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_exchange_cut_off_by_the_deadline_is_answered() {
+    let server = TestServer::start("mupdate_login_timeout: 1\n").await;
+    let mut client = server.client().await;
+    client
+        .exchange(b"X1 AUTHENTICATE \"PLAIN\"\r\n", b"\r\n")
+        .await;
+    client
+        .expect_eof(
+            b"X1 NO Error reading client response: login timed out\r\n* BYE \"login timed out\"\r\n",
+        )
+        .await;
+    still_serving(&server).await;
+}

@@ -201,13 +201,13 @@ impl Session {
                     idle.as_mut().reset(last_read + idle_timeout);
                 }
                 Wake::Idle => {
-                    self.answer_interrupted_command();
+                    self.answer_interrupted_command("idle for too long");
                     response::bye(&mut self.out, "idle for too long");
                     return self.flush().await;
                 }
                 Wake::LoginDeadline => {
                     tracing::info!(peer = ?self.peer, "no login in time; closing this connection");
-                    self.answer_interrupted_command();
+                    self.answer_interrupted_command("login timed out");
                     response::bye(&mut self.out, "login timed out");
                     return self.flush().await;
                 }
@@ -219,14 +219,15 @@ impl Session {
         }
     }
 
-    /// At an idle timeout Cyrus answers a half-received command as if its line had ended.
-    fn answer_interrupted_command(&mut self) {
+    /// At an idle timeout Cyrus answers a half-received command as if its line had ended,
+    /// and an exchange in progress with why reading stopped (`reason`).
+    fn answer_interrupted_command(&mut self, reason: &str) {
         if let Some(SaslExchange { tag, .. }) = self.sasl.take() {
             response::tagged(
                 &mut self.out,
                 &tag,
                 Status::No,
-                Text::Bare(b"Error reading client response: idle for too long"),
+                Text::Bare(format!("Error reading client response: {reason}").as_bytes()),
             );
             return;
         }
