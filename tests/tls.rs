@@ -108,12 +108,9 @@ fn tls_master(dir: &Path, env: &[(&str, &str)]) -> (ServerProcess, TestPki) {
     (ServerProcess::start(&conf, &["-m"], env), pki)
 }
 
-/// Connects, reads the banner and starts TLS; returns the TLS stream and the new banner.
-async fn start_tls(
-    server: &ServerProcess,
-    pki: &TestPki,
-) -> (tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>) {
-    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+/// Connects, reads the banner and sends STARTTLS; returns the socket, ready for a handshake.
+async fn begin_starttls(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
     read_until(&mut tcp, BANNER_END).await;
     exchange(
         &mut tcp,
@@ -121,6 +118,15 @@ async fn start_tls(
         b"S1 OK Begin TLS negotiation now\r\n",
     )
     .await;
+    tcp
+}
+
+/// Connects, reads the banner and starts TLS; returns the TLS stream and the new banner.
+async fn start_tls(
+    server: &ServerProcess,
+    pki: &TestPki,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>) {
+    let tcp = begin_starttls(server.addr).await;
     let name = ServerName::try_from("127.0.0.1").expect("name");
     let mut tls = pki.connector().connect(name, tcp).await.expect("handshake");
     let banner = read_until(&mut tls, BANNER_END).await;
@@ -228,14 +234,7 @@ async fn a_failed_handshake_closes_only_that_connection() {
     // A client that trusts another CA gives up on the handshake.
     let other_dir = tempfile::tempdir().unwrap();
     let stranger = TestPki::create(other_dir.path());
-    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    read_until(&mut tcp, BANNER_END).await;
-    exchange(
-        &mut tcp,
-        b"S1 STARTTLS\r\n",
-        b"S1 OK Begin TLS negotiation now\r\n",
-    )
-    .await;
+    let tcp = begin_starttls(server.addr).await;
     let name = ServerName::try_from("127.0.0.1").expect("name");
     let refused = stranger.connector().connect(name, tcp).await;
     assert!(
@@ -245,14 +244,7 @@ async fn a_failed_handshake_closes_only_that_connection() {
     still_serving(&server).await;
 
     // Garbage instead of a ClientHello: the server closes that connection.
-    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    read_until(&mut tcp, BANNER_END).await;
-    exchange(
-        &mut tcp,
-        b"S1 STARTTLS\r\n",
-        b"S1 OK Begin TLS negotiation now\r\n",
-    )
-    .await;
+    let mut tcp = begin_starttls(server.addr).await;
     tcp.write_all(b"this is not a TLS ClientHello at all\r\n\x16\x03\x01\x00\x05hello")
         .await
         .expect("write");
@@ -262,14 +254,7 @@ async fn a_failed_handshake_closes_only_that_connection() {
     still_serving(&server).await;
 
     // A client that stops in the middle of its handshake holds only its own connection.
-    let mut stalled = TcpStream::connect(server.addr).await.expect("connect");
-    read_until(&mut stalled, BANNER_END).await;
-    exchange(
-        &mut stalled,
-        b"S1 STARTTLS\r\n",
-        b"S1 OK Begin TLS negotiation now\r\n",
-    )
-    .await;
+    let mut stalled = begin_starttls(server.addr).await;
     stalled.write_all(b"\x16\x03\x01").await.expect("write");
     still_serving(&server).await;
 }
