@@ -2,33 +2,14 @@
 
 mod common;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `GET path` on the sidecar: (status code, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the sidecar");
-    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("response");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    http_get(addr, path)
 }
 
 /// Starts `mupdate` and returns it with its sidecar's address (from its log).
@@ -261,13 +242,6 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     let _ = master.stop().await;
 }
 
-/// The sidecar address a server process logged.
-fn sidecar_of(server: &ServerProcess) -> String {
-    let log = server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
-    let at = log.find("sidecar on http://").expect("sidecar line");
-    address_at(&log[at + 18..])
-}
-
 /// Polls `path` until it answers `status` (20 s at most).
 fn wait_for_status(http: &str, path: &str, status: u16, failure: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -388,61 +362,16 @@ async fn promtool_accepts_our_metrics() {
 }
 
 /// A query answered by Prometheus's HTTP API, as JSON.
-fn prometheus_query(addr: &str, query: &str) -> serde_json::Value {
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (_, body) = get(addr, &format!("/api/v1/query?query={encoded}"));
-    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_a_master_and_a_slave() {
-    if !cyrus_available(
-        "a_real_prometheus_scrapes (Prometheus)",
-        "/usr/bin/prometheus",
-    ) {
-        return;
-    }
     // A master and a slave, each with its sidecar.
     let master_dir = tempfile::tempdir().unwrap();
     let master = ServerProcess::start(&write_process_config(master_dir.path(), ""), &["-m"], &[]);
-    let sidecar_of = |process: &ServerProcess| {
-        let log = process.stderr.lock().map(|l| l.clone()).unwrap_or_default();
-        let at = log.find("sidecar on http://").expect("sidecar line");
-        address_at(&log[at + 18..])
-    };
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
-    let (master_http, slave_http) = (sidecar_of(&master), sidecar_of(&slave));
-
-    let prom_dir = tempfile::tempdir().unwrap();
-    let config = prom_dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mupdate\n    static_configs:\n      - targets: [\"{master_http}\", \"{slave_http}\"]\n"
-        ),
-    )
-    .unwrap();
-    let web = format!("127.0.0.1:{}", common::cyrus::free_port());
-    let mut prometheus = Command::new("/usr/bin/prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            prom_dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-
+    let Some(prometheus) = Prometheus::start(&[sidecar_of(&master), sidecar_of(&slave)]) else {
+        return;
+    };
     let mut writer = logged_in(master.addr).await;
     writer
         .exchange(
@@ -450,30 +379,17 @@ async fn a_real_prometheus_scrapes_a_master_and_a_slave() {
             b"A1 OK \"done\"\r\n",
         )
         .await;
+    assert!(prometheus.wait_until_up(2), "both targets scraped");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = serde_json::Value::Null;
-    let found = loop {
-        if std::net::TcpStream::connect(&web).is_ok() {
-            seen = prometheus_query(
-                &web,
-                "mupdate_commands_total{command=\"ACTIVATE\",result=\"ok\"}",
-            );
-            let value = seen["data"]["result"][0]["value"][1].as_str().unwrap_or("");
-            let up = prometheus_query(&web, "sum(up{job=\"mupdate\"})");
-            let targets_up = up["data"]["result"][0]["value"][1].as_str().unwrap_or("");
-            if value == "1" && targets_up == "2" {
-                break true;
-            }
+    loop {
+        let seen = prometheus.query("mupdate_commands_total{command=\"ACTIVATE\",result=\"ok\"}");
+        if seen["data"]["result"][0]["value"][1].as_str() == Some("1") {
+            break;
         }
-        if Instant::now() > deadline {
-            break false;
-        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the ACTIVATE: {seen}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
-    assert!(
-        found,
-        "Prometheus never saw the ACTIVATE on both targets: {seen}"
-    );
+    }
 }

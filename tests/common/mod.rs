@@ -531,3 +531,116 @@ pub fn scram_passwd_line(user: &str, password: &str) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).expect("UTF-8")
 }
+
+/// `GET path` over HTTP/1.1 on `addr`: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect over HTTP");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("response");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The sidecar address a server process logged.
+pub fn sidecar_of(server: &ServerProcess) -> String {
+    let log = server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+    let at = log.find("sidecar on http://").expect("sidecar line");
+    address_at(&log[at + 18..])
+}
+
+/// Debian's Prometheus scraping `targets` every second, stopped when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    /// Its HTTP API, `host:port`.
+    pub web: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts it, or `None` (SKIPPED; a failure under CI) when it is not installed.
+    pub fn start(targets: &[String]) -> Option<Prometheus> {
+        if !cyrus_available("Prometheus", "/usr/bin/prometheus") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mupdate\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .expect("prometheus.yml");
+        let web = format!("127.0.0.1:{}", cyrus::free_port());
+        let child = std::process::Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Some(Prometheus {
+            child,
+            web,
+            _dir: dir,
+        })
+    }
+
+    /// The API's answer to an instant query (JSON), or null before it listens.
+    pub fn query(&self, query: &str) -> serde_json::Value {
+        if std::net::TcpStream::connect(&self.web).is_err() {
+            return serde_json::Value::Null;
+        }
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (_, body) = http_get(&self.web, &format!("/api/v1/query?query={encoded}"));
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits (60 s at most) until every target is scraped and up.
+    pub fn wait_until_up(&self, targets: usize) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let up = self.query("sum(up{job=\"mupdate\"})");
+            if up["data"]["result"][0]["value"][1].as_str() == Some(&targets.to_string()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        false
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
