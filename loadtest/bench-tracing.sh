@@ -31,12 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-server_cpu=()
-client_cpu=()
-if [ "${PIN:-0}" = 1 ]; then
-    server_cpu=(taskset -c 0)
-    client_cpu=(taskset -c 1)
-fi
+pin_cpus
 "${client_cpu[@]}" "$load" otlp-sink --stats "$work/sink-stats" > "$work/sink-address" &
 sink_pid=$!
 for _ in $(seq 1 100); do [ -s "$work/sink-address" ] && break; sleep 0.05; done

@@ -25,12 +25,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-server_cpu=()
-client_cpu=()
-if [ "${PIN:-0}" = 1 ]; then
-    server_cpu=(taskset -c 0)
-    client_cpu=(taskset -c 1)
-fi
+pin_cpus
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cport=$(free_port)

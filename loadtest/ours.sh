@@ -19,6 +19,17 @@ write_ours_conf() {
     } > "$dir/imapd.conf"
 }
 
+# pin_cpus: with PIN=1, server_cpu and client_cpu become taskset prefixes for CPU 0 and 1
+# (servers on one, clients on the other); otherwise empty, and the kernel places them.
+pin_cpus() {
+    server_cpu=()
+    client_cpu=()
+    if [ "${PIN:-0}" = 1 ]; then
+        server_cpu=(taskset -c 0)
+        client_cpu=(taskset -c 1)
+    fi
+}
+
 # ours_port DIR [TRIES]: the port DIR/log says the server listens on, polled every 50 ms
 # (TRIES times, default 200); prints the log and fails if it never does.
 ours_port() {

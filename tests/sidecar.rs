@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn get(addr: &str, path: &str) -> (u16, String) {
-    http_get(addr, path)
-}
-
 /// Starts `mupdate` and returns it with its sidecar's address (from its log).
 fn start(conf: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mupdate"))
@@ -51,14 +47,14 @@ async fn master_health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let conf = write_process_config(dir.path(), "");
     let (child, http) = start(&conf, &["-m"]);
-    assert_eq!(get(&http, "/livez").0, 200);
+    assert_eq!(http_get(&http, "/livez").0, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&http, "/readyz").0 != 200 {
+    while http_get(&http, "/readyz").0 != 200 {
         assert!(Instant::now() < deadline, "master never ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(get(&http, "/nope").0, 404);
-    let (_, metrics) = get(&http, "/metrics");
+    assert_eq!(http_get(&http, "/nope").0, 404);
+    let (_, metrics) = http_get(&http, "/metrics");
     assert!(
         metrics.contains("mupdate_connections_open{role=\"master\"} 0"),
         "{metrics}"
@@ -86,7 +82,7 @@ async fn store_stream_and_telemetry_metrics_follow_what_happens() {
     let conf = write_process_config(dir.path(), "");
     let server = ServerProcess::start(&conf, &["-m"], &[]);
     let http = sidecar_of(&server);
-    let (_, metrics) = get(&http, "/metrics");
+    let (_, metrics) = http_get(&http, "/metrics");
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         metrics.contains(&format!(
@@ -112,7 +108,7 @@ async fn store_stream_and_telemetry_metrics_follow_what_happens() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let metrics = loop {
-        let (_, metrics) = get(&http, "/metrics");
+        let (_, metrics) = http_get(&http, "/metrics");
         if sample(&metrics, "mupdate_mailboxes{state=\"reserved\"}") == Some(1.0) {
             break metrics;
         }
@@ -146,7 +142,7 @@ async fn store_stream_and_telemetry_metrics_follow_what_happens() {
     drop(listener);
     let deadline = Instant::now() + Duration::from_secs(10);
     while sample(
-        &get(&http, "/metrics").1,
+        &http_get(&http, "/metrics").1,
         "mupdate_replication_slaves_connected{protocol=\"update\"}",
     ) != Some(0.0)
     {
@@ -166,15 +162,15 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     let unused = common::cyrus::free_port();
     let conf = follow_config(dir.path(), format!("127.0.0.1:{unused}").parse().unwrap());
     let (child, http) = start(&conf, &[]);
-    assert_eq!(get(&http, "/livez").0, 200);
-    assert_eq!(get(&http, "/readyz").0, 503);
+    assert_eq!(http_get(&http, "/livez").0, 200);
+    assert_eq!(http_get(&http, "/readyz").0, 503);
     stop(child);
 
     let dir = tempfile::tempdir().unwrap();
     let conf = follow_config(dir.path(), master.addr);
     let slave = ServerProcess::start(&conf, &[], &[]);
     let http = sidecar_of(&slave);
-    assert_eq!(get(&http, "/readyz").0, 200);
+    assert_eq!(http_get(&http, "/readyz").0, 200);
     let mut client = logged_in(slave.addr).await;
     client
         .exchange(
@@ -185,7 +181,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     client
         .exchange(b"W1 DELETE \"x\"\r\n", b"W1 BAD \"read-only session\"\r\n")
         .await;
-    let (_, metrics) = get(&http, "/metrics");
+    let (_, metrics) = http_get(&http, "/metrics");
     assert!(
         metrics.contains("mupdate_commands_total{command=\"FIND\",result=\"ok\"} 1"),
         "{metrics}"
@@ -215,8 +211,8 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
         503,
         "slave still ready without its master",
     );
-    assert_eq!(get(&http, "/livez").0, 200);
-    let (_, metrics) = get(&http, "/metrics");
+    assert_eq!(http_get(&http, "/livez").0, 200);
+    let (_, metrics) = http_get(&http, "/metrics");
     assert!(
         metrics.contains("mupdate_replication_link_up 0"),
         "{metrics}"
@@ -229,7 +225,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
         200,
         "slave not ready after its master came back",
     );
-    let (_, metrics) = get(&http, "/metrics");
+    let (_, metrics) = http_get(&http, "/metrics");
     assert!(
         metrics.contains("mupdate_replication_link_up 1"),
         "{metrics}"
@@ -245,7 +241,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
 /// Polls `path` until it answers `status` (20 s at most).
 fn wait_for_status(http: &str, path: &str, status: u16, failure: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while get(http, path).0 != status {
+    while http_get(http, path).0 != status {
         assert!(Instant::now() < deadline, "{failure}");
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -255,11 +251,11 @@ fn wait_for_status(http: &str, path: &str, status: u16, failure: &str) {
 /// session until `mupdate_shutdown_delay` is over, then a clean exit.
 async fn assert_drains(mut server: ServerProcess, client: &mut Client) {
     let http = sidecar_of(&server);
-    assert_eq!(get(&http, "/readyz").0, 200);
+    assert_eq!(http_get(&http, "/readyz").0, 200);
     let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     wait_for_status(&http, "/readyz", 503, "still ready after SIGTERM");
-    assert_eq!(get(&http, "/livez").0, 200);
+    assert_eq!(http_get(&http, "/livez").0, 200);
     client
         .exchange(b"N1 NOOP\r\n", b"N1 OK \"Noop done\"\r\n")
         .await;
@@ -300,11 +296,11 @@ async fn a_slave_whose_master_stops_answering_is_not_ready_past_the_lag_bound() 
     );
     let slave = ServerProcess::start(&conf, &[], &[]);
     let http = sidecar_of(&slave);
-    assert_eq!(get(&http, "/readyz").0, 200);
+    assert_eq!(http_get(&http, "/readyz").0, 200);
     let master_pid = nix::unistd::Pid::from_raw(master.child.id() as i32);
     nix::sys::signal::kill(master_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     wait_for_status(&http, "/readyz", 503, "ready although the master is silent");
-    let (_, metrics) = get(&http, "/metrics");
+    let (_, metrics) = http_get(&http, "/metrics");
     nix::sys::signal::kill(master_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
     assert!(
         metrics.contains("mupdate_replication_link_up 1"),
@@ -318,7 +314,7 @@ async fn a_slave_whose_master_stops_answering_is_not_ready_past_the_lag_bound() 
     assert!(lag > 5.0, "lag {lag}");
     // The master answers the keep-alive it was sent meanwhile: ready again.
     wait_for_status(&http, "/readyz", 200, "not ready after the master resumed");
-    let (_, metrics) = get(&http, "/metrics");
+    let (_, metrics) = http_get(&http, "/metrics");
     assert!(
         metrics.contains("mupdate_replication_resyncs_total{kind=\"full\"} 1"),
         "resumed on the same link, no resync: {metrics}"
@@ -336,7 +332,7 @@ async fn promtool_accepts_our_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let conf = write_process_config(dir.path(), "");
     let (child, http) = start(&conf, &["-m"]);
-    let (status, metrics) = get(&http, "/metrics");
+    let (status, metrics) = http_get(&http, "/metrics");
     assert_eq!(status, 200);
     let mut promtool = Command::new("/usr/bin/promtool")
         .args(["check", "metrics"])

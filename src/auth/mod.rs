@@ -6,7 +6,11 @@ pub mod plain;
 pub mod saslauthd;
 pub mod scram;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -280,8 +284,9 @@ pub fn decode_plain_response(
 /// refused without a password check (a brute force learns nothing).
 pub struct FailedLogins {
     max: u32,
-    window: std::time::Duration,
-    peers: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    window: Duration,
+    /// Failures of each address since the first one of its current window.
+    peers: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 /// Peers remembered at most; past it, expired entries go, and if that is not enough, all.
@@ -289,27 +294,20 @@ const FAILED_LOGIN_PEERS: usize = 65_536;
 
 impl FailedLogins {
     /// `max` failures per `window` (`max` 0: no limit).
-    pub fn new(max: u32, window: std::time::Duration) -> FailedLogins {
+    pub fn new(max: u32, window: Duration) -> FailedLogins {
         FailedLogins {
             max,
             window,
-            peers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         }
     }
 
-    fn peers(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
-    > {
-        self.peers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn peers(&self) -> MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether `peer` has used up its failed logins.
-    pub fn blocked(&self, peer: std::net::IpAddr) -> bool {
+    pub fn blocked(&self, peer: IpAddr) -> bool {
         self.max > 0
             && self
                 .peers()
@@ -318,7 +316,7 @@ impl FailedLogins {
     }
 
     /// Counts one failed login of `peer`.
-    pub fn record(&self, peer: std::net::IpAddr) {
+    pub fn record(&self, peer: IpAddr) {
         if self.max == 0 {
             return;
         }
@@ -330,15 +328,15 @@ impl FailedLogins {
                 peers.clear();
             }
         }
-        let entry = peers.entry(peer).or_insert((0, std::time::Instant::now()));
+        let entry = peers.entry(peer).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= self.window {
-            *entry = (0, std::time::Instant::now());
+            *entry = (0, Instant::now());
         }
         entry.0 += 1;
     }
 
     /// A successful login clears `peer`'s count.
-    pub fn clear(&self, peer: std::net::IpAddr) {
+    pub fn clear(&self, peer: IpAddr) {
         if self.max > 0 {
             self.peers().remove(&peer);
         }

@@ -86,16 +86,23 @@ impl Link {
             if let Some(reply) = self.buffered()? {
                 return Ok(reply);
             }
-            self.buffer.drain(..self.start);
-            self.start = 0;
-            self.buffer.reserve(64 * 1024);
-            let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
-                .await
-                .map_err(|_| LinkError::Timeout)??;
-            if n == 0 {
-                return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
+            self.fill(patience).await?;
         }
+    }
+
+    /// Reads more of the server's bytes into the buffer, waiting at most `patience`; what
+    /// was already parsed is dropped first.
+    async fn fill(&mut self, patience: Duration) -> Result<(), LinkError> {
+        self.buffer.drain(..self.start);
+        self.start = 0;
+        self.buffer.reserve(64 * 1024);
+        let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        if n == 0 {
+            return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
     }
 
     /// A reply already buffered, without reading.
@@ -237,13 +244,7 @@ impl Link {
             if self.buffer.len() - self.start > MAX_REPLY {
                 return Err(LinkError::Protocol("over-long SASL challenge".into()));
             }
-            self.buffer.reserve(4096);
-            let n = timeout(patience, self.stream.read_buf(&mut self.buffer))
-                .await
-                .map_err(|_| LinkError::Timeout)??;
-            if n == 0 {
-                return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
+            self.fill(patience).await?;
         }
     }
 
