@@ -2,6 +2,7 @@
 //! listener, handles signals, and maps failures to Cyrus-style exit codes.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -79,14 +80,13 @@ pub fn main(cli: Cli) -> i32 {
         let settings = config::load_with(&cli.config, &cli.set)
             .map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
         let telemetry = crate::observability::init(settings.log_json);
-        let role = choose_role(&cli, &settings)?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(async_workers(settings.worker_threads));
         let runtime = builder
             .enable_all()
             .build()
             .map_err(|e| fatal(EXIT_OS, format!("cannot start the runtime: {e}")))?;
-        let served = runtime.block_on(serve(settings, role, launch));
+        let served = runtime.block_on(serve(&cli, settings, launch));
         drop(runtime);
         telemetry.shutdown();
         served
@@ -139,13 +139,15 @@ fn hash_password(user: &str, scheme: crate::auth::passwd_file::Scheme) -> i32 {
     }
 }
 
-fn choose_role(cli: &Cli, settings: &Settings) -> Result<Role, Fatal> {
+/// The role from `-m`, or from `-a` and whether `mupdate_server` names `listening`, the
+/// address this instance accepts clients on.
+fn choose_role(cli: &Cli, settings: &Settings, listening: SocketAddr) -> Result<Role, Fatal> {
     let master = cli.master
         || (cli.autoselect
             && settings
                 .mupdate_server
                 .as_deref()
-                .is_some_and(names_this_host));
+                .is_some_and(|server| names_this_server(server, listening)));
     if master {
         if settings.mupdate_server.is_some() && settings.mupdate_config == MupdateConfig::Unified {
             return Err(fatal(
@@ -174,18 +176,36 @@ fn choose_role(cli: &Cli, settings: &Settings) -> Result<Role, Fatal> {
     }
 }
 
-/// Whether `mupdate_server` (`host` or `host:port`) names this machine: its host name, or
-/// a name or address that resolves to an address of one of its interfaces.
-fn names_this_host(server: &str) -> bool {
+/// Whether `mupdate_server` (`host` or `host:port`, port 3905 when absent: where slaves
+/// connect) is the address this instance listens on. A wildcard listener (`0.0.0.0`, `::`)
+/// is this machine's host name and every address of its interfaces. Cyrus compares the
+/// host alone; the port and the exact listening address matter too so that several
+/// instances on one machine (pods sharing a node's loopback in a test, or a master and a
+/// slave side by side) choose different roles from one configuration.
+fn names_this_server(server: &str, listening: SocketAddr) -> bool {
+    let target = crate::replication::client::with_default_port(server);
+    let Some(port) = target
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+    else {
+        return false;
+    };
+    if port != listening.port() {
+        return false;
+    }
     let host = crate::tls::host_of(server);
+    let resolved: Vec<std::net::IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    if !listening.ip().is_unspecified() {
+        return resolved.contains(&listening.ip());
+    }
     let own_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     if host.eq_ignore_ascii_case(own_name.trim()) {
         return true;
     }
     let local = local_addresses();
-    std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
-        .map(|addrs| addrs.into_iter().any(|a| local.contains(&a.ip())))
-        .unwrap_or(false)
+    resolved.iter().any(|ip| local.contains(ip))
 }
 
 /// Addresses of this machine's interfaces.
@@ -258,7 +278,7 @@ fn raise_file_limit() {
     }
 }
 
-async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fatal> {
+async fn serve(cli: &Cli, settings: Settings, launch: Launch) -> Result<(), Fatal> {
     let _lock = lock_instance(&settings)?;
     raise_file_limit();
     let shutdown = CancellationToken::new();
@@ -276,6 +296,10 @@ async fn serve(settings: Settings, role: Role, launch: Launch) -> Result<(), Fat
                 .map_err(|e| fatal(EXIT_OS, format!("master's listening socket: {e}")))?
         }
     };
+    let listening = listener
+        .local_addr()
+        .map_err(|e| fatal(EXIT_OS, format!("the listening socket: {e}")))?;
+    let role = choose_role(cli, &settings, listening)?;
     run(settings, role, listener, shutdown).await
 }
 
@@ -613,14 +637,19 @@ mod tests {
     }
 
     #[test]
-    fn local_interface_addresses_name_this_host() {
-        assert!(names_this_host("127.0.0.1:3905"));
-        assert!(names_this_host(
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap_or_default()
-                .trim()
-        ));
+    fn mupdate_server_names_this_server_by_address_and_port() {
+        let at = |address: &str| address.parse::<SocketAddr>().unwrap();
+        assert!(names_this_server("127.0.0.1:3905", at("127.0.0.1:3905")));
+        assert!(names_this_server("127.0.0.1", at("127.0.0.1:3905")));
+        assert!(!names_this_server("127.0.0.1:3906", at("127.0.0.1:3905")));
+        assert!(!names_this_server("127.0.0.1", at("127.0.0.1:4000")));
+        // Another loopback address than the one listened on.
+        assert!(!names_this_server("127.0.0.1:3905", at("127.0.0.2:3905")));
+        // A wildcard listener: an interface address or the host name.
+        assert!(names_this_server("127.0.0.1:3905", at("0.0.0.0:3905")));
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        assert!(names_this_server(hostname.trim(), at("0.0.0.0:3905")));
         // In 127/8 but not an interface address.
-        assert!(!names_this_host("127.0.0.2:3905"));
+        assert!(!names_this_server("127.0.0.2:3905", at("0.0.0.0:3905")));
     }
 }

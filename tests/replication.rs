@@ -227,14 +227,16 @@ async fn c105_a_master_answers_kicks_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn autoselect_picks_master_for_a_local_address_and_slave_otherwise() {
-    // 127.0.0.2 is loopback but not an address of an interface: not "this host".
+async fn autoselect_picks_master_only_where_mupdate_server_points() {
+    let port = free_port();
+    let master_at = format!("127.0.0.1:{port}");
     let master_dir = tempfile::tempdir().unwrap();
-    let master_conf = write_process_config(master_dir.path(), "mupdate_server: 127.0.0.1:1\n");
+    let master_conf =
+        write_process_config(master_dir.path(), &format!("mupdate_server: {master_at}\n"));
     let master = ServerProcess::start(
         &master_conf,
         &["-a"],
-        &[("IMAPD_MUPDATE_LISTEN", "127.0.0.2:0")],
+        &[("IMAPD_MUPDATE_LISTEN", &master_at)],
     );
     let mut client = Client::connect(master.addr).await;
     let banner = client.read_banner().await;
@@ -244,16 +246,21 @@ async fn autoselect_picks_master_for_a_local_address_and_slave_otherwise() {
         String::from_utf8_lossy(&banner)
     );
 
-    let slave_dir = tempfile::tempdir().unwrap();
-    let slave_conf = follow_config(slave_dir.path(), master.addr);
-    let slave = ServerProcess::start(&slave_conf, &["-a"], &[]);
-    let mut client = Client::connect(slave.addr).await;
-    let banner = client.read_banner().await;
-    assert!(
-        banner.ends_with(format!("\"mupdate://{}\"\r\n", master.addr).as_bytes()),
-        "{}",
-        String::from_utf8_lossy(&banner)
-    );
+    // The same mupdate_server, read by an instance on another port of the same address,
+    // and by one on the same port of another loopback address: both follow the master.
+    for listen in ["127.0.0.1:0".to_owned(), format!("127.0.0.2:{port}")] {
+        let slave_dir = tempfile::tempdir().unwrap();
+        let slave_conf = follow_config(slave_dir.path(), master.addr);
+        let slave =
+            ServerProcess::start(&slave_conf, &["-a"], &[("IMAPD_MUPDATE_LISTEN", &listen)]);
+        let mut client = Client::connect(slave.addr).await;
+        let banner = client.read_banner().await;
+        assert!(
+            banner.ends_with(format!("\"mupdate://{master_at}\"\r\n").as_bytes()),
+            "{listen}: {}",
+            String::from_utf8_lossy(&banner)
+        );
+    }
 }
 
 fn tool(args: &[&str]) -> std::process::Output {
@@ -535,7 +542,7 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
-    let port = common::cyrus::free_port();
+    let port = common::free_port();
     let master_dir = tempfile::tempdir().unwrap();
     // The environment overrides the fixture's port-0 listener: the master must come back
     // where the slave looks for it.

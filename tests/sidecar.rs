@@ -159,7 +159,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     let master = TestServer::start("").await;
     let dir = tempfile::tempdir().unwrap();
     // A slave of a master that is not there yet is alive but not ready.
-    let unused = common::cyrus::free_port();
+    let unused = common::free_port();
     let conf = follow_config(dir.path(), format!("127.0.0.1:{unused}").parse().unwrap());
     let (child, http) = start(&conf, &[]);
     assert_eq!(http_get(&http, "/livez").0, 200);

@@ -19,29 +19,13 @@ struct TestPki {
 }
 
 impl TestPki {
-    /// Writes `cert.pem` and `key.pem` for the server into `dir`.
+    /// Writes `cert.pem`, `key.pem` (for 127.0.0.1 and localhost) and `ca.pem` into `dir`.
     fn create(dir: &Path) -> TestPki {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "mupdate test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let server_key = rcgen::KeyPair::generate().expect("server key");
-        let server_params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-                .expect("server params");
-        let server_cert = server_params
-            .signed_by(&server_key, &issuer)
-            .expect("server certificate");
-        std::fs::write(dir.join("cert.pem"), server_cert.pem()).expect("cert");
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("CA");
-        std::fs::write(dir.join("key.pem"), server_key.serialize_pem()).expect("key");
-        TestPki {
-            ca: ca_cert.der().clone(),
-        }
+        let pki = Pki::new(&["127.0.0.1", "localhost"]);
+        std::fs::write(dir.join("cert.pem"), &pki.cert_pem).expect("cert");
+        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).expect("CA");
+        std::fs::write(dir.join("key.pem"), &pki.key_pem).expect("key");
+        TestPki { ca: pki.ca_der }
     }
 
     fn config_lines(dir: &Path) -> String {

@@ -116,7 +116,8 @@ impl Link {
     }
 }
 
-fn address(master: &str) -> String {
+/// `master` as `host:port`, with Cyrus's port 3905 when it names none.
+pub fn with_default_port(master: &str) -> String {
     let has_port = master
         .rsplit_once(':')
         .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
@@ -135,7 +136,7 @@ pub async fn connect(credentials: &Credentials) -> Result<Link, LinkError> {
 }
 
 async fn login(settings: &Credentials) -> Result<Link, LinkError> {
-    let stream = TcpStream::connect(address(&settings.server)).await?;
+    let stream = TcpStream::connect(with_default_port(&settings.server)).await?;
     stream.set_nodelay(true)?;
     let mut link = Link {
         mechanism: "PLAIN",
@@ -379,7 +380,7 @@ mod tests {
 
     #[test]
     fn default_port() {
-        assert_eq!(address("master.example"), "master.example:3905");
-        assert_eq!(address("127.0.0.1:4000"), "127.0.0.1:4000");
+        assert_eq!(with_default_port("master.example"), "master.example:3905");
+        assert_eq!(with_default_port("127.0.0.1:4000"), "127.0.0.1:4000");
     }
 }

@@ -140,6 +140,7 @@ async fn follow(
     tracing::info!(
         master = %settings.master,
         mechanism = link.mechanism,
+        tls = settings.tls.is_some(),
         "successful mupdate connection to the master ({})",
         link.mechanism
     );

@@ -3,6 +3,8 @@
 //! scenario builds on this one module.
 
 use std::net::SocketAddr;
+
+use super::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,14 +33,6 @@ pub enum Service<'a> {
     /// A frontend: proxying `imapd` plus the local Cyrus mupdate slave of `mupdate` that
     /// writes the mailboxes.db the frontend reads; new mailboxes go to `backends`.
     Frontend { mupdate: &'a str, backends: &'a str },
-}
-
-/// A port the OS had free a moment ago (Cyrus needs its port in cyrus.conf).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Whether the Cyrus fixture can run here; without Cyrus (or root) the caller skips, and

@@ -372,11 +372,20 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `mupdate -C conf args…` and waits for its "listening on" line.
     pub fn start(conf: &Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut command_line = vec!["-C".to_owned(), conf.display().to_string()];
+        command_line.extend(args.iter().map(|a| a.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ServerProcess::start_with(&command_line, &env)
+    }
+
+    /// Starts `mupdate args…` with `env` added and waits for its "listening on" line.
+    pub fn start_with(args: &[String], env: &[(String, String)]) -> ServerProcess {
         use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"));
         command
-            .arg("-C")
-            .arg(conf)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -439,6 +448,50 @@ impl Drop for ServerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A test CA and a server certificate it signed, in PEM.
+pub struct Pki {
+    pub ca_pem: String,
+    pub ca_der: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pki {
+    /// A new CA, and a certificate for `names` (DNS names or IP addresses).
+    pub fn new(names: &[&str]) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mupdate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().expect("server key");
+        let server_params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("server params");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+        Pki {
+            ca_pem: ca_cert.pem(),
+            ca_der: ca_cert.der().clone(),
+            cert_pem: server_cert.pem(),
+            key_pem: server_key.serialize_pem(),
+        }
+    }
+}
+
+/// A port the OS just gave out on 127.0.0.1 and took back, for a server whose own
+/// configuration must name its port before it starts (`-a`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Writes a configuration for a child-process master in `dir`, listening on port 0.
@@ -588,7 +641,7 @@ impl Prometheus {
             ),
         )
         .expect("prometheus.yml");
-        let web = format!("127.0.0.1:{}", cyrus::free_port());
+        let web = format!("127.0.0.1:{}", free_port());
         let child = std::process::Command::new("/usr/bin/prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
