@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use base64::Engine;
 use clap::{Parser, Subcommand};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use loadtest::conn::{Conn, Target};
 
 mod soak;
 
@@ -26,6 +27,174 @@ struct Cli {
     password: String,
     #[command(subcommand)]
     run: Run,
+}
+
+#[derive(clap::Args)]
+struct ScenarioArgs {
+    #[arg(value_enum)]
+    scenario: loadtest::scenario::Scenario,
+    /// Slave-like UPDATE streams.
+    #[arg(long)]
+    listeners: Option<usize>,
+    /// Listeners that ask for the stream and never read.
+    #[arg(long)]
+    slow_listeners: Option<usize>,
+    /// Writer connections.
+    #[arg(long)]
+    writers: Option<usize>,
+    /// Writes in the (first) write phase.
+    #[arg(long)]
+    writes: Option<usize>,
+    /// Writes after the restart.
+    #[arg(long)]
+    writes_after: Option<usize>,
+    /// Weights, e.g. `reserve=1,activate=4,deactivate=1,delete=1`.
+    #[arg(long)]
+    mix: Option<String>,
+    /// Writes per second over all writers (0: as fast as answered).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Reader connections.
+    #[arg(long)]
+    readers: Option<usize>,
+    /// FINDs after the writes.
+    #[arg(long)]
+    reads: Option<usize>,
+    /// Percent of reads that are LIST.
+    #[arg(long)]
+    list_percent: Option<f64>,
+    /// Mailboxes loaded first (initial-sync).
+    #[arg(long)]
+    mailboxes: Option<usize>,
+    /// New slaves' initial syncs (initial-sync).
+    #[arg(long)]
+    syncs: Option<usize>,
+    /// Mailbox name prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// The server's pid, for its CPU time and memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Run by `sh -c` to restart the server (restart scenario); the server must come back
+    /// on the same address. It may print the new pid as its last line of output.
+    #[arg(long)]
+    restart_command: Option<String>,
+    /// Longest random wait of a listener before reconnecting, ms.
+    #[arg(long)]
+    reconnect_jitter_ms: Option<u64>,
+    /// How long listeners may take to receive everything, s.
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Writes the JSON result here instead of stdout.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Writes an SVG of the latency distributions here.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl ScenarioArgs {
+    fn plan(&self) -> Result<loadtest::scenario::Plan> {
+        let mut plan = loadtest::scenario::Plan::preset(self.scenario);
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field.clone() { plan.$field = v; })* };
+        }
+        set!(
+            listeners,
+            slow_listeners,
+            writers,
+            writes,
+            writes_after,
+            readers,
+            reads,
+            list_percent,
+            mailboxes,
+            syncs,
+            prefix
+        );
+        if let Some(mix) = &self.mix {
+            plan.mix = loadtest::scenario::Mix::parse(mix)?;
+        }
+        if let Some(rate) = self.rate {
+            plan.rate = (rate > 0.0).then_some(rate);
+        }
+        if let Some(ms) = self.reconnect_jitter_ms {
+            plan.reconnect_jitter = Duration::from_millis(ms);
+        }
+        if let Some(s) = self.drain_timeout {
+            plan.drain_timeout = Duration::from_secs(s);
+        }
+        plan.pid = self.pid;
+        plan.progress = !self.quiet;
+        Ok(plan)
+    }
+}
+
+/// Runs a scenario from the command line; exit status 1 when the check fails.
+async fn scenario(cli: &Cli, args: &ScenarioArgs) -> Result<()> {
+    let plan = args.plan()?;
+    let hook = args.restart_command.clone().map(|command| {
+        let hook: loadtest::scenario::RestartHook = Box::new(move || {
+            let command = command.clone();
+            Box::pin(async move {
+                let output = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&command)
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .await?;
+                if !output.status.success() {
+                    bail!("restart command failed: {}", output.status);
+                }
+                let printed = String::from_utf8_lossy(&output.stdout);
+                Ok(printed
+                    .lines()
+                    .last()
+                    .and_then(|l| l.trim().parse::<u32>().ok()))
+            })
+        });
+        hook
+    });
+    let outcome = loadtest::scenario::run(cli.target(), plan, hook).await?;
+    let text = serde_json::to_string(&outcome.result)?;
+    match &args.json {
+        Some(path) => std::fs::write(path, format!("{text}\n"))?,
+        None => println!("{text}"),
+    }
+    eprintln!("{}", loadtest::scenario::summary(&outcome.result));
+    if let Some(path) = &args.svg {
+        let series: Vec<(String, &hdrhistogram::Histogram<u64>)> = outcome
+            .histograms
+            .iter()
+            .map(|(l, h)| (l.clone(), h))
+            .collect();
+        loadtest::plot::percentile_spectrum(
+            path,
+            &format!("{} against {}", args.scenario.name(), cli.addr),
+            &series,
+        )?;
+    }
+    if outcome.incomplete_listeners > 0 || outcome.failed_writes > 0 {
+        bail!(
+            "check failed: {} listeners incomplete, {} writes refused",
+            outcome.incomplete_listeners,
+            outcome.failed_writes
+        );
+    }
+    Ok(())
+}
+
+impl Cli {
+    fn target(&self) -> Target {
+        Target {
+            addr: self.addr.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -125,6 +294,10 @@ enum Run {
         #[arg(long, default_value_t = 50)]
         probes: usize,
     },
+    /// A scenario (see loadtest/README.md): its preset, with any parameter overridden; the
+    /// JSON result goes to stdout (or `--json`), a summary and progress to stderr. Exits 1
+    /// if a listener did not end with the server's view or a write was refused.
+    Scenario(Box<ScenarioArgs>),
     /// A minimal OTLP/HTTP endpoint for trace-export benchmarks: prints its address, answers
     /// every POST with 200, and keeps `requests bytes` received in `stats`.
     OtlpSink {
@@ -133,75 +306,6 @@ enum Run {
         #[arg(long)]
         stats: std::path::PathBuf,
     },
-}
-
-struct Conn {
-    read: BufReader<OwnedReadHalf>,
-    write: OwnedWriteHalf,
-    line: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(cli: &Cli) -> Result<Conn> {
-        let stream = TcpStream::connect(&cli.addr)
-            .await
-            .with_context(|| format!("connect {}", cli.addr))?;
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
-        let mut conn = Conn {
-            read: BufReader::with_capacity(256 * 1024, read),
-            write,
-            line: Vec::with_capacity(256),
-        };
-        loop {
-            let line = conn.next_line().await?;
-            if line.starts_with(b"* OK") {
-                break;
-            }
-        }
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("\0{}\0{}", cli.user, cli.password));
-        conn.write
-            .write_all(
-                format!(
-                    "A01 AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{token}\r\n",
-                    token.len()
-                )
-                .as_bytes(),
-            )
-            .await?;
-        let answer = conn.next_line().await?.to_vec();
-        if !answer.starts_with(b"A01 OK") {
-            bail!("login failed: {}", String::from_utf8_lossy(&answer));
-        }
-        Ok(conn)
-    }
-
-    async fn next_line(&mut self) -> Result<&[u8]> {
-        self.line.clear();
-        let n = self.read.read_until(b'\n', &mut self.line).await?;
-        if n == 0 {
-            bail!("server closed the connection");
-        }
-        Ok(&self.line)
-    }
-
-    /// Sends `request` and reads until the completion line of `tag`; returns whether OK.
-    async fn command(&mut self, tag: &str, request: &[u8]) -> Result<bool> {
-        self.write.write_all(request).await?;
-        let ok = format!("{tag} OK ");
-        let no = format!("{tag} NO ");
-        let bad = format!("{tag} BAD ");
-        loop {
-            let line = self.next_line().await?;
-            if line.starts_with(ok.as_bytes()) {
-                return Ok(true);
-            }
-            if line.starts_with(no.as_bytes()) || line.starts_with(bad.as_bytes()) {
-                return Ok(false);
-            }
-        }
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -228,7 +332,7 @@ async fn closed_loop(
 ) -> Result<()> {
     let mut connections = Vec::new();
     for _ in 0..conns {
-        connections.push(Conn::open(cli).await?);
+        connections.push(Conn::open(&cli.target()).await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -271,7 +375,7 @@ async fn closed_loop(
 async fn wait_for(cli: &Cli, name: &str) -> Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut conn = loop {
-        match Conn::open(cli).await {
+        match Conn::open(&cli.target()).await {
             Ok(conn) => break conn,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(5)).await
@@ -307,7 +411,7 @@ async fn fanout(cli: &Cli, listeners: usize, rounds: usize, pid: Option<u32>) ->
     let rss_before = pid.map(rss_kib).transpose()?.unwrap_or(0);
     let mut tasks = Vec::new();
     for _ in 0..listeners {
-        let mut conn = Conn::open(cli).await?;
+        let mut conn = Conn::open(&cli.target()).await?;
         conn.write.write_all(b"U UPDATE \"fanhost\"\r\n").await?;
         loop {
             let line = conn.next_line().await?;
@@ -336,7 +440,7 @@ async fn fanout(cli: &Cli, listeners: usize, rounds: usize, pid: Option<u32>) ->
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut writer = Conn::open(cli).await?;
+    let mut writer = Conn::open(&cli.target()).await?;
     let mut all = Vec::new();
     let mut last_per_round = Vec::new();
     let mut since_send = Vec::new();
@@ -443,7 +547,7 @@ async fn main() -> Result<()> {
             let mut times = Vec::new();
             let mut bytes = 0usize;
             for _ in 0..*repeat {
-                let mut conn = Conn::open(&cli).await?;
+                let mut conn = Conn::open(&cli.target()).await?;
                 let started = Instant::now();
                 conn.write.write_all(b"U01 UPDATE\r\n").await?;
                 let marker = b"\r\nU01 OK \"streaming starts\"\r\n";
@@ -514,6 +618,7 @@ async fn main() -> Result<()> {
             println!("{{\"rss_kib\":{}}}", rss_kib(*pid)?);
             Ok(())
         }
+        Run::Scenario(args) => scenario(&cli, args).await,
         Run::OtlpSink { listen, stats } => otlp_sink(listen, stats.clone()).await,
         Run::Idle {
             connections,
@@ -584,7 +689,7 @@ async fn idle(cli: &Cli, connections: usize, pid: u32, probes: usize) -> Result<
     let mut times = Vec::with_capacity(probes);
     for i in 0..probes {
         let probe_started = Instant::now();
-        let mut conn = Conn::open(cli).await?;
+        let mut conn = Conn::open(&cli.target()).await?;
         conn.command(
             &format!("F{i}"),
             format!("F{i} FIND \"user.nobody\"\r\n").as_bytes(),
