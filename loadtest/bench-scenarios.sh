@@ -5,14 +5,16 @@
 # (scripts/install-test-deps.sh) and this repository.
 #   loadtest/bench-scenarios.sh [OUTDIR]    (default loadtest/results: JSON, SVG, table)
 #   QUICK=1 loadtest/bench-scenarios.sh     (sizes divided by 10, for a try)
+#   PIN=1 loadtest/bench-scenarios.sh       (servers on CPU 0, mupdate-load on CPU 1)
 # Scenarios (both servers unless marked):
-#   S1 burst: 8 writers, 20,000 ACTIVATEs, 100 listeners; then 100,000 FINDs over 8
+#   S1 burst: 8 writers, 20,000 ACTIVATEs; then 100,000 FINDs over 8
+#   S1L the same burst with 100 listeners following (propagation and catch-up under load)
 #   S2 burst: 1 writer, 5,000 ACTIVATEs; then 20,000 FINDs over 1
 #   S3 steady: 200 writes/s of the mix (1:4:1:1), 2 readers, 100 listeners
 #   S4 initial-sync: 100,000 mailboxes, 3 new slaves' syncs; the server's RSS at 100,000
 #   S5 restart: 200 listeners (Cyrus is configured for 256 connections), restart, resume
 #   S6 slow-listeners: 50 listeners that never read beside 50 that do, 5,000 ACTIVATEs
-#   S7 ours: steady, 100 writes/s, 10,000 listeners
+#   S7 ours: steady, 10 writes/s of the mix, 10,000 listeners (100,000 notices/s)
 #   S8 ours: restart with 1,000 listeners
 #   S9 ours: initial-sync of 1,000,000 mailboxes
 set -euo pipefail
@@ -21,6 +23,7 @@ source loadtest/ours.sh
 out=${1:-loadtest/results}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+pin_cpus
 q=1
 [ "${QUICK:-0}" = 1 ] && q=10
 cargo build --release -q -p mupdate -p loadtest
@@ -57,8 +60,8 @@ fresh_servers() {
     stop_servers
     cyrus_dir="$work/cyrus-$id"
     port_cyrus=$(free_port)
-    pid_cyrus=$(loadtest/cyrus-master.sh start "$cyrus_dir" "$port_cyrus")
-    restart_cyrus="loadtest/cyrus-master.sh stop $cyrus_dir && loadtest/cyrus-master.sh start $cyrus_dir $port_cyrus"
+    pid_cyrus=$("${server_cpu[@]}" loadtest/cyrus-master.sh start "$cyrus_dir" "$port_cyrus")
+    restart_cyrus="loadtest/cyrus-master.sh stop $cyrus_dir && ${server_cpu[*]} loadtest/cyrus-master.sh start $cyrus_dir $port_cyrus"
     local dir="$work/ours-$id"
     port_ours=$(free_port)
     write_ours_conf "$dir" mupdate-master "mupdate_http_listen: off" \
@@ -71,7 +74,7 @@ if [ -s "$work/ours.pid" ] && kill -TERM "\$(cat "$work/ours.pid")" 2>/dev/null;
 fi
 : > "$dir/log"
 IMAPD_MUPDATE_LISTEN=127.0.0.1:$port_ours RUST_LOG=warn,mupdate::app=info \\
-    setsid "$bin" -C "$dir/imapd.conf" -m 2>> "$dir/log" > /dev/null < /dev/null &
+    setsid ${server_cpu[*]} "$bin" -C "$dir/imapd.conf" -m 2>> "$dir/log" > /dev/null < /dev/null &
 echo \$! > "$work/ours.pid"
 source "$PWD/loadtest/ours.sh"
 ours_port "$dir" > /dev/null
@@ -92,7 +95,7 @@ scenario() {
     if [ "$side" = cyrus ]; then port=$port_cyrus pid=$pid_cyrus restart=$restart_cyrus
     else port=$port_ours pid=$pid_ours restart=$restart_ours; fi
     echo "== $id $side: $name $*" >&2
-    "$load" --addr "127.0.0.1:$port" scenario "$name" --pid "$pid" --restart-command "$restart" \
+    "${client_cpu[@]}" "$load" --addr "127.0.0.1:$port" scenario "$name" --pid "$pid" --restart-command "$restart" \
         --prefix "user.$id." --json "$out/$side-$id.json" --svg "$out/$side-$id.svg" "$@" \
         || echo "{\"scenario\":\"$name\",\"failed\":true}" > "$out/$side-$id.json"
 }
@@ -107,13 +110,14 @@ ours_only() { # ID NAME ARGS...
     scenario ours "$@"
 }
 
-both S1 burst --writers 8 --writes $((20000 / q)) --listeners 100 --reads $((100000 / q)) --readers 8
+both S1 burst --writers 8 --writes $((20000 / q)) --listeners 0 --reads $((100000 / q)) --readers 8
+both S1L burst --writers 8 --writes $((20000 / q)) --listeners 100 --reads 0
 both S2 burst --writers 1 --writes $((5000 / q)) --listeners 0 --reads $((20000 / q)) --readers 1
 both S3 steady --listeners 100 --rate 200 --writes $((2000 / q)) --readers 2
 both S4 initial-sync --mailboxes $((100000 / q)) --syncs 3
 both S5 restart --listeners 200 --writes $((2000 / q)) --writes-after $((2000 / q))
 both S6 slow-listeners --listeners 50 --slow-listeners 50 --writes $((5000 / q)) --reads 0
-ours_only S7 steady --listeners $((10000 / q)) --rate 100 --writes $((500 / q)) --readers 0
+ours_only S7 steady --listeners $((10000 / q)) --rate 10 --writes $((300 / q)) --readers 0
 ours_only S8 restart --listeners 1000 --writes $((2000 / q)) --writes-after $((2000 / q))
 ours_only S9 initial-sync --mailboxes $((1000000 / q)) --syncs 3
 stop_servers
