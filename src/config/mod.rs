@@ -138,7 +138,7 @@ pub struct Settings {
     pub log_json: bool,
     /// `mupdate_http_listen` (new): the sidecar's address (`off`: none)
     pub http_listen: Option<String>,
-    /// `mupdate_worker_threads` (new): async worker threads; 0 means one per CPU.
+    /// `mupdate_worker_threads` (new): async worker threads; 0 (the default) means one.
     pub worker_threads: usize,
     /// `tls_server_cert` (PEM chain); with the key, STARTTLS is offered.
     pub tls_server_cert: Option<PathBuf>,
