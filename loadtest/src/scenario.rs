@@ -9,18 +9,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Conn, Target};
 use crate::ledger::{Ledger, WriteKind};
-use crate::listener::{Listener, ListenerOptions, histogram, slow_listener};
+use crate::listener::{Listener, ListenerOptions, ListenerState, histogram, slow_listener};
 use crate::procstat::{self, PeakRss};
 
 /// The scenarios.
@@ -319,6 +320,9 @@ struct Run {
 /// Runs `plan` against `target`; `restart` is required by the restart scenario.
 pub async fn run(target: Target, plan: Plan, restart: Option<RestartHook>) -> Result<Outcome> {
     raise_file_limit();
+    if plan.scenario == Scenario::Restart && restart.is_none() {
+        bail!("the restart scenario needs a restart hook (--restart-command)");
+    }
     let capacity = (plan.mailboxes + plan.writes + plan.writes_after).max(1);
     let ledger = Arc::new(Ledger::new(&plan.prefix, capacity));
     let run = Run {
@@ -334,216 +338,39 @@ pub async fn run(target: Target, plan: Plan, restart: Option<RestartHook>) -> Re
     if run.plan.progress {
         spawn_progress(&run, stop.clone());
     }
-    let mut peak = run.plan.pid.map(|pid| PeakRss::start(pid, stop.clone()));
+    let mut pid = run.plan.pid;
+    let mut peak = pid.map(|pid| PeakRss::start(pid, stop.clone()));
     let mut result = json!({
         "scenario": run.plan.scenario.name(),
         "server": run.target.addr,
-        "plan": {
-            "listeners": run.plan.listeners,
-            "slow_listeners": run.plan.slow_listeners,
-            "writers": run.plan.writers,
-            "writes": run.plan.writes,
-            "writes_after_restart": run.plan.writes_after,
-            "mix": format!("reserve={},activate={},deactivate={},delete={}",
-                run.plan.mix.reserve, run.plan.mix.activate, run.plan.mix.deactivate, run.plan.mix.delete),
-            "rate": run.plan.rate,
-            "readers": run.plan.readers,
-            "reads": run.plan.reads,
-            "mailboxes": run.plan.mailboxes,
-        },
+        "plan": run.plan.describe(),
     });
     let mut histograms = Vec::new();
-    let mut pid = run.plan.pid;
-
-    // Loaded list (initial-sync): ACTIVATEs of new mailboxes over 8 connections.
     if run.plan.mailboxes > 0 {
-        let started = Instant::now();
-        write_phase(&run, run.plan.mailboxes, Mix::CREATE, None, 8).await?;
-        result["load"] = json!({
-            "mailboxes": run.plan.mailboxes,
-            "seconds": round3(started.elapsed().as_secs_f64()),
-        });
-        run.write_latency.take();
+        result["load"] = load(&run).await?;
     }
-    let rss_before_listeners = pid.and_then(procstat::rss_kib);
-
-    // Listeners, all streaming before any write.
-    let options = ListenerOptions {
-        reconnect_jitter: run.plan.reconnect_jitter,
-    };
-    let started = Instant::now();
-    let mut listeners = Vec::with_capacity(run.plan.listeners);
-    for _ in 0..run.plan.listeners {
-        listeners.push(Listener::start(
-            run.target.clone(),
-            run.ledger.clone(),
-            options.clone(),
-            stop.clone(),
-        ));
+    let (listeners, slow, connected) = start_listeners(&run, pid, &stop).await?;
+    if let Some(connected) = connected {
+        result["listeners"] = connected;
     }
-    wait_streaming(&listeners, None, Duration::from_secs(300)).await?;
-    let mut slow = Vec::new();
-    for _ in 0..run.plan.slow_listeners {
-        slow.push(tokio::spawn(slow_listener(
-            run.target.clone(),
-            stop.clone(),
-        )));
-    }
-    if !listeners.is_empty() || !slow.is_empty() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let with = pid.and_then(procstat::rss_kib);
-        result["listeners"] = json!({
-            "connected": listeners.len(),
-            "slow": slow.len(),
-            "connect_seconds": round3(started.elapsed().as_secs_f64()),
-            "rss_kib_before": rss_before_listeners,
-            "rss_kib_with": with,
-            "kib_per_listener": match (rss_before_listeners, with) {
-                (Some(b), Some(w)) if !listeners.is_empty() =>
-                    json!(round3(w.saturating_sub(b) as f64 / (listeners.len() + slow.len()) as f64)),
-                _ => Value::Null,
-            },
-        });
-    }
-
-    // Writes (readers alongside in steady).
     if run.plan.writes > 0 {
-        let concurrent_reads = run.plan.scenario == Scenario::Steady && run.plan.readers > 0;
-        let reading = CancellationToken::new();
-        let readers =
-            concurrent_reads.then(|| spawn_readers(&run, run.plan.readers, None, reading.clone()));
-        let cpu = CpuMark::now(pid);
-        let started = Instant::now();
-        let last_ok = write_phase(
-            &run,
-            run.plan.writes,
-            run.plan.mix,
-            run.plan.rate,
-            run.plan.writers,
-        )
-        .await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let cpu = cpu.since(pid);
-        reading.cancel();
-        let reads = match readers {
-            Some(task) => task.await??,
-            None => 0,
-        };
-        let mut phase = throughput(("writes", "write"), run.plan.writes as u64, seconds, cpu);
-        add_latencies(&mut phase, &run.write_latency, "writer", &mut histograms);
-        if concurrent_reads {
-            phase["reads_alongside"] = json!(reads);
-            add_latencies(&mut phase, &run.read_latency, "reader", &mut histograms);
-        }
-        let drained = drain(&run, &listeners, last_ok).await;
-        phase["propagation"] = propagation(&listeners, &mut histograms);
-        phase["catchup"] = drained;
-        result["writes"] = phase;
+        result["writes"] = writes(&run, &listeners, pid, &mut histograms).await?;
     }
-
-    // A master restart: every listener reconnects at once and resumes.
-    if run.plan.scenario == Scenario::Restart {
-        let Some(hook) = &restart else {
-            bail!("the restart scenario needs a restart hook (--restart-command)");
-        };
-        let streams_before: Vec<u32> = listeners
-            .iter()
-            .map(|l| l.state.streams.load(Ordering::Relaxed))
-            .collect();
-        let started = Instant::now();
-        if let Some(new_pid) = hook().await? {
+    if let Some(hook) = &restart
+        && run.plan.scenario == Scenario::Restart
+    {
+        let (phase, new_pid) = restart_and_resume(&run, hook, &listeners).await?;
+        if let Some(new_pid) = new_pid {
             pid = Some(new_pid);
             peak = Some(PeakRss::start(new_pid, stop.clone()));
         }
-        let hook_seconds = started.elapsed().as_secs_f64();
-        // Every listener must notice the restart and stream again.
-        wait_streaming(&listeners, Some(&streams_before), Duration::from_secs(300)).await?;
-        let resumed_seconds = started.elapsed().as_secs_f64();
-        let delta: u32 = listeners
-            .iter()
-            .map(|l| l.state.delta_resumes.load(Ordering::Relaxed))
-            .sum();
-        let full: u32 = listeners
-            .iter()
-            .map(|l| l.state.full_resumes.load(Ordering::Relaxed))
-            .sum();
-        let mut phase = json!({
-            "hook_seconds": round3(hook_seconds),
-            "all_resumed_seconds": round3(resumed_seconds),
-            "delta_resumes": delta,
-            "full_resumes": full,
-        });
-        if run.plan.writes_after > 0 {
-            let limit = run.plan.writes + run.plan.writes_after;
-            let started = Instant::now();
-            let last_ok =
-                write_phase(&run, limit, run.plan.mix, run.plan.rate, run.plan.writers).await?;
-            let seconds = started.elapsed().as_secs_f64();
-            phase["writes_after"] = json!({
-                "writes": run.plan.writes_after,
-                "writes_per_s": (run.plan.writes_after as f64 / seconds).round(),
-            });
-            for (command, h) in run.write_latency.take() {
-                phase["writes_after"][command] = quantiles(&h);
-            }
-            phase["catchup"] = drain(&run, &listeners, last_ok).await;
-            phase["propagation"] = propagation(&listeners, &mut Vec::new());
-        }
         result["restart"] = phase;
     }
-
-    // New slaves' initial syncs, one after another.
     if run.plan.syncs > 0 {
-        let mut times = Vec::new();
-        let mut records = 0;
-        let mut all_complete = true;
-        for _ in 0..run.plan.syncs {
-            let sync_stop = CancellationToken::new();
-            let started = Instant::now();
-            let slave = Listener::start(
-                run.target.clone(),
-                run.ledger.clone(),
-                options.clone(),
-                sync_stop.clone(),
-            );
-            wait_streaming(std::slice::from_ref(&slave), None, Duration::from_secs(600)).await?;
-            times.push(started.elapsed().as_secs_f64());
-            records = slave.state.catchup_records.load(Ordering::Relaxed);
-            all_complete &= slave.state.mismatches(&run.ledger, run.ledger.issued()) == 0;
-            sync_stop.cancel();
-            slave.join().await;
-        }
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
-        result["initial_sync"] = json!({
-            "mailboxes": run.plan.mailboxes,
-            "records": records,
-            "seconds": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
-            "median_seconds": round3(sorted[sorted.len() / 2]),
-            "complete": all_complete,
-        });
-        if !all_complete {
-            bail!("a new slave's initial sync lacked mailboxes");
-        }
+        result["initial_sync"] = initial_syncs(&run).await?;
     }
-
-    // FIND-only reads.
     if run.plan.reads > 0 && run.plan.scenario != Scenario::Steady {
-        let cpu = CpuMark::now(pid);
-        let started = Instant::now();
-        let reads = spawn_readers(
-            &run,
-            run.plan.readers.max(1),
-            Some(run.plan.reads),
-            CancellationToken::new(),
-        )
-        .await??;
-        let seconds = started.elapsed().as_secs_f64();
-        let cpu = cpu.since(pid);
-        let mut phase = throughput(("reads", "read"), reads, seconds, cpu);
-        phase["readers"] = json!(run.plan.readers.max(1));
-        add_latencies(&mut phase, &run.read_latency, "read phase", &mut histograms);
-        result["reads"] = phase;
+        result["reads"] = reads(&run, pid, &mut histograms).await?;
     }
 
     let issued = run.ledger.issued();
@@ -558,6 +385,9 @@ pub async fn run(target: Target, plan: Plan, restart: Option<RestartHook>) -> Re
         "failed_writes": failed_writes,
         "slow_listeners_still_connected": slow.iter().filter(|t| !t.is_finished()).count(),
     });
+    if let Some(errors) = listener_errors(&listeners) {
+        result["check"]["listener_errors"] = errors;
+    }
     if let Some(pid) = pid {
         result["server"] = json!({
             "address": run.target.addr,
@@ -565,9 +395,6 @@ pub async fn run(target: Target, plan: Plan, restart: Option<RestartHook>) -> Re
             "rss_kib_end": procstat::rss_kib(pid),
             "rss_kib_peak": peak.as_ref().map(PeakRss::kib),
         });
-    }
-    if let Some(errors) = listener_errors(&listeners) {
-        result["check"]["listener_errors"] = errors;
     }
     stop.cancel();
     for listener in listeners {
@@ -579,6 +406,228 @@ pub async fn run(target: Target, plan: Plan, restart: Option<RestartHook>) -> Re
         incomplete_listeners: incomplete,
         failed_writes,
     })
+}
+
+impl Plan {
+    /// The parameters, for the JSON result.
+    fn describe(&self) -> Value {
+        let mix = &self.mix;
+        json!({
+            "listeners": self.listeners,
+            "slow_listeners": self.slow_listeners,
+            "writers": self.writers,
+            "writes": self.writes,
+            "writes_after_restart": self.writes_after,
+            "mix": format!(
+                "reserve={},activate={},deactivate={},delete={}",
+                mix.reserve, mix.activate, mix.deactivate, mix.delete
+            ),
+            "rate": self.rate,
+            "readers": self.readers,
+            "reads": self.reads,
+            "mailboxes": self.mailboxes,
+        })
+    }
+
+    fn listener_options(&self) -> ListenerOptions {
+        ListenerOptions {
+            reconnect_jitter: self.reconnect_jitter,
+        }
+    }
+}
+
+/// Loads the list of `mailboxes` (initial-sync): ACTIVATEs of new mailboxes over 8
+/// connections.
+async fn load(run: &Run) -> Result<Value> {
+    let started = Instant::now();
+    write_phase(run, run.plan.mailboxes, Mix::CREATE, None, 8).await?;
+    run.write_latency.take();
+    Ok(json!({
+        "mailboxes": run.plan.mailboxes,
+        "seconds": round3(started.elapsed().as_secs_f64()),
+    }))
+}
+
+/// Starts the listeners, all streaming before any write, and the slow ones; reports the
+/// server's memory before and with them.
+async fn start_listeners(
+    run: &Run,
+    pid: Option<u32>,
+    stop: &CancellationToken,
+) -> Result<(Vec<Listener>, Vec<JoinHandle<Result<()>>>, Option<Value>)> {
+    let rss_before = pid.and_then(procstat::rss_kib);
+    let started = Instant::now();
+    let listeners: Vec<Listener> = (0..run.plan.listeners)
+        .map(|_| {
+            Listener::start(
+                run.target.clone(),
+                run.ledger.clone(),
+                run.plan.listener_options(),
+                stop.clone(),
+            )
+        })
+        .collect();
+    wait_streaming(&listeners, None, Duration::from_secs(300)).await?;
+    let slow: Vec<_> = (0..run.plan.slow_listeners)
+        .map(|_| tokio::spawn(slow_listener(run.target.clone(), stop.clone())))
+        .collect();
+    if listeners.is_empty() && slow.is_empty() {
+        return Ok((listeners, slow, None));
+    }
+    // Let the server settle what the new connections cost it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_with = pid.and_then(procstat::rss_kib);
+    let per_listener = match (rss_before, rss_with) {
+        (Some(before), Some(with)) => json!(round3(
+            with.saturating_sub(before) as f64 / (listeners.len() + slow.len()) as f64
+        )),
+        _ => Value::Null,
+    };
+    let report = json!({
+        "connected": listeners.len(),
+        "slow": slow.len(),
+        "connect_seconds": round3(started.elapsed().as_secs_f64()),
+        "rss_kib_before": rss_before,
+        "rss_kib_with": rss_with,
+        "kib_per_listener": per_listener,
+    });
+    Ok((listeners, slow, Some(report)))
+}
+
+/// The write phase (readers alongside in steady), then the wait for every listener.
+async fn writes(
+    run: &Run,
+    listeners: &[Listener],
+    pid: Option<u32>,
+    histograms: &mut Vec<(String, Histogram<u64>)>,
+) -> Result<Value> {
+    let concurrent_reads = run.plan.scenario == Scenario::Steady && run.plan.readers > 0;
+    let reading = CancellationToken::new();
+    let readers =
+        concurrent_reads.then(|| spawn_readers(run, run.plan.readers, None, reading.clone()));
+    let cpu = CpuMark::now(pid);
+    let started = Instant::now();
+    let plan = &run.plan;
+    let last_ok = write_phase(run, plan.writes, plan.mix, plan.rate, plan.writers).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.since(pid);
+    reading.cancel();
+    let reads = match readers {
+        Some(task) => task.await??,
+        None => 0,
+    };
+    let mut phase = throughput(("writes", "write"), plan.writes as u64, seconds, cpu);
+    add_latencies(&mut phase, &run.write_latency, "writer", histograms);
+    if concurrent_reads {
+        phase["reads_alongside"] = json!(reads);
+        add_latencies(&mut phase, &run.read_latency, "reader", histograms);
+    }
+    let drained = drain(run, listeners, last_ok).await;
+    phase["propagation"] = propagation(listeners, histograms);
+    phase["catchup"] = drained;
+    Ok(phase)
+}
+
+/// Restarts the server through `hook`, waits until every listener has reconnected and
+/// resumed, then writes again; returns the report and the new pid, if the hook said.
+async fn restart_and_resume(
+    run: &Run,
+    hook: &RestartHook,
+    listeners: &[Listener],
+) -> Result<(Value, Option<u32>)> {
+    let streams_before: Vec<u32> = listeners
+        .iter()
+        .map(|l| l.state.streams.load(Ordering::Relaxed))
+        .collect();
+    let started = Instant::now();
+    let new_pid = hook().await?;
+    let hook_seconds = started.elapsed().as_secs_f64();
+    wait_streaming(listeners, Some(&streams_before), Duration::from_secs(300)).await?;
+    let resumed_seconds = started.elapsed().as_secs_f64();
+    let sum = |counter: fn(&ListenerState) -> &AtomicU32| -> u32 {
+        listeners
+            .iter()
+            .map(|l| counter(&l.state).load(Ordering::Relaxed))
+            .sum()
+    };
+    let mut phase = json!({
+        "hook_seconds": round3(hook_seconds),
+        "all_resumed_seconds": round3(resumed_seconds),
+        "delta_resumes": sum(|s| &s.delta_resumes),
+        "full_resumes": sum(|s| &s.full_resumes),
+    });
+    let plan = &run.plan;
+    if plan.writes_after > 0 {
+        let limit = plan.writes + plan.writes_after;
+        let started = Instant::now();
+        let last_ok = write_phase(run, limit, plan.mix, plan.rate, plan.writers).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        phase["writes_after"] =
+            throughput(("writes", "write"), plan.writes_after as u64, seconds, None);
+        add_latencies(
+            &mut phase["writes_after"],
+            &run.write_latency,
+            "writer",
+            &mut Vec::new(),
+        );
+        phase["catchup"] = drain(run, listeners, last_ok).await;
+        phase["propagation"] = propagation(listeners, &mut Vec::new());
+    }
+    Ok((phase, new_pid))
+}
+
+/// New slaves' whole-list syncs, one after another; each must hold every mailbox.
+async fn initial_syncs(run: &Run) -> Result<Value> {
+    let mut times = Vec::new();
+    let mut records = 0;
+    let mut all_complete = true;
+    for _ in 0..run.plan.syncs {
+        let sync_stop = CancellationToken::new();
+        let started = Instant::now();
+        let slave = Listener::start(
+            run.target.clone(),
+            run.ledger.clone(),
+            run.plan.listener_options(),
+            sync_stop.clone(),
+        );
+        wait_streaming(std::slice::from_ref(&slave), None, Duration::from_secs(600)).await?;
+        times.push(started.elapsed().as_secs_f64());
+        records = slave.state.catchup_records.load(Ordering::Relaxed);
+        all_complete &= slave.state.mismatches(&run.ledger, run.ledger.issued()) == 0;
+        sync_stop.cancel();
+        slave.join().await;
+    }
+    if !all_complete {
+        bail!("a new slave's initial sync lacked mailboxes");
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(json!({
+        "mailboxes": run.plan.mailboxes,
+        "records": records,
+        "seconds": times.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
+        "median_seconds": sorted.get(sorted.len() / 2).copied().map(round3),
+        "complete": all_complete,
+    }))
+}
+
+/// The FIND-only read phase.
+async fn reads(
+    run: &Run,
+    pid: Option<u32>,
+    histograms: &mut Vec<(String, Histogram<u64>)>,
+) -> Result<Value> {
+    let readers = run.plan.readers.max(1);
+    let cpu = CpuMark::now(pid);
+    let started = Instant::now();
+    let done =
+        spawn_readers(run, readers, Some(run.plan.reads), CancellationToken::new()).await??;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.since(pid);
+    let mut phase = throughput(("reads", "read"), done, seconds, cpu);
+    phase["readers"] = json!(readers);
+    add_latencies(&mut phase, &run.read_latency, "read phase", histograms);
+    Ok(phase)
 }
 
 /// A phase's `<ops>`, seconds, `<ops>_per_s` and server CPU per `<op>`, with an empty
