@@ -691,11 +691,7 @@ async fn scram_sha_256_between_cyrus_and_us_both_ways() {
     let ours = ServerProcess::start(&conf, &["-m"], &[("IMAPD_ALLOWPLAINTEXT", "no")]);
     // Cyrus's slave greets only after its first sync: starting it proves the login.
     let cyrus_slave = cyrus_slave_of(ours.addr).await;
-    let log = ours.stderr.lock().map(|l| l.clone()).unwrap_or_default();
-    assert!(
-        log.contains("mupdate SCRAM-SHA-256 User logged in"),
-        "{log}"
-    );
+    ours.log_once_it_holds("mupdate SCRAM-SHA-256 User logged in");
     drop(cyrus_slave);
 
     let cyrus_master = tokio::task::spawn_blocking(|| {

@@ -173,11 +173,7 @@ async fn our_slave_logs_in_to_its_master_with_scram() {
     let master = ServerProcess::start(&conf, &["-m"], &[("IMAPD_ALLOWPLAINTEXT", "no")]);
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
-    let log = master.stderr.lock().map(|l| l.clone()).unwrap_or_default();
-    assert!(
-        log.contains("mupdate SCRAM-SHA-256 User logged in"),
-        "{log}"
-    );
+    master.log_once_it_holds("mupdate SCRAM-SHA-256 User logged in");
     let mut reader = logged_in(slave.addr).await;
     reader
         .exchange(b"N1 NOOP\r\n", b"N1 OK \"Noop done\"\r\n")

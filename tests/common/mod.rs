@@ -430,6 +430,23 @@ impl ServerProcess {
         }
     }
 
+    /// The log so far, once it holds `needle` (another process's doing may reach this
+    /// log a moment after that process answered); panics after `PATIENCE`.
+    pub fn log_once_it_holds(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log never said {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends `signal` and waits for the exit status.
     pub fn signal_and_wait(
         &mut self,
