@@ -17,6 +17,14 @@ pub struct Target {
     pub password: String,
 }
 
+impl Target {
+    /// The base64 SASL PLAIN response that logs in as the admin.
+    pub fn plain_token(&self) -> String {
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("\0{}\0{}", self.user, self.password))
+    }
+}
+
 /// A logged-in client connection that reads line by line.
 pub struct Conn {
     /// The buffered read half.
@@ -45,8 +53,7 @@ impl Conn {
                 break;
             }
         }
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("\0{}\0{}", target.user, target.password));
+        let token = target.plain_token();
         conn.write
             .write_all(
                 format!(

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use base64::Engine;
 use hdrhistogram::Histogram;
 use mupdate::protocol::reply::{Reply, parse_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,9 +153,7 @@ async fn run(
 
 /// The PLAIN login line of `target`.
 pub fn login_line(target: &Target) -> Vec<u8> {
-    let token = base64::engine::general_purpose::STANDARD
-        .encode(format!("\0{}\0{}", target.user, target.password));
-    format!("L0 AUTHENTICATE \"PLAIN\" \"{token}\"\r\n").into_bytes()
+    format!("L0 AUTHENTICATE \"PLAIN\" \"{}\"\r\n", target.plain_token()).into_bytes()
 }
 
 struct Reader {

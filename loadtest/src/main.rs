@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use base64::Engine;
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -494,14 +493,12 @@ async fn fanout(cli: &Cli, listeners: usize, rounds: usize, pid: Option<u32>) ->
     Ok(())
 }
 
+/// Resident memory of `pid` in KiB (0 if /proc gives none); an error if there is no such
+/// process.
 fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let own = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Ok(own)
+    std::fs::metadata(format!("/proc/{pid}/status"))
+        .with_context(|| format!("no process {pid}"))?;
+    Ok(loadtest::procstat::rss_kib(pid).unwrap_or(0))
 }
 
 #[tokio::main]
@@ -665,9 +662,11 @@ async fn idle_login(addr: &str, login: &[u8]) -> Result<TcpStream> {
 }
 
 async fn idle(cli: &Cli, connections: usize, pid: u32, probes: usize) -> Result<()> {
-    let token = base64::engine::general_purpose::STANDARD
-        .encode(format!("\0{}\0{}", cli.user, cli.password));
-    let login = format!("A01 AUTHENTICATE \"PLAIN\" \"{token}\"\r\n").into_bytes();
+    let login = format!(
+        "A01 AUTHENTICATE \"PLAIN\" \"{}\"\r\n",
+        cli.target().plain_token()
+    )
+    .into_bytes();
     let rss_before = rss_kib(pid)?;
     let started = Instant::now();
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
