@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 import helm_python
+import yaml
 
 CHART = pathlib.Path(__file__).resolve().parent.parent / "charts" / "mupdate"
 CRD_GROUPS = ("monitoring.coreos.com/",)
@@ -36,8 +37,6 @@ def values_sets():
 def check_custom_resource(where, document, work):
     """Prometheus Operator resources have no schema in kubernetes-validate: a ServiceMonitor
     must scrape the sidecar; a PrometheusRule's groups must pass `promtool check rules`."""
-    import yaml
-
     resource = yaml.safe_load(document)
     if not resource.get("metadata", {}).get("name"):
         fail(f"{where}: a custom resource without a name")
@@ -73,8 +72,6 @@ def documents(chart, values):
 
 
 def render(values_json):
-    import yaml
-
     chart = helm_python.Chart.load(CHART)
     manifests = [yaml.safe_load(document) for _, document in documents(chart, json.loads(values_json))]
     json.dump(manifests, sys.stdout)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -132,22 +132,7 @@ fn unified_master_with_mupdate_server_refuses_to_start() {
 #[test]
 fn hash_password_lines_log_in() {
     for scheme in ["argon2id", "ssha256", "plain"] {
-        let mut child = mupdate()
-            .args(["hash-password", "--user", "mupdate", "--scheme", scheme])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"mupdatepass\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let line = String::from_utf8(out.stdout).unwrap();
+        let line = hash_password_line("mupdate", scheme, "mupdatepass\n");
         assert!(line.starts_with("mupdate:{"), "{line}");
         assert!(
             mupdate::auth::passwd_file::verify_in(&line, "mupdate", b"mupdatepass"),

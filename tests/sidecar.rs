@@ -2,51 +2,26 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Starts `mupdate` and returns it with its sidecar's address (from its log).
-fn start(conf: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mupdate"))
-        .arg("-C")
-        .arg(conf)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mupdate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (found, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(at) = line.find("sidecar on http://") {
-                let addr = address_at(&line[at + 18..]);
-                let _ = found.send(addr);
-            }
-        }
-    });
-    let addr = wait.recv_timeout(PATIENCE).expect("the sidecar's address");
-    (child, addr)
-}
-
-fn stop(mut child: std::process::Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// Starts `mupdate -C conf args…` without waiting for clients to be served; returns it
+/// with its sidecar's address.
+fn start(conf: &std::path::Path, args: &[&str]) -> (ServerProcess, String) {
+    let mut command_line = vec!["-C".to_owned(), conf.display().to_string()];
+    command_line.extend(args.iter().map(|a| a.to_string()));
+    let server = ServerProcess::spawn(&command_line, &[]);
+    let http = sidecar_of(&server);
+    (server, http)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let conf = write_process_config(dir.path(), "");
-    let (child, http) = start(&conf, &["-m"]);
+    let (server, http) = start(&conf, &["-m"]);
     assert_eq!(http_get(&http, "/livez").0, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_get(&http, "/readyz").0 != 200 {
@@ -63,7 +38,7 @@ async fn master_health_and_metrics() {
         metrics.contains("process_resident_memory_bytes"),
         "{metrics}"
     );
-    stop(child);
+    drop(server);
 }
 
 /// The value of the sample `name` (with its labels) in a `/metrics` text.
@@ -161,10 +136,10 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     // A slave of a master that is not there yet is alive but not ready.
     let unused = common::free_port();
     let conf = follow_config(dir.path(), format!("127.0.0.1:{unused}").parse().unwrap());
-    let (child, http) = start(&conf, &[]);
+    let (server, http) = start(&conf, &[]);
     assert_eq!(http_get(&http, "/livez").0, 200);
     assert_eq!(http_get(&http, "/readyz").0, 503);
-    stop(child);
+    drop(server);
 
     let dir = tempfile::tempdir().unwrap();
     let conf = follow_config(dir.path(), master.addr);
@@ -331,30 +306,20 @@ async fn promtool_accepts_our_metrics() {
     }
     let dir = tempfile::tempdir().unwrap();
     let conf = write_process_config(dir.path(), "");
-    let (child, http) = start(&conf, &["-m"]);
+    let (server, http) = start(&conf, &["-m"]);
     let (status, metrics) = http_get(&http, "/metrics");
     assert_eq!(status, 200);
-    let mut promtool = Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(metrics.as_bytes())
-        .expect("metrics to promtool");
-    let out = promtool.wait_with_output().expect("promtool result");
+    let out = output_with_input(
+        Command::new("/usr/bin/promtool").args(["check", "metrics"]),
+        metrics.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "promtool: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    stop(child);
+    drop(server);
 }
 
 /// A query answered by Prometheus's HTTP API, as JSON.

@@ -383,6 +383,17 @@ impl ServerProcess {
 
     /// Starts `mupdate args…` with `env` added and waits for its "listening on" line.
     pub fn start_with(args: &[String], env: &[(String, String)]) -> ServerProcess {
+        let mut server = ServerProcess::spawn(args, env);
+        server.addr = server
+            .address_after("listening on ")
+            .parse()
+            .expect("listening address");
+        server
+    }
+
+    /// Starts `mupdate args…` with `env` added without waiting for it to accept clients
+    /// (a slave does only after its first sync): `addr` stays 0.0.0.0:0.
+    pub fn spawn(args: &[String], env: &[(String, String)]) -> ServerProcess {
         use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"));
         command
@@ -397,37 +408,28 @@ impl ServerProcess {
         let mut child = command.spawn().expect("spawn mupdate");
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (found, wait) = std::sync::mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(at) = line.find("listening on ") {
-                    let addr = address_at(&line[at + 13..]);
-                    let _ = found.send(addr);
-                }
                 if let Ok(mut log) = sink.lock() {
                     log.push_str(&line);
                     log.push('\n');
                 }
             }
         });
-        let addr = match wait.recv_timeout(PATIENCE) {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "mupdate did not start: {}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                );
-            }
-        };
         ServerProcess {
             child,
-            addr,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             stderr: log,
         }
+    }
+
+    /// The `host:port` its log gives right after `marker`, once the log has it.
+    pub fn address_after(&self, marker: &str) -> String {
+        let log = self.log_once_it_holds(marker);
+        let at = log.find(marker).unwrap_or_default() + marker.len();
+        address_at(&log[at..])
     }
 
     /// The log so far, once it holds `needle` (another process's doing may reach this
@@ -581,25 +583,47 @@ pub fn address_at(text: &str) -> String {
         .collect()
 }
 
-/// A passwd-file line for `user` holding a SCRAM-SHA-256 verifier of `password`, made by
-/// `mupdate hash-password`.
-pub fn scram_passwd_line(user: &str, password: &str) -> String {
+/// Runs `command` with `input` on its stdin; its output once it has exited.
+pub fn output_with_input(
+    command: &mut std::process::Command,
+    input: &[u8],
+) -> std::process::Output {
     use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"))
-        .args(["hash-password", "--user", user, "--scheme", "scram-sha256"])
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("hash-password");
+        .expect("spawn");
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("hash-password output");
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("output")
+}
+
+/// A passwd-file line for `user` made by `mupdate hash-password` with `scheme`.
+pub fn hash_password_line(user: &str, scheme: &str, password: &str) -> String {
+    let out = output_with_input(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mupdate")).args([
+            "hash-password",
+            "--user",
+            user,
+            "--scheme",
+            scheme,
+        ]),
+        password.as_bytes(),
+    );
     assert!(out.status.success());
     String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// A passwd-file line for `user` holding a SCRAM-SHA-256 verifier of `password`, made by
+/// `mupdate hash-password`.
+pub fn scram_passwd_line(user: &str, password: &str) -> String {
+    hash_password_line(user, "scram-sha256", password)
 }
 
 /// `GET path` over HTTP/1.1 on `addr`: (status code, body).
@@ -628,9 +652,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// The sidecar address a server process logged.
 pub fn sidecar_of(server: &ServerProcess) -> String {
-    let log = server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
-    let at = log.find("sidecar on http://").expect("sidecar line");
-    address_at(&log[at + 18..])
+    server.address_after("sidecar on http://")
 }
 
 /// Debian's Prometheus scraping `targets` every second, stopped when dropped.
