@@ -6,6 +6,7 @@
 //! - [`server`]: the listener, per-connection sessions and command handlers;
 //! - [`replication`]: the slave's link to its master;
 //! - [`auth`]: SASL PLAIN and the password sources (passwd file, saslauthd);
+//! - [`cyrusdb`]: Cyrus's twoskip format and the mailboxes.db records a frontend reads;
 //! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
 //! - [`observability`]: logging set-up;
 //! - [`cyrus_master`]: running as a service of Cyrus master(8) (fd handoff, status pipe);
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod cyrus_master;
+pub mod cyrusdb;
 pub mod observability;
 pub mod protocol;
 pub mod replication;
