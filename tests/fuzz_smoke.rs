@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-const TARGETS: [&str; 3] = ["parse_command", "imapd_conf", "sasl"];
+const TARGETS: [&str; 4] = ["parse_command", "imapd_conf", "sasl", "twoskip"];
 
 fn cargo_fuzz_available() -> bool {
     Command::new("cargo")
