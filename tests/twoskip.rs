@@ -149,18 +149,7 @@ fn cyrus_reads_and_checks_what_we_write() {
     let mut model = BTreeMap::new();
     for (round, batch) in changes(7, 3000).chunks(50).enumerate() {
         let mut txn = file.begin().expect("lock");
-        for (key, value) in batch {
-            match value {
-                Some(value) => {
-                    txn.set(key, value).expect("set");
-                    model.insert(key.clone(), value.clone());
-                }
-                None => {
-                    txn.delete(key).expect("delete");
-                    model.remove(key);
-                }
-            }
-        }
+        apply(&mut txn, batch, &mut model);
         txn.commit().expect("commit");
         file.repack_if_due().expect("repack");
         if round % 20 == 0 {
@@ -175,6 +164,26 @@ fn cyrus_reads_and_checks_what_we_write() {
         .into_iter()
         .collect();
     assert_eq!(ours, model);
+}
+
+/// Applies `batch` in `txn` and to `model`.
+fn apply(
+    txn: &mut twoskip::Transaction<'_>,
+    batch: &[(Vec<u8>, Option<Vec<u8>>)],
+    model: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    for (key, value) in batch {
+        match value {
+            Some(value) => {
+                txn.set(key, value).expect("set");
+                model.insert(key.clone(), value.clone());
+            }
+            None => {
+                txn.delete(key).expect("delete");
+                model.remove(key);
+            }
+        }
+    }
 }
 
 /// The level of every `+` record in file order, as Cyrus chose them.
@@ -299,18 +308,7 @@ fn our_lock_holds_cyrus_readers_and_a_cyrus_repack_breaks_nothing() {
             fx.tool(&db, &[b"repack"]);
         }
         let mut txn = file.begin().expect("lock");
-        for (key, value) in batch {
-            match value {
-                Some(value) => {
-                    txn.set(key, value).expect("set");
-                    model.insert(key.clone(), value.clone());
-                }
-                None => {
-                    txn.delete(key).expect("delete");
-                    model.remove(key);
-                }
-            }
-        }
+        apply(&mut txn, batch, &mut model);
         txn.commit().expect("commit");
     }
     assert_eq!(fx.consistent(&db), "Yes, consistent\n");
