@@ -9,11 +9,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command};
-use crate::config::{self, MupdateConfig, Settings};
+use crate::config::{self, MailboxesDb, MupdateConfig, Settings};
 use crate::cyrus_master::{self, Launch};
+use crate::cyrusdb::mboxlist::Naming;
 use crate::observability::metrics::Metrics;
 use crate::observability::sidecar::{self, Readiness};
-use crate::replication::kick;
+use crate::projection::{Mapping, Projection, ProjectionOptions, TransactionLimits};
+use crate::replication::kick::{self, KickSocket};
 use crate::replication::slave::{self, BarrierRequests, SlaveSettings};
 use crate::server::{self, Role, ServerContext};
 use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
@@ -22,6 +24,8 @@ use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
 pub const EXIT_CONFIG: i32 = 78;
 /// `EX_OSERR`: the listener or another OS resource could not be set up.
 pub const EXIT_OS: i32 = 71;
+/// `EX_CANTCREAT`: a file the server must write cannot be opened or created.
+pub const EXIT_CANTCREAT: i32 = 73;
 /// `EX_SOFTWARE`: anything else.
 pub const EXIT_SOFTWARE: i32 = 70;
 
@@ -278,7 +282,14 @@ fn raise_file_limit() {
     }
 }
 
-async fn serve(cli: &Cli, settings: Settings, launch: Launch) -> Result<(), Fatal> {
+async fn serve(cli: &Cli, mut settings: Settings, launch: Launch) -> Result<(), Fatal> {
+    let under_master = matches!(launch, Launch::UnderMaster(_));
+    // `auto` keeps mailboxes.db where Cyrus's mupdate would: under master(8).
+    settings.mailboxes_db = match settings.mailboxes_db_path(under_master) {
+        Ok(Some(_)) => MailboxesDb::On,
+        Ok(None) => MailboxesDb::Off,
+        Err(message) => return Err(fatal(EXIT_CONFIG, message)),
+    };
     let _lock = lock_instance(&settings)?;
     raise_file_limit();
     let shutdown = CancellationToken::new();
@@ -369,6 +380,15 @@ pub async fn run(
         ctx.set_tls(acceptor);
     }
     let mut readiness = Readiness::default();
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let projection = match &ctx.role {
+        Role::Master => start_projection(&ctx, None)?,
+        Role::Slave { .. } => start_projection(&ctx, Some(synced.clone()))?,
+    };
+    if let Some(projection) = projection.clone() {
+        readiness.also_require("mailboxes.db", Arc::new(move || projection.healthy()));
+    }
+    let kick_socket = KickSocket::new(&ctx.settings.config_directory, projection);
     let mut link = None;
     if let Role::Slave { master } = &ctx.role {
         let settings = slave_settings(&ctx.settings, master.clone())?;
@@ -383,9 +403,12 @@ pub async fn run(
                 "mupdate_ready_max_lag is not above mupdate_retry_delay: this slave will turn unready on a quiet link"
             );
         }
-        readiness.also_require(Arc::new(move || {
-            linked.connected() && linked.status().lag().is_some_and(|lag| lag <= max_lag)
-        }));
+        readiness.also_require(
+            "master link",
+            Arc::new(move || {
+                linked.connected() && linked.status().lag().is_some_and(|lag| lag <= max_lag)
+            }),
+        );
         ctx.set_upstream(barrier);
         link = Some((settings, requests));
     }
@@ -397,14 +420,14 @@ pub async fn run(
     start_sidecar(&ctx, metrics, readiness.clone(), &stop, sidecar_stop).await?;
     match link {
         None => {
-            // A master answers kicks at once, from start-up on.
-            let path = kick::socket_path(&ctx.settings.config_directory);
-            if let Err(error) = kick::serve(&path, None, ctx.shutdown.clone()) {
-                tracing::warn!(path = %path.display(), %error, "no kick socket");
+            // A master answers kicks from start-up on (once mailboxes.db, if kept, has
+            // caught up).
+            if let Err(error) = kick::serve(&kick_socket, None, ctx.shutdown.clone()) {
+                tracing::warn!(path = %kick_socket.path.display(), %error, "no kick socket");
             }
         }
         Some((settings, requests)) => {
-            let synced = follow_master(&ctx, settings, requests);
+            follow_master(&ctx, settings, requests, synced_tx, kick_socket);
             // Like Cyrus, a slave serves nobody before its first sync; clients wait in the
             // listen backlog meanwhile.
             tokio::select! {
@@ -564,23 +587,64 @@ fn slave_settings(settings: &Settings, master: String) -> Result<SlaveSettings, 
     })
 }
 
-/// Starts the replication link; the receiver turns true after the first sync.
+/// Starts the replication link; `synced` turns true after the first sync.
 fn follow_master(
     ctx: &Arc<ServerContext>,
     link: SlaveSettings,
     requests: BarrierRequests,
-) -> tokio::sync::watch::Receiver<bool> {
-    let (synced, watch) = tokio::sync::watch::channel(false);
+    synced: tokio::sync::watch::Sender<bool>,
+    kick_socket: KickSocket,
+) {
     tokio::spawn(crate::replication::slave::run(
         ctx.store.clone(),
         link,
         synced,
         requests,
-        Some(kick::socket_path(&ctx.settings.config_directory)),
+        Some(kick_socket),
         ctx.metrics.clone(),
         ctx.shutdown.clone(),
     ));
-    watch
+}
+
+/// Starts keeping Cyrus's mailboxes.db, if the settings ask for it (after `start_after`
+/// turns true, if given).
+fn start_projection(
+    ctx: &ServerContext,
+    start_after: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<Option<Projection>, Fatal> {
+    let settings = &ctx.settings;
+    let Some(path) = settings
+        .mailboxes_db_path(false)
+        .map_err(|message| fatal(EXIT_CONFIG, message))?
+    else {
+        return Ok(None);
+    };
+    let mapping = Mapping {
+        naming: Naming {
+            default_domain: settings
+                .default_domain
+                .as_ref()
+                .map(|d| d.as_bytes().to_vec()),
+            deleted_prefix: settings.deleted_prefix.as_bytes().to_vec(),
+        },
+        local_server: (settings.mupdate_config == MupdateConfig::Unified)
+            .then(|| settings.server_name.as_bytes().to_vec()),
+    };
+    let options = ProjectionOptions {
+        path: path.to_path_buf(),
+        mapping,
+        limits: TransactionLimits::default(),
+        start_after,
+    };
+    let projection = Projection::start(
+        ctx.store.clone(),
+        options,
+        ctx.metrics.clone(),
+        ctx.shutdown.clone(),
+    )
+    .map_err(|e| fatal(EXIT_CANTCREAT, e.to_string()))?;
+    tracing::info!(path = %path.display(), "keeping Cyrus's mailboxes.db current");
+    Ok(Some(projection))
 }
 
 async fn wait_until_synced(mut synced: tokio::sync::watch::Receiver<bool>) {

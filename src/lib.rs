@@ -7,6 +7,7 @@
 //! - [`replication`]: the slave's link to its master;
 //! - [`auth`]: SASL PLAIN and the password sources (passwd file, saslauthd);
 //! - [`cyrusdb`]: Cyrus's twoskip format and the mailboxes.db records a frontend reads;
+//! - [`projection`]: Cyrus's mailboxes.db kept in step with the store, for frontends;
 //! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
 //! - [`observability`]: logging set-up;
 //! - [`cyrus_master`]: running as a service of Cyrus master(8) (fd handoff, status pipe);
@@ -23,6 +24,7 @@ pub mod config;
 pub mod cyrus_master;
 pub mod cyrusdb;
 pub mod observability;
+pub mod projection;
 pub mod protocol;
 pub mod replication;
 pub mod server;

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cyrus::{self, Cyrus, Service};
+use common::murder::*;
 use common::*;
 
 /// Sends every command in one go and waits for the answer of the last one.
@@ -147,138 +148,6 @@ async fn scenario1_cyrus_slave_follows_our_master() {
         let expected = writer.read_until(b"F OK \"Search completed\"\r\n").await;
         reader.exchange(request.as_bytes(), &expected).await;
     }
-}
-
-/// `id TAB rights TAB` pairs of a Cyrus ACL, sorted (mailboxes.db keeps them as a map).
-fn acl_pairs(acl: &str) -> Vec<(String, String)> {
-    let fields: Vec<&str> = acl.split('\t').collect();
-    let mut pairs: Vec<(String, String)> = fields
-        .chunks(2)
-        .filter(|pair| pair.len() == 2)
-        .map(|pair| (pair[0].to_owned(), pair[1].to_owned()))
-        .collect();
-    pairs.sort();
-    pairs
-}
-
-/// A tiny IMAP client: enough to drive a backend as an administrator would.
-struct Imap {
-    client: Client,
-    next: usize,
-}
-
-impl Imap {
-    async fn login(addr: std::net::SocketAddr) -> Imap {
-        let mut client = Client::connect(addr).await;
-        client.read_until(b"\r\n").await;
-        let mut imap = Imap { client, next: 0 };
-        imap.ok("LOGIN admin adminpass").await;
-        imap
-    }
-
-    /// Runs `command`, asserting a tagged OK.
-    async fn ok(&mut self, command: &str) {
-        self.ok_with(command).await;
-    }
-}
-
-impl Imap {
-    /// Runs `command` and returns everything up to its tagged OK.
-    async fn ok_with(&mut self, command: &str) -> String {
-        match self.run(command).await {
-            Ok(text) => text,
-            Err(text) => panic!("IMAP {command}: {text}"),
-        }
-    }
-
-    /// Runs `command` until it succeeds (a frontend's slave may still be catching up).
-    async fn ok_eventually(&mut self, command: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.run(command).await {
-                Ok(text) => return text,
-                Err(text) if Instant::now() > deadline => panic!("IMAP {command}: {text}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    }
-
-    /// Runs `command`: the whole answer, `Ok` if tagged OK.
-    async fn run(&mut self, command: &str) -> Result<String, String> {
-        self.next += 1;
-        let tag = format!("i{}", self.next);
-        self.client
-            .send(format!("{tag} {command}\r\n").as_bytes())
-            .await;
-        let mut answer = Vec::new();
-        loop {
-            let line = self.client.read_until(b"\r\n").await;
-            let done = line.starts_with(format!("{tag} ").as_bytes());
-            answer.extend_from_slice(&line);
-            if done {
-                let text = String::from_utf8_lossy(&answer).into_owned();
-                return if line.starts_with(format!("{tag} OK").as_bytes()) {
-                    Ok(text)
-                } else {
-                    Err(text)
-                };
-            }
-        }
-    }
-
-    /// APPENDs `message` to `mailbox` with a synchronising literal.
-    async fn append(&mut self, mailbox: &str, message: &str) {
-        self.next += 1;
-        let tag = format!("i{}", self.next);
-        self.client
-            .send(format!("{tag} APPEND {mailbox} {{{}}}\r\n", message.len()).as_bytes())
-            .await;
-        let go_ahead = self.client.read_until(b"\r\n").await;
-        assert!(
-            go_ahead.starts_with(b"+"),
-            "{}",
-            String::from_utf8_lossy(&go_ahead)
-        );
-        self.client.send(format!("{message}\r\n").as_bytes()).await;
-        let done = self.client.read_until(format!("{tag} ").as_bytes()).await;
-        let status = self.client.read_until(b"\r\n").await;
-        assert!(
-            status.starts_with(b"OK"),
-            "APPEND: {}{}",
-            String::from_utf8_lossy(&done),
-            String::from_utf8_lossy(&status)
-        );
-    }
-}
-
-/// What our master holds for `name`, if anything.
-async fn find_record(client: &mut Client, name: &str) -> Option<Listed> {
-    client
-        .send(format!("F FIND \"{name}\"\r\n").as_bytes())
-        .await;
-    let answer = client.read_until(b"F OK \"Search completed\"\r\n").await;
-    parse_records(&answer).into_iter().next()
-}
-
-/// The backend's own record of `name`, from its mailboxes.db.
-fn backend_record(backend: &Cyrus, name: &str) -> serde_json::Value {
-    let dump = backend.tool("ctl_mboxlist", &["-d"]);
-    let dumped: serde_json::Value =
-        serde_json::from_slice(&dump.stdout).expect("ctl_mboxlist -d prints JSON");
-    dumped[name].clone()
-}
-
-fn acl_of(entry: &serde_json::Value) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = entry["acl"]
-        .as_object()
-        .map(|acl| {
-            acl.iter()
-                .map(|(id, rights)| (id.clone(), rights.as_str().unwrap_or_default().to_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    pairs.sort();
-    pairs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,6 +406,7 @@ async fn scenario4_a_whole_murder_around_our_master() {
             Service::Frontend {
                 mupdate: &mupdate,
                 backends: &backends,
+                local: cyrus::LocalMupdate::Cyrus,
             },
             "fe",
             "",

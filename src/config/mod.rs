@@ -62,6 +62,17 @@ pub enum MupdateConfig {
     Replicated,
 }
 
+/// `mupdate_mailboxes_db` (new): whether to keep Cyrus's `mailboxes.db` current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxesDb {
+    /// Where Cyrus's mupdate would (under master(8)); not standalone or in a container.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
 /// Every setting the server reads, typed.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -157,6 +168,17 @@ pub struct Settings {
     /// `mupdate_shutdown_delay` (new): after a stop signal, how long the server keeps
     /// serving while it reports not ready, before it says goodbye to its clients.
     pub shutdown_delay: Duration,
+    /// `mupdate_mailboxes_db` (new): keep `mboxlist_db_path` current (`auto`: under master(8)).
+    pub mailboxes_db: MailboxesDb,
+    /// `mboxlist_db_path` (default `<configdirectory>/mailboxes.db`)
+    pub mboxlist_db_path: PathBuf,
+    /// Why `mboxlist_db` names a type this server cannot write (only twoskip), with where
+    /// it was set; an error only once mailboxes.db is on.
+    pub mboxlist_db_unsupported: Option<String>,
+    /// `defaultdomain`: left out of mailboxes.db keys.
+    pub default_domain: Option<String>,
+    /// `deletedprefix` (default `DELETED`)
+    pub deleted_prefix: String,
 }
 
 /// `--set key=value` options from the command line, the last and strongest layer.
@@ -396,7 +418,46 @@ impl Settings {
                 message: format!("{listen:?} is not host:port"),
             });
         }
+        let mailboxes_db = o.typed("mupdate_mailboxes_db", MailboxesDb::Auto, |v| {
+            if v.eq_ignore_ascii_case("auto") {
+                Ok(MailboxesDb::Auto)
+            } else {
+                parse_switch(v)
+                    .map(|on| {
+                        if on {
+                            MailboxesDb::On
+                        } else {
+                            MailboxesDb::Off
+                        }
+                    })
+                    .map_err(|_| format!("{v:?} is not one of auto, on, off"))
+            }
+        })?;
+        let mboxlist_db_unsupported = o
+            .get("mboxlist_db")
+            .filter(|kind| !kind.eq_ignore_ascii_case("twoskip"))
+            .map(|kind| ConfigError::Value {
+                origin: o.origin("mboxlist_db"),
+                key: "mboxlist_db".into(),
+                message: format!(
+                    "{kind:?}: this mupdate keeps mailboxes.db only as twoskip (or set mupdate_mailboxes_db: off)"
+                ),
+            });
+        let mboxlist_db_unsupported = match (mailboxes_db, mboxlist_db_unsupported) {
+            (MailboxesDb::On, Some(error)) => return Err(error),
+            (_, unsupported) => unsupported.map(|error| error.to_string()),
+        };
         Ok(Settings {
+            mailboxes_db,
+            mboxlist_db_unsupported,
+            mboxlist_db_path: o
+                .string("mboxlist_db_path")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| config_directory.join("mailboxes.db")),
+            default_domain: o.string("defaultdomain").filter(|d| !d.is_empty()),
+            deleted_prefix: o
+                .string("deletedprefix")
+                .unwrap_or_else(|| "DELETED".into()),
             server_name: o.string("servername").unwrap_or_else(host_name),
             admins: o.get("admins").map(parse_list).unwrap_or_default(),
             login_realms: o.get("loginrealms").map(parse_list).unwrap_or_default(),
@@ -496,6 +557,22 @@ impl Settings {
         })
     }
 
+    /// Where to keep Cyrus's mailboxes.db, if anywhere, for a server that runs under
+    /// master(8) or not; an error (with where `mboxlist_db` was set) for a type we do not
+    /// write.
+    pub fn mailboxes_db_path(&self, under_master: bool) -> Result<Option<&Path>, String> {
+        let on = match self.mailboxes_db {
+            MailboxesDb::Auto => under_master,
+            MailboxesDb::On => true,
+            MailboxesDb::Off => false,
+        };
+        match (on, &self.mboxlist_db_unsupported) {
+            (false, _) => Ok(None),
+            (true, Some(error)) => Err(error.clone()),
+            (true, None) => Ok(Some(&self.mboxlist_db_path)),
+        }
+    }
+
     /// Whether writes follow the replicated rules (spec §5.5: only with `mupdate_server`).
     pub fn replicated_writes(&self) -> bool {
         self.mupdate_server.is_some() && self.mupdate_config != MupdateConfig::Standard
@@ -527,6 +604,38 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:3905");
         assert_eq!(s.idle_timeout, Duration::from_secs(10_800));
         assert!(!s.replicated_writes());
+        assert_eq!(s.mailboxes_db, MailboxesDb::Auto);
+        assert_eq!(s.mailboxes_db_path(false), Ok(None));
+        assert_eq!(
+            s.mailboxes_db_path(true),
+            Ok(Some(Path::new("/tmp/x/mailboxes.db")))
+        );
+        assert_eq!(s.deleted_prefix, "DELETED");
+    }
+
+    #[test]
+    fn mailboxes_db_other_than_twoskip_is_refused_only_when_kept() {
+        let s = load_text("configdirectory: /tmp/x\nmboxlist_db: sql\n").unwrap();
+        let err = s.mailboxes_db_path(true).unwrap_err();
+        assert!(
+            err.contains("imapd.conf:2") && err.contains("mboxlist_db"),
+            "{err}"
+        );
+        assert_eq!(s.mailboxes_db_path(false), Ok(None));
+        let err =
+            load_text("configdirectory: /tmp/x\nmboxlist_db: sql\nmupdate_mailboxes_db: on\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("mboxlist_db") && err.contains("\"sql\""),
+            "{err}"
+        );
+        let s = load_text(
+            "configdirectory: /tmp/x\nmupdate_mailboxes_db: on\nmboxlist_db_path: /tmp/m.db\n",
+        )
+        .unwrap();
+        assert_eq!(s.mailboxes_db_path(false), Ok(Some(Path::new("/tmp/m.db"))));
+        assert!(load_text("configdirectory: /tmp/x\nmupdate_mailboxes_db: perhaps\n").is_err());
     }
 
     #[test]

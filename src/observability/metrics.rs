@@ -58,7 +58,32 @@ pub struct Metrics {
     pub telemetry_writes: IntCounter,
     /// Telemetry log writes that failed.
     pub telemetry_errors: IntCounter,
+    /// Records in the frontend's mailboxes.db after our last transaction.
+    pub mailboxes_db_records: IntGauge,
+    /// The store sequence number mailboxes.db holds everything up to.
+    pub mailboxes_db_applied_seq: IntGauge,
+    /// mailboxes.db records written, by kind (`set`, `delete`).
+    pub mailboxes_db_writes: IntCounterVec,
+    /// Time our mailboxes.db write lock was held, per transaction.
+    pub mailboxes_db_hold_seconds: Histogram,
+    /// Time spent waiting for the mailboxes.db write lock, per transaction.
+    pub mailboxes_db_lock_wait_seconds: Histogram,
+    /// Reconciliations of mailboxes.db with the store.
+    pub mailboxes_db_reconciles: IntCounter,
+    /// Records looked at by reconciliations, by outcome.
+    pub mailboxes_db_reconciled: IntCounterVec,
+    /// Records left alone because they are not mupdate's (local mailboxes).
+    pub mailboxes_db_kept_local: IntCounter,
+    /// Failed mailboxes.db transactions.
+    pub mailboxes_db_errors: IntCounter,
+    /// Repacks of mailboxes.db we did.
+    pub mailboxes_db_repacks: IntCounter,
+    /// 1 while mailboxes.db is being kept current.
+    pub mailboxes_db_up: IntGauge,
 }
+
+/// Outcomes of a reconciled mailboxes.db record, the `outcome` label values.
+pub const RECONCILE_OUTCOMES: [&str; 4] = ["added", "changed", "deleted", "unchanged"];
 
 impl Default for Metrics {
     /// Metrics of a master in a registry of their own (tests, tools).
@@ -248,6 +273,72 @@ impl Metrics {
             telemetry_errors: r.counter(
                 "mupdate_telemetry_log_errors_total",
                 "Telemetry log opens and writes that failed",
+            )?,
+            mailboxes_db_records: r.gauge(
+                "mupdate_mailboxes_db_records",
+                "Records in Cyrus's mailboxes.db after our last transaction",
+            )?,
+            mailboxes_db_applied_seq: r.gauge(
+                "mupdate_mailboxes_db_applied_sequence",
+                "Store sequence number that mailboxes.db holds every change up to",
+            )?,
+            mailboxes_db_writes: r.add(
+                IntCounterVec::new(
+                    Opts::new(
+                        "mupdate_mailboxes_db_writes_total",
+                        "mailboxes.db records written, by kind",
+                    ),
+                    &["kind"],
+                )
+                .inspect(|v| {
+                    for kind in ["set", "delete"] {
+                        v.with_label_values(&[kind]);
+                    }
+                }),
+            )?,
+            mailboxes_db_hold_seconds: r.histogram(
+                "mupdate_mailboxes_db_lock_held_seconds",
+                "Time our mailboxes.db write lock was held, per transaction (Cyrus readers wait this long at most)",
+                latency_buckets(),
+            )?,
+            mailboxes_db_lock_wait_seconds: r.histogram(
+                "mupdate_mailboxes_db_lock_wait_seconds",
+                "Time spent waiting for the mailboxes.db write lock, per transaction",
+                latency_buckets(),
+            )?,
+            mailboxes_db_reconciles: r.counter(
+                "mupdate_mailboxes_db_reconciles_total",
+                "Reconciliations of mailboxes.db with the store (start-up, change-log gaps)",
+            )?,
+            mailboxes_db_reconciled: r.add(
+                IntCounterVec::new(
+                    Opts::new(
+                        "mupdate_mailboxes_db_reconciled_records_total",
+                        "Records looked at by reconciliations, by outcome",
+                    ),
+                    &["outcome"],
+                )
+                .inspect(|v| {
+                    for outcome in RECONCILE_OUTCOMES {
+                        v.with_label_values(&[outcome]);
+                    }
+                }),
+            )?,
+            mailboxes_db_kept_local: r.counter(
+                "mupdate_mailboxes_db_kept_local_total",
+                "mailboxes.db records left alone because they are local mailboxes, not mupdate's",
+            )?,
+            mailboxes_db_errors: r.counter(
+                "mupdate_mailboxes_db_errors_total",
+                "mailboxes.db transactions that failed (retried)",
+            )?,
+            mailboxes_db_repacks: r.counter(
+                "mupdate_mailboxes_db_repacks_total",
+                "Repacks of mailboxes.db done by this server",
+            )?,
+            mailboxes_db_up: r.gauge(
+                "mupdate_mailboxes_db_up",
+                "1 while mailboxes.db is kept current (0: off, not yet reconciled, or failing)",
             )?,
             registry,
         })

@@ -17,11 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
 
+/// A named condition of readiness.
+type Gate = (&'static str, Arc<dyn Fn() -> bool + Send + Sync>);
+
 /// Whether the server is ready for clients.
 #[derive(Clone, Default)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
-    gate: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    gates: Vec<Gate>,
 }
 
 impl Readiness {
@@ -30,14 +33,38 @@ impl Readiness {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Adds a condition that must also hold (a slave's link to its master).
-    pub fn also_require(&mut self, condition: Arc<dyn Fn() -> bool + Send + Sync>) {
-        self.gate = Some(condition);
+    /// Adds a condition, named for `/readyz`, that must also hold (a slave's link to its
+    /// master, mailboxes.db kept current).
+    pub fn also_require(
+        &mut self,
+        name: &'static str,
+        condition: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) {
+        self.gates.push((name, condition));
     }
 
     /// Ready now?
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.gate.as_ref().is_none_or(|gate| gate())
+        self.unmet().is_ok()
+    }
+
+    /// `Ok` when ready, else what is missing.
+    fn unmet(&self) -> Result<(), Vec<&'static str>> {
+        let mut missing = Vec::new();
+        if !self.ready.load(Ordering::Acquire) {
+            missing.push("serving");
+        }
+        missing.extend(
+            self.gates
+                .iter()
+                .filter(|(_, gate)| !gate())
+                .map(|(name, _)| *name),
+        );
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 }
 
@@ -67,8 +94,13 @@ pub async fn serve(
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
             let response = match request.uri().path() {
                 "/livez" => respond(StatusCode::OK, "ok\n".into()),
-                "/readyz" if readiness.is_ready() => respond(StatusCode::OK, "ready\n".into()),
-                "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+                "/readyz" => match readiness.unmet() {
+                    Ok(()) => respond(StatusCode::OK, "ready\n".into()),
+                    Err(missing) => respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {}\n", missing.join(", ")),
+                    ),
+                },
                 "/metrics" => {
                     refresh();
                     let mut response = respond(StatusCode::OK, metrics.render());

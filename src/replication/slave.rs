@@ -5,7 +5,7 @@
 //! the slave's own UPDATE listeners (D-9).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -58,14 +58,14 @@ pub async fn run(
     settings: SlaveSettings,
     synced: watch::Sender<bool>,
     mut barriers: BarrierRequests,
-    kick_socket: Option<PathBuf>,
+    kick_socket: Option<super::kick::KickSocket>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = follow(&store, &settings, &synced, &mut barriers, kick_socket.as_deref(), &metrics, &shutdown) => result,
+            result = follow(&store, &settings, &synced, &mut barriers, kick_socket.as_ref(), &metrics, &shutdown) => result,
         };
         let was_linked = barriers.connected.swap(false, Ordering::AcqRel);
         metrics.link_up.set(0);
@@ -124,7 +124,7 @@ async fn follow(
     settings: &SlaveSettings,
     synced: &watch::Sender<bool>,
     barriers: &mut BarrierRequests,
-    kick_socket: Option<&Path>,
+    kick_socket: Option<&super::kick::KickSocket>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {

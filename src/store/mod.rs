@@ -310,6 +310,7 @@ pub struct Store {
     queue: Arc<Mutex<WriteQueue>>,
     feed: broadcast::Sender<Arc<Change>>,
     last_seq: Arc<AtomicU64>,
+    committed: Arc<tokio::sync::watch::Sender<u64>>,
     epoch: u64,
     stats: Arc<CommitStats>,
 }
@@ -353,6 +354,7 @@ impl Store {
         let db = Arc::new(db);
         let (last_seq, epoch) = initialise(&db)?;
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
+        let committed = Arc::new(tokio::sync::watch::Sender::new(last_seq));
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let stats = Arc::new(CommitStats::default());
         let committer = Arc::new(Committer {
@@ -362,6 +364,7 @@ impl Store {
             changelog_max: options.changelog_max.max(1),
             changelog_max_age: options.changelog_max_age,
             last_seq: last_seq.clone(),
+            committed: committed.clone(),
             metrics: stats.clone(),
         });
         Ok(Store {
@@ -370,6 +373,7 @@ impl Store {
             queue: Arc::new(Mutex::new(WriteQueue::default())),
             feed,
             last_seq,
+            committed,
             epoch,
             stats,
         })
@@ -503,6 +507,12 @@ impl Store {
     /// Connections following the change feed.
     pub fn listener_count(&self) -> usize {
         self.feed.receiver_count()
+    }
+
+    /// Follows the sequence number of the last committed change: wakes a task after every
+    /// commit that made changes, without holding changes back as a feed listener does.
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     /// Sequence number of the last committed change.

@@ -37,6 +37,8 @@ pub(crate) struct Committer {
     pub(crate) changelog_max: u64,
     pub(crate) changelog_max_age: Option<std::time::Duration>,
     pub(crate) last_seq: Arc<AtomicU64>,
+    /// Follows `last_seq`, for tasks that wait for commits without taking the feed.
+    pub(crate) committed: Arc<tokio::sync::watch::Sender<u64>>,
     pub(crate) metrics: Arc<super::CommitStats>,
 }
 
@@ -111,6 +113,9 @@ impl Committer {
         }
         commit_durably(txn)?;
         self.last_seq.store(seq, Ordering::Release);
+        if !changes.is_empty() {
+            self.committed.send_replace(seq);
+        }
         Ok((outcomes, changes))
     }
 }

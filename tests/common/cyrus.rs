@@ -30,9 +30,37 @@ pub enum Service<'a> {
     Backend { mupdate: &'a str },
     /// Our `mupdate -m`, started by Cyrus master(8) as its mupdate service.
     Ours,
-    /// A frontend: proxying `imapd` plus the local Cyrus mupdate slave of `mupdate` that
-    /// writes the mailboxes.db the frontend reads; new mailboxes go to `backends`.
-    Frontend { mupdate: &'a str, backends: &'a str },
+    /// A frontend: proxying `imapd` plus the local mupdate (`local`) that writes the
+    /// mailboxes.db the frontend reads; `mupdate` is the master its imapd names; new
+    /// mailboxes go to `backends`.
+    Frontend {
+        mupdate: &'a str,
+        backends: &'a str,
+        local: LocalMupdate,
+    },
+}
+
+/// The mupdate a frontend's master(8) runs beside its imapd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LocalMupdate {
+    /// Cyrus's own mupdate, a slave of the frontend's `mupdate_server`.
+    Cyrus,
+    /// Our binary, a slave of the frontend's `mupdate_server`.
+    OurSlave,
+    /// Our binary as the murder's master (`-m`), on `port` (the frontend's
+    /// `mupdate_server` then names 127.0.0.1:`port`).
+    OurMaster { port: u16 },
+}
+
+/// Copies our binary where master(8), running as user cyrus, can start it, with a passwd
+/// file for the murder's `mupdate` identity; returns the imapd.conf lines it needs.
+fn install_ours(root: &Path) -> String {
+    std::fs::copy(env!("CARGO_BIN_EXE_mupdate"), root.join("mupdate")).expect("copy binary");
+    std::fs::write(root.join("passwd"), "mupdate:{PLAIN}mupdatepass\n").expect("passwd");
+    format!(
+        "mupdate_passwd_file: {}/passwd\nmupdate_http_listen: 127.0.0.1:0\n",
+        root.display()
+    )
 }
 
 /// Whether the Cyrus fixture can run here; without Cyrus (or root) the caller skips, and
@@ -122,27 +150,29 @@ impl Cyrus {
                     "mupdate_server: {master}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\nmupdate_retry_delay: {retry_delay}\n"
                 ),
             ),
-            Service::Ours => {
-                // A copy master(8) can run as user cyrus, wherever the build lives.
-                std::fs::copy(env!("CARGO_BIN_EXE_mupdate"), root.join("mupdate"))
-                    .expect("copy binary");
-                std::fs::write(root.join("passwd"), "mupdate:{PLAIN}mupdatepass\n")
-                    .expect("passwd");
-                (
-                    "mupdate",
-                    "__OURS__ -m",
-                    &b"* OK MUPDATE"[..],
-                    format!("mupdate_passwd_file: {r}/passwd\nmupdate_http_listen: 127.0.0.1:0\n"),
-                )
-            }
-            Service::Frontend { mupdate, backends } => (
+            Service::Ours => (
+                "mupdate",
+                "__OURS__ -m",
+                &b"* OK MUPDATE"[..],
+                install_ours(&root),
+            ),
+            Service::Frontend {
+                mupdate,
+                backends,
+                local,
+            } => (
                 "imap",
                 "imapd",
                 &b"* OK "[..],
                 format!(
                     "mupdate_server: {mupdate}\nmupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
                      mupdate_retry_delay: 2\nserverlist: {backends}\nproxy_authname: proxy\nproxy_password: proxypass\n\
-                     unixhierarchysep: no\naltnamespace: no\n"
+                     unixhierarchysep: no\naltnamespace: no\n{}",
+                    if *local == LocalMupdate::Cyrus {
+                        String::new()
+                    } else {
+                        install_ours(&root)
+                    }
                 ),
             ),
             Service::Backend { mupdate } => (
@@ -173,14 +203,19 @@ impl Cyrus {
         )
         .expect("imapd.conf");
         let program = program.replace("__OURS__", &format!("{r}/mupdate"));
-        // A frontend also runs its local mupdate slave, on a port of its own.
-        let slave = if matches!(service, Service::Frontend { .. }) {
-            format!(
-                "  mupdate cmd=\"mupdate -C {r}/imapd.conf\" listen=\"127.0.0.1:{}\" prefork=1\n",
-                free_port()
-            )
-        } else {
-            String::new()
+        // A frontend also runs its local mupdate, on a port of its own.
+        let slave = match service {
+            Service::Frontend { local, .. } => {
+                let (command, port) = match local {
+                    LocalMupdate::Cyrus => ("mupdate".to_owned(), free_port()),
+                    LocalMupdate::OurSlave => (format!("{r}/mupdate"), free_port()),
+                    LocalMupdate::OurMaster { port } => (format!("{r}/mupdate -m"), port),
+                };
+                format!(
+                    "  mupdate cmd=\"{command} -C {r}/imapd.conf\" listen=\"127.0.0.1:{port}\" prefork=1\n"
+                )
+            }
+            _ => String::new(),
         };
         std::fs::write(
             root.join("cyrus.conf"),

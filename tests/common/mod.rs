@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cyrus;
+pub mod murder;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -127,6 +127,16 @@ impl TwoskipFile {
         }
     }
 
+    /// A copy of the file as it is now, to read at leisure: the lock is held only to bring
+    /// the cached image up to date, and the copy is taken after it is released.
+    pub fn read_image(&mut self) -> Result<Image, TwoskipError> {
+        drop(self.begin()?);
+        match &self.cache {
+            Some((_, image)) => Ok(image.clone()),
+            None => Err(TwoskipError::Format("file changed while being read")),
+        }
+    }
+
     /// Locks the file now at `path`: lock, then check that the descriptor is still the file
     /// the path names (a Cyrus repack renames a new file over it), else reopen and relock.
     fn lock_current(&mut self) -> Result<(), TwoskipError> {

@@ -1,0 +1,293 @@
+//! The blocking half of the projection: brings mailboxes.db up to a store snapshot, in
+//! transactions short enough that a Cyrus lookup never waits long for the lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::ProjectionError;
+use super::decide::{Decision, Desired, Mapping, decide};
+use crate::cyrusdb::mboxlist::NAME_KEY_PREFIX;
+use crate::cyrusdb::twoskip::{Transaction, TransactionReport, TwoskipFile};
+use crate::observability::metrics::Metrics;
+use crate::store::{Snapshot, Store};
+
+/// How much one transaction may do before it commits and lets readers in.
+#[derive(Debug, Clone, Copy)]
+pub struct TransactionLimits {
+    /// Records written per transaction, at most.
+    pub max_records: usize,
+    /// Time the lock is held before the transaction commits (fsyncs come on top).
+    pub max_hold: Duration,
+}
+
+impl Default for TransactionLimits {
+    fn default() -> TransactionLimits {
+        TransactionLimits {
+            max_records: 512,
+            max_hold: Duration::from_millis(3),
+        }
+    }
+}
+
+/// One record to bring in line: its key, what the store says, and (for a live change) the
+/// store sequence number that is wholly in the file once this record is.
+struct Item {
+    key: Vec<u8>,
+    desired: Option<Desired>,
+    seq: Option<u64>,
+}
+
+/// Keeps one mailboxes.db in step with the store.
+pub struct Writer {
+    file: TwoskipFile,
+    mapping: Mapping,
+    limits: TransactionLimits,
+    metrics: Arc<Metrics>,
+    /// The store sequence number the file holds everything up to; `None` until the first
+    /// reconciliation.
+    applied: Option<u64>,
+}
+
+impl Writer {
+    /// A writer for `file`; nothing is written before [`Writer::catch_up`].
+    pub fn new(
+        file: TwoskipFile,
+        mapping: Mapping,
+        limits: TransactionLimits,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
+        Writer {
+            file,
+            mapping,
+            limits,
+            metrics,
+            applied: None,
+        }
+    }
+
+    /// Brings the file up to the store as it is now: the changes since the last call, or a
+    /// reconciliation the first time and whenever the change log no longer reaches back.
+    /// `published` is told each sequence number the file is complete up to. Returns it.
+    pub fn catch_up(
+        &mut self,
+        store: &Store,
+        published: &mut dyn FnMut(u64),
+    ) -> Result<u64, ProjectionError> {
+        let snapshot = store.snapshot()?;
+        let changes = match self.applied {
+            Some(applied) if applied == snapshot.seq() => return Ok(applied),
+            Some(applied) => snapshot.changes_after(applied)?,
+            None => None,
+        };
+        match changes {
+            Some(changes) => {
+                let items = changes.into_iter().filter_map(|change| {
+                    let (key, desired) = match &change.record {
+                        Some(record) => {
+                            let (key, desired) = self.mapping.desired(record.as_ref())?;
+                            (key, Some(desired))
+                        }
+                        None => (self.mapping.naming.key(&change.name)?, None),
+                    };
+                    Some(Item {
+                        key,
+                        desired,
+                        seq: Some(change.seq),
+                    })
+                });
+                let items: Vec<Item> = items.collect();
+                self.apply(items, published)?;
+            }
+            None => self.reconcile(&snapshot, published)?,
+        }
+        self.applied = Some(snapshot.seq());
+        published(snapshot.seq());
+        self.metrics
+            .mailboxes_db_applied_seq
+            .set(snapshot.seq() as i64);
+        if self.file.repack_if_due()? {
+            self.metrics.mailboxes_db_repacks.inc();
+        }
+        Ok(snapshot.seq())
+    }
+
+    /// Makes the file say what `snapshot` says about every `N` record mupdate owns: the
+    /// differences are found on a copy of the file, without the lock, then written in
+    /// bounded transactions that decide each record again against the file as it is.
+    fn reconcile(
+        &mut self,
+        snapshot: &Snapshot,
+        published: &mut dyn FnMut(u64),
+    ) -> Result<(), ProjectionError> {
+        let mut desired = BTreeMap::new();
+        let mut unmapped = 0u64;
+        snapshot.walk(|record| {
+            match self.mapping.desired(record) {
+                Some((key, want)) => {
+                    desired.insert(key, want);
+                }
+                None => unmapped += 1,
+            }
+            true
+        })?;
+        let current = self.file.read_image()?.entries()?;
+        let now = now_secs();
+        let mut outcomes = [0u64; 4];
+        let mut kept_local = 0u64;
+        let mut work = Vec::new();
+        let mut current = current
+            .into_iter()
+            .filter(|(key, _)| key.first() == Some(&NAME_KEY_PREFIX))
+            .peekable();
+        let mut wanted = desired.into_iter().peekable();
+        let seq = snapshot.seq();
+        loop {
+            let (key, existing, want) = match (current.peek(), wanted.peek()) {
+                (None, None) => break,
+                (Some((have, _)), Some((want, _))) if have == want => {
+                    let (key, value) = current.next().ok_or(ProjectionError::Lost)?;
+                    let (_, want) = wanted.next().ok_or(ProjectionError::Lost)?;
+                    (key, Some(value), Some(want))
+                }
+                (Some((have, _)), Some((want, _))) if want < have => {
+                    let (key, want) = wanted.next().ok_or(ProjectionError::Lost)?;
+                    (key, None, Some(want))
+                }
+                (None, Some(_)) => {
+                    let (key, want) = wanted.next().ok_or(ProjectionError::Lost)?;
+                    (key, None, Some(want))
+                }
+                (Some(_), _) => {
+                    let (key, value) = current.next().ok_or(ProjectionError::Lost)?;
+                    (key, Some(value), None)
+                }
+            };
+            let outcome = match decide(existing.as_deref(), want.as_ref(), now) {
+                Decision::KeepLocal => {
+                    kept_local += 1;
+                    continue;
+                }
+                Decision::Unchanged => 3,
+                Decision::Delete => 2,
+                Decision::Write(_) if existing.is_some() => 1,
+                Decision::Write(_) => 0,
+            };
+            outcomes[outcome] += 1;
+            if outcome != 3 {
+                work.push(Item {
+                    key,
+                    desired: want,
+                    seq: None,
+                });
+            }
+        }
+        self.apply(work, published)?;
+        self.metrics.mailboxes_db_reconciles.inc();
+        for (outcome, count) in crate::observability::metrics::RECONCILE_OUTCOMES
+            .iter()
+            .zip(outcomes)
+        {
+            self.metrics
+                .mailboxes_db_reconciled
+                .with_label_values(&[outcome])
+                .inc_by(count);
+        }
+        self.metrics.mailboxes_db_kept_local.inc_by(kept_local);
+        tracing::info!(
+            path = %self.file.path().display(),
+            seq,
+            added = outcomes[0],
+            changed = outcomes[1],
+            deleted = outcomes[2],
+            unchanged = outcomes[3],
+            kept_local,
+            unmapped,
+            "mailboxes.db reconciled with the store"
+        );
+        Ok(())
+    }
+
+    /// Writes `items` in order, committing whenever a transaction reaches its limits; after
+    /// each commit `published` hears the sequence number of the last live change it carried.
+    fn apply(
+        &mut self,
+        items: Vec<Item>,
+        published: &mut dyn FnMut(u64),
+    ) -> Result<(), ProjectionError> {
+        let Writer {
+            file,
+            limits,
+            metrics,
+            ..
+        } = self;
+        let now = now_secs();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut txn = file.begin()?;
+            let mut written = 0usize;
+            let mut last_seq = None;
+            for item in items.by_ref() {
+                let existing = txn.get(&item.key)?;
+                match decide(existing, item.desired.as_ref(), now) {
+                    Decision::Write(value) => {
+                        txn.set(&item.key, &value)?;
+                        metrics
+                            .mailboxes_db_writes
+                            .with_label_values(&["set"])
+                            .inc();
+                        written += 1;
+                    }
+                    Decision::Delete => {
+                        txn.delete(&item.key)?;
+                        metrics
+                            .mailboxes_db_writes
+                            .with_label_values(&["delete"])
+                            .inc();
+                        written += 1;
+                    }
+                    Decision::KeepLocal => {
+                        metrics.mailboxes_db_kept_local.inc();
+                        tracing::warn!(
+                            key = %String::from_utf8_lossy(&item.key),
+                            "mailboxes.db holds a local mailbox of this name: left as it is"
+                        );
+                    }
+                    Decision::Unchanged => {}
+                }
+                last_seq = item.seq.or(last_seq);
+                if written >= limits.max_records || txn.held() >= limits.max_hold {
+                    break;
+                }
+            }
+            let records = txn.len();
+            let report = commit(txn, metrics)?;
+            metrics.mailboxes_db_records.set(records as i64);
+            if report.recovered {
+                tracing::warn!(path = %file.path().display(), "mailboxes.db was left mid-write by someone: recovered it first");
+            }
+            if let Some(seq) = last_seq {
+                published(seq);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn commit(txn: Transaction<'_>, metrics: &Metrics) -> Result<TransactionReport, ProjectionError> {
+    let report = txn.commit()?;
+    metrics
+        .mailboxes_db_lock_wait_seconds
+        .observe(report.lock_wait.as_secs_f64());
+    metrics
+        .mailboxes_db_hold_seconds
+        .observe(report.held.as_secs_f64());
+    Ok(report)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

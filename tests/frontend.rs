@@ -1,0 +1,259 @@
+//! Issue 13: a real Cyrus 3.6.1 frontend whose master(8) runs our binary, as its local
+//! slave or as the murder's master. The frontend's imapd never speaks MUPDATE: it routes
+//! by the mailboxes.db our process keeps, and kicks it after a CREATE.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::cyrus::{self, Cyrus, LocalMupdate, Service};
+use common::murder::*;
+use common::*;
+
+/// Backends named by their address (so the frontend can reach them), pushing to `mupdate`.
+async fn two_backends(mupdate: String) -> (Cyrus, Cyrus) {
+    tokio::task::spawn_blocking(move || {
+        (
+            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
+            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
+        )
+    })
+    .await
+    .expect("start the backends")
+}
+
+async fn frontend(mupdate: String, backends: String, local: LocalMupdate) -> Cyrus {
+    tokio::task::spawn_blocking(move || {
+        Cyrus::start(
+            Service::Frontend {
+                mupdate: &mupdate,
+                backends: &backends,
+                local,
+            },
+            "fe",
+            "",
+        )
+    })
+    .await
+    .expect("start the frontend")
+}
+
+/// One mailbox as both sides list it: name, type, `server!partition`, sorted ACL pairs.
+type Row = (String, String, String, Vec<(String, String)>);
+
+/// The frontend's mailboxes.db as Cyrus's own `ctl_mboxlist -d` reads it: name →
+/// (type, server!partition, sorted ACL pairs).
+fn frontend_list(fe: &Cyrus) -> Vec<Row> {
+    let dump = fe.tool("ctl_mboxlist", &["-d"]);
+    let dumped: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&dump.stdout).expect("ctl_mboxlist -d prints JSON");
+    dumped
+        .iter()
+        .map(|(name, entry)| {
+            let text = |field: &str| entry[field].as_str().unwrap_or_default().to_owned();
+            (
+                name.clone(),
+                text("mbtype"),
+                format!("{}!{}", text("server"), text("partition")),
+                acl_of(entry),
+            )
+        })
+        .collect()
+}
+
+/// The same view of the master's LIST.
+fn master_list(listed: &[u8]) -> Vec<Row> {
+    let mut rows: Vec<_> = parse_records(listed)
+        .into_iter()
+        .map(|r| {
+            (
+                r.name,
+                if r.active { "er" } else { "erz" }.to_owned(),
+                r.location,
+                acl_pairs(&r.acl),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Waits until the frontend's mailboxes.db lists exactly what the master lists.
+async fn frontend_matches_master(fe: &Cyrus, master: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let want = master_list(&list(master).await);
+        let mut have = frontend_list(fe);
+        have.sort();
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ctl_mboxlist -d on the frontend:\n{have:#?}\nthe master's LIST:\n{want:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs Cyrus's `ctl_mboxlist -m` on a backend: it pushes its list to the master, which
+/// drops the backend's entries the backend does not have.
+async fn push_backend_list(backend: &Cyrus) {
+    let path = backend.path();
+    let push = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("runuser")
+            .args(["-u", "cyrus", "--", "/usr/lib/cyrus/bin/ctl_mboxlist", "-C"])
+            .arg(path.join("imapd.conf"))
+            .arg("-m")
+            .output()
+            .expect("ctl_mboxlist -m")
+    })
+    .await
+    .expect("ctl_mboxlist");
+    assert!(
+        push.status.success(),
+        "ctl_mboxlist -m failed: {}{}",
+        String::from_utf8_lossy(&push.stdout),
+        String::from_utf8_lossy(&push.stderr)
+    );
+}
+
+/// The story both layouts must tell: every routed command through the frontend lands on
+/// the right backend, a CREATE is SELECTable at once, a master-side change and a
+/// `ctl_mboxlist -m` reconciliation reach the frontend's file.
+async fn routed_through_the_frontend(
+    fe_host: &Cyrus,
+    be1: &Cyrus,
+    be2: &Cyrus,
+    master: SocketAddr,
+) {
+    let mut ours = logged_in(master).await;
+    let mut imap1 = Imap::login(be1.addr).await;
+    let mut imap2 = Imap::login(be2.addr).await;
+    let mut fe = Imap::login(fe_host.addr).await;
+
+    // Mailboxes on either backend are reachable through the frontend.
+    let selected = fe.ok_eventually("SELECT user.bob").await;
+    assert!(selected.contains("EXISTS"), "{selected}");
+    fe.append("user.carol", "Subject: through the murder\r\n\r\nhello")
+        .await;
+    let on_be2 = imap2.ok_with("SELECT user.carol").await;
+    assert!(on_be2.contains("* 1 EXISTS"), "APPEND not on be2: {on_be2}");
+
+    // CREATE then SELECT at once: the frontend kicks its local mupdate, whose answer means
+    // the new mailbox is in mailboxes.db.
+    fe.ok("CREATE user.bob.fromfe").await;
+    let selected = fe.ok_with("SELECT user.bob.fromfe").await;
+    assert!(selected.contains("EXISTS"), "{selected}");
+    let created = find_record(&mut ours, "user.bob.fromfe")
+        .await
+        .expect("on the master");
+    assert_eq!(created.location, format!("{}!default", be1.addr));
+
+    // SETACL through the frontend reaches the backend and comes back into the file.
+    fe.ok("SETACL user.bob.fromfe anyone lrs").await;
+    let entry = backend_record(be1, "user.bob.fromfe");
+    assert!(
+        acl_of(&entry).contains(&("anyone".into(), "lrs".into())),
+        "{entry}"
+    );
+    frontend_matches_master(fe_host, &mut ours).await;
+
+    // RENAME and DELETE through the frontend.
+    fe.ok("RENAME user.bob.fromfe user.bob.renamed").await;
+    fe.ok_eventually("SELECT user.bob.renamed").await;
+    assert!(fe.run("SELECT user.bob.fromfe").await.is_err());
+    fe.ok("SETACL user.bob.renamed admin lrswipkxtecda").await;
+    fe.ok("DELETE user.bob.renamed").await;
+    assert_eq!(find_record(&mut ours, "user.bob.renamed").await, None);
+    frontend_matches_master(fe_host, &mut ours).await;
+
+    // A mailbox moved by the master's record (as an XFER ends) is followed: the frontend
+    // now routes user.carol to be1, where a mailbox of that name is created for it.
+    imap1.ok("CREATE user.dave").await;
+    imap1.ok("SETACL user.dave admin lrswipkxtecda").await;
+    frontend_matches_master(fe_host, &mut ours).await;
+    fe.ok_with("SELECT user.dave").await;
+
+    // ctl_mboxlist -m: a stale entry of be1 on the master goes, and from the frontend too.
+    let stale = format!(
+        "S1 ACTIVATE \"user.stale\" \"{}!default\" \"stale\tlrs\t\"\r\n",
+        be1.addr
+    );
+    ours.exchange(stale.as_bytes(), b"S1 OK \"done\"\r\n").await;
+    frontend_matches_master(fe_host, &mut ours).await;
+    assert!(
+        frontend_list(fe_host)
+            .iter()
+            .any(|row| row.0 == "user.stale")
+    );
+    push_backend_list(be1).await;
+    assert_eq!(find_record(&mut ours, "user.stale").await, None);
+    frontend_matches_master(fe_host, &mut ours).await;
+
+    // Cyrus's own checker agrees the file is sound.
+    let db = fe_host.path().join("conf/mailboxes.db");
+    let copy = fe_host.path().join("conf/check-copy.db");
+    std::fs::copy(&db, &copy).expect("copy mailboxes.db");
+    let status = std::process::Command::new("chown")
+        .arg("cyrus")
+        .arg(&copy)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    let check = fe_host.tool(
+        "cyr_dbtool",
+        &[copy.to_str().expect("path"), "twoskip", "consistent"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "Yes, consistent"
+    );
+}
+
+/// Creates user.bob on be1 and user.carol on be2, each administrable by `admin`.
+async fn seed(be1: &Cyrus, be2: &Cyrus) {
+    let mut imap1 = Imap::login(be1.addr).await;
+    imap1.ok("CREATE user.bob").await;
+    imap1.ok("SETACL user.bob admin lrswipkxtecda").await;
+    let mut imap2 = Imap::login(be2.addr).await;
+    imap2.ok("CREATE user.carol").await;
+    imap2.ok("SETACL user.carol admin lrswipkxtecda").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cyrus_frontend_routes_by_what_our_slave_writes() {
+    if !cyrus::available("a_cyrus_frontend_routes_by_what_our_slave_writes") {
+        return;
+    }
+    let master = TestServer::start("").await;
+    let (be1, be2) = two_backends(master.addr.to_string()).await;
+    seed(&be1, &be2).await;
+    let fe = frontend(
+        master.addr.to_string(),
+        format!("{} {}", be1.addr, be2.addr),
+        LocalMupdate::OurSlave,
+    )
+    .await;
+    routed_through_the_frontend(&fe, &be1, &be2, master.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cyrus_frontend_routes_by_what_our_master_writes() {
+    if !cyrus::available("a_cyrus_frontend_routes_by_what_our_master_writes") {
+        return;
+    }
+    // The murder's master runs in the frontend's master(8); the backends push to it.
+    let port = free_port();
+    let mupdate = format!("127.0.0.1:{port}");
+    let (be1, be2) = two_backends(mupdate.clone()).await;
+    let fe = frontend(
+        mupdate,
+        format!("{} {}", be1.addr, be2.addr),
+        LocalMupdate::OurMaster { port },
+    )
+    .await;
+    seed(&be1, &be2).await;
+    routed_through_the_frontend(&fe, &be1, &be2, SocketAddr::from(([127, 0, 0, 1], port))).await;
+}
