@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use loadtest::conn::{Conn, Target};
 
+mod lockprobe;
 mod soak;
 
 #[derive(Parser)]
@@ -255,6 +256,16 @@ enum Run {
     WaitFor {
         #[arg(long)]
         name: String,
+    },
+    /// A Cyrus reader's lock waits on a mailboxes.db (twoskip) while it fills: read-locks
+    /// it in a loop until it holds `records` records; prints the time taken and the waits.
+    LockProbe {
+        #[arg(long)]
+        db: std::path::PathBuf,
+        #[arg(long)]
+        records: u64,
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
     },
     /// Resident memory of a process (and its children) in KiB.
     Rss {
@@ -609,6 +620,22 @@ async fn main() -> Result<()> {
             let started = Instant::now();
             let found = wait_for(&cli, name).await?;
             println!("{{\"seconds\":{:.4}}}", (found - started).as_secs_f64());
+            Ok(())
+        }
+        Run::LockProbe {
+            db,
+            records,
+            timeout_secs,
+        } => {
+            let probed = lockprobe::probe(db, *records, Duration::from_secs(*timeout_secs))?;
+            println!(
+                "{{\"seconds\":{:.3},\"probes\":{},\"wait_p50_ms\":{:.3},\"wait_p99_ms\":{:.3},\"wait_max_ms\":{:.3}}}",
+                probed.seconds,
+                probed.probes,
+                probed.waits.value_at_quantile(0.5) as f64 / 1000.0,
+                probed.waits.value_at_quantile(0.99) as f64 / 1000.0,
+                probed.waits.max() as f64 / 1000.0
+            );
             Ok(())
         }
         Run::Rss { pid } => {

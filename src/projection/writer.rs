@@ -19,6 +19,8 @@ pub struct TransactionLimits {
     pub max_records: usize,
     /// Time the lock is held before the transaction commits (fsyncs come on top).
     pub max_hold: Duration,
+    /// Pause between transactions of one batch, for waiting readers to get in.
+    pub pause: Duration,
 }
 
 impl Default for TransactionLimits {
@@ -26,9 +28,13 @@ impl Default for TransactionLimits {
         TransactionLimits {
             max_records: 512,
             max_hold: Duration::from_millis(3),
+            pause: Duration::from_millis(1),
         }
     }
 }
+
+/// A lock hold worth a warning.
+const LONG_HOLD: Duration = Duration::from_millis(50);
 
 /// One record to bring in line: its key, what the store says, and (for a live change) the
 /// store sequence number that is wholly in the file once this record is.
@@ -269,13 +275,29 @@ impl Writer {
             if let Some(seq) = last_seq {
                 published(seq);
             }
+            if items.peek().is_some() {
+                // A reader woken by our unlock must get the lock before we take it again:
+                // fcntl locks are not fair, and back-to-back transactions starve it.
+                std::thread::sleep(limits.pause);
+            }
         }
         Ok(())
     }
 }
 
 fn commit(txn: Transaction<'_>, metrics: &Metrics) -> Result<TransactionReport, ProjectionError> {
+    let records = txn.len();
     let report = txn.commit()?;
+    if report.held >= LONG_HOLD {
+        // Cyrus's own mappedfile logs a "longlock" past a second; readers notice far sooner.
+        tracing::warn!(
+            held_ms = report.held.as_secs_f64() * 1e3,
+            lock_wait_ms = report.lock_wait.as_secs_f64() * 1e3,
+            reloaded = report.reloaded,
+            records,
+            "mailboxes.db lock held long"
+        );
+    }
     metrics
         .mailboxes_db_lock_wait_seconds
         .observe(report.lock_wait.as_secs_f64());

@@ -283,8 +283,11 @@ impl TwoskipFile {
             let _ = std::fs::remove_file(&aside);
             return Ok(false);
         }
-        let renamed = std::fs::rename(&aside, &self.path).and_then(|()| sync_directory(&self.path));
+        let renamed = std::fs::rename(&aside, &self.path);
         self.unlock();
+        // The directory is synced after the lock is let go: readers need only the rename,
+        // and a crash before the sync leaves the old file, which is complete too.
+        let renamed = renamed.and_then(|()| sync_directory(&self.path));
         if let Err(e) = renamed {
             let _ = std::fs::remove_file(&aside);
             return Err(TwoskipError::io(&self.path, "rename", e));
