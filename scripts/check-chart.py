@@ -113,6 +113,16 @@ def main():
                 f"ok {label}: lint clean, {len(manifests)} manifests valid, "
                 f"{custom} custom resources checked"
             )
+    examples = sorted(str(p) for p in (pathlib.Path(CHART) / "examples").glob("*.yaml"))
+    if examples:
+        result = subprocess.run(
+            ["kubernetes-validate", "--strict", "--quiet", *examples],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            fail(f"kubernetes-validate (examples):\n{result.stdout}{result.stderr}")
+        print(f"ok examples: {len(examples)} manifests valid")
 
 
 if __name__ == "__main__":
