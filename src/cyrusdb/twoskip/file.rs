@@ -72,14 +72,36 @@ impl std::fmt::Debug for TwoskipFile {
 }
 
 fn open_path(path: &Path) -> Result<File, TwoskipError> {
-    OpenOptions::new()
+    let existed = path.exists();
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .open(path)
-        .map_err(|e| TwoskipError::io(path, "open", e))
+        .map_err(|e| TwoskipError::io(path, "open", e))?;
+    if !existed {
+        // Run as root, a new file would be root's and Cyrus's processes could not open it:
+        // it belongs to whoever owns the directory (the cyrus user's configdirectory).
+        if let Some(dir) = path.parent().and_then(|d| std::fs::metadata(d).ok()) {
+            give_to(&file, dir.uid(), dir.gid());
+        }
+    }
+    Ok(file)
+}
+
+/// Hands `file` to `uid`:`gid` where we may (as root); as anyone else it already is ours.
+fn give_to(file: &File, uid: u32, gid: u32) {
+    let owner = (
+        rustix::fs::Uid::from_raw(uid),
+        rustix::fs::Gid::from_raw(gid),
+    );
+    if let Err(error) = rustix::fs::fchown(file, Some(owner.0), Some(owner.1))
+        && error != rustix::io::Errno::PERM
+    {
+        tracing::warn!(%error, "twoskip: could not give the file to its directory's owner");
+    }
 }
 
 impl TwoskipFile {
@@ -269,6 +291,10 @@ impl TwoskipFile {
             .mode(0o600)
             .open(&aside)
             .map_err(|e| TwoskipError::io(&aside, "create", e))?;
+        // The copy replaces the file: it keeps the file's owner.
+        if let Ok(meta) = self.file.metadata() {
+            give_to(&new_file, meta.uid(), meta.gid());
+        }
         let written = new_file
             .write_all_at(copy.bytes(), 0)
             .and_then(|()| new_file.sync_all());
