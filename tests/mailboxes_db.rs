@@ -2,6 +2,8 @@
 //! `cyr_dbtool` lookups run in a loop through a 100,000-entry initial sync, and a Cyrus
 //! repack lands in the middle of it: no lookup fails, the writer follows the repacked file,
 //! the sync is written in many bounded transactions, and the end state is exactly the store.
+//! And kill -9 at random points of writes and reconciliations: Cyrus recovers and accepts
+//! the file every time, and after a restart it equals the store.
 
 mod common;
 
@@ -18,6 +20,8 @@ use mupdate::store::Mutation;
 
 const CYR_DBTOOL: &str = "/usr/lib/cyrus/bin/cyr_dbtool";
 const MAILBOXES: usize = 100_000;
+/// Kills of the writer in the crash test.
+const ROUNDS: usize = 30;
 
 fn cyr_dbtool(conf: &Path, db: &Path, args: &[&[u8]]) -> Output {
     let mut command = Command::new("runuser");
@@ -222,4 +226,174 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Writes ACTIVATEs and DELETEs of `user.kN` to `addr` as fast as answers come, until the
+/// connection dies (the server is killed under it).
+fn write_until_killed(addr: std::net::SocketAddr, round: usize) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 65536];
+    let _ = stream.write_all(AUTH);
+    for batch in 0.. {
+        let mut wire = Vec::new();
+        for j in 0..100 {
+            let i = (round * 7919 + batch * 100 + j) % 3000;
+            if (i + batch).is_multiple_of(5) {
+                wire.extend_from_slice(format!("D{j} DELETE \"user.k{i}\"\r\n").as_bytes());
+            } else {
+                wire.extend_from_slice(
+                    format!(
+                        "A{j} ACTIVATE \"user.k{i}\" \"be{}!default\" \"k{i}\tlrs\t\"\r\n",
+                        batch % 3
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        if stream.write_all(&wire).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `key TAB value` lines of Cyrus's `show`, as (key, value) pairs.
+fn shown(conf: &Path, db: &Path, scratch: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let copy = scratch.join("soak-copy.db");
+    std::fs::copy(db, &copy).expect("copy");
+    chown_cyrus(&copy);
+    let shown = cyr_dbtool(conf, &copy, &[b"show"]);
+    assert!(shown.status.success());
+    shown
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let tab = line
+                .iter()
+                .position(|&b| b == b'\t')
+                .expect("key TAB value");
+            (line[..tab].to_vec(), line[tab + 1..].to_vec())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
+    if !cyrus_available("kill_9_during_writes_and_resyncs", CYR_DBTOOL) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cyrus_conf = dir.path().join("cyrus.conf.d");
+    std::fs::create_dir_all(cyrus_conf.join("p")).expect("mkdir");
+    let conf = cyrus_conf.join("imapd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "configdirectory: {0}\npartition-default: {0}/p\n",
+            cyrus_conf.display()
+        ),
+    )
+    .expect("imapd.conf");
+    let db = dir.path().join("mailboxes.db");
+    let master_conf = write_process_config(
+        dir.path(),
+        &format!(
+            "mupdate_mailboxes_db: on\nmboxlist_db_path: {}\n",
+            db.display()
+        ),
+    );
+    chown_cyrus(dir.path());
+    let args = [
+        "-C".to_owned(),
+        master_conf.display().to_string(),
+        "-m".to_owned(),
+    ];
+    let env = [("RUST_LOG".to_owned(), "info".to_owned())];
+    let mut left_mid_write = 0;
+    for round in 0..ROUNDS {
+        // Every third round starts from an emptied file, so the restart's reconciliation
+        // rewrites everything and the kill may land in the middle of it.
+        if round % 3 == 2 {
+            std::fs::write(&db, b"").expect("empty the file");
+        }
+        let server = ServerProcess::start_with(&args, &env);
+        let addr = server.addr;
+        let writer = std::thread::spawn(move || write_until_killed(addr, round));
+        let pause = 20 + (round * 37) % 300;
+        std::thread::sleep(Duration::from_millis(pause as u64));
+        let mut server = server;
+        server.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+        writer.join().expect("writer");
+        // Cyrus opens the file (recovering it if it was left mid-write) and checks it.
+        let copy = dir.path().join("check-copy.db");
+        std::fs::copy(&db, &copy).expect("copy");
+        let bytes = std::fs::read(&copy).expect("read");
+        let mid_write = bytes.len() >= 64
+            && (bytes[59] & 1 == 1
+                || u64::from_be_bytes(bytes[48..56].try_into().unwrap()) != bytes.len() as u64);
+        left_mid_write += usize::from(mid_write);
+        chown_cyrus(&copy);
+        let check = cyr_dbtool(&conf, &copy, &[b"consistent"]);
+        assert_eq!(
+            String::from_utf8_lossy(&check.stdout).trim(),
+            "Yes, consistent",
+            "round {round}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    eprintln!("{left_mid_write} of {ROUNDS} kills left mailboxes.db mid-write");
+    // After a restart the file equals the store.
+    let mut server = ServerProcess::start_with(&args, &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("mailboxes.db reconciled")
+    {
+        assert!(Instant::now() < deadline, "never reconciled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut client = logged_in(server.addr).await;
+    let listed = parse_records(&list(&mut client).await);
+    // The kick socket answers once the file holds everything committed.
+    let kick = dir.path().join("socket").join("mupdate.target");
+    let mut kicked = tokio::net::UnixStream::connect(&kick).await.expect("kick");
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut kicked, &mut answer)
+        .await
+        .expect("kick answer");
+    assert_eq!(answer, b"ok");
+    let want: Vec<(Vec<u8>, String)> = listed
+        .iter()
+        .map(|r| {
+            let (server, partition) = r.location.split_once('!').expect("server!partition");
+            (
+                format!("N{}", r.name.replace('.', "\x1f")).into_bytes(),
+                format!(" P {partition} S {server} "),
+            )
+        })
+        .collect();
+    let have = shown(&conf, &db, dir.path());
+    assert_eq!(have.len(), want.len(), "records in the file vs the store");
+    let mut want = want;
+    want.sort();
+    for ((key, value), (want_key, location)) in have.iter().zip(&want) {
+        assert_eq!(key, want_key);
+        let value = String::from_utf8_lossy(value);
+        assert!(
+            value.contains(location.as_str()),
+            "{value} lacks {location}"
+        );
+    }
+    assert!(!listed.is_empty(), "the writers wrote nothing");
+    server.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
 }
