@@ -116,6 +116,58 @@ async fn scenario1_cyrus_slave_follows_our_master() {
         assert_eq!(acl_of(entry), acl_pairs(&record.acl), "{record:?}");
     }
 
+    // Our twoskip reader reads the file the Cyrus slave wrote as Cyrus's `show` does, and
+    // our projection would write the very same keys and values (M, the write time, apart).
+    let db = slave.path().join("conf/mailboxes.db");
+    let copy = slave.path().join("conf/show-copy.db");
+    std::fs::copy(&db, &copy).expect("copy mailboxes.db");
+    let status = std::process::Command::new("chown")
+        .arg("cyrus")
+        .arg(&copy)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    let copy_path = copy.to_str().expect("path");
+    let shown = slave
+        .tool("cyr_dbtool", &[copy_path, "twoskip", "show"])
+        .stdout;
+    let ours_read = mupdate::cyrusdb::twoskip::entries(&std::fs::read(&db).expect("read"))
+        .expect("our reader reads the Cyrus slave's file");
+    let mut as_shown = Vec::new();
+    for (key, value) in &ours_read {
+        as_shown.extend_from_slice(key);
+        as_shown.push(b'\t');
+        as_shown.extend_from_slice(value);
+        as_shown.push(b'\n');
+    }
+    assert!(as_shown == shown, "our reader and cyr_dbtool show differ");
+    let naming = mupdate::cyrusdb::mboxlist::Naming::default();
+    let by_key: std::collections::BTreeMap<&[u8], &[u8]> = ours_read
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    assert_eq!(by_key.len(), records.len());
+    for record in &records {
+        let key = naming.key(record.name.as_bytes()).expect("a key");
+        let theirs = by_key.get(key.as_slice()).expect("Cyrus wrote this key");
+        let mtime = mupdate::cyrusdb::mboxlist::parse_value(theirs)
+            .expect("a value")
+            .mtime
+            .expect("an M field");
+        let acl = mupdate::store::normalize_acl(record.acl.as_bytes());
+        let mine = mupdate::cyrusdb::mboxlist::Entry {
+            reserved: !record.active,
+            location: record.location.as_bytes(),
+            acl: &acl,
+        }
+        .value(mtime);
+        assert_eq!(
+            String::from_utf8_lossy(&mine),
+            String::from_utf8_lossy(theirs),
+            "{record:?}"
+        );
+    }
+
     // Changes made while the slave is connected reach it too, including deletes.
     pipeline(&mut writer, &writes(&names, 3)).await;
     let ours = list(&mut writer).await;
