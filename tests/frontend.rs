@@ -97,28 +97,6 @@ async fn frontend_matches_master(fe: &Cyrus, master: &mut Client) {
     }
 }
 
-/// Runs Cyrus's `ctl_mboxlist -m` on a backend: it pushes its list to the master, which
-/// drops the backend's entries the backend does not have.
-async fn push_backend_list(backend: &Cyrus) {
-    let path = backend.path();
-    let push = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("runuser")
-            .args(["-u", "cyrus", "--", "/usr/lib/cyrus/bin/ctl_mboxlist", "-C"])
-            .arg(path.join("imapd.conf"))
-            .arg("-m")
-            .output()
-            .expect("ctl_mboxlist -m")
-    })
-    .await
-    .expect("ctl_mboxlist");
-    assert!(
-        push.status.success(),
-        "ctl_mboxlist -m failed: {}{}",
-        String::from_utf8_lossy(&push.stdout),
-        String::from_utf8_lossy(&push.stderr)
-    );
-}
-
 /// The story both layouts must tell: every routed command through the frontend lands on
 /// the right backend, a CREATE is SELECTable at once, a master-side change and a
 /// `ctl_mboxlist -m` reconciliation reach the frontend's file.
@@ -193,19 +171,7 @@ async fn routed_through_the_frontend(
     frontend_matches_master(fe_host, &mut ours).await;
 
     // Cyrus's own checker agrees the file is sound.
-    let db = fe_host.path().join("conf/mailboxes.db");
-    let copy = fe_host.path().join("conf/check-copy.db");
-    std::fs::copy(&db, &copy).expect("copy mailboxes.db");
-    let status = std::process::Command::new("chown")
-        .arg("cyrus")
-        .arg(&copy)
-        .status()
-        .expect("chown");
-    assert!(status.success());
-    let check = fe_host.tool(
-        "cyr_dbtool",
-        &[copy.to_str().expect("path"), "twoskip", "consistent"],
-    );
+    let check = fe_host.mailboxes_db_tool("consistent");
     assert_eq!(
         String::from_utf8_lossy(&check.stdout).trim(),
         "Yes, consistent"

@@ -119,18 +119,7 @@ async fn scenario1_cyrus_slave_follows_our_master() {
     // Our twoskip reader reads the file the Cyrus slave wrote as Cyrus's `show` does, and
     // our projection would write the very same keys and values (M, the write time, apart).
     let db = slave.path().join("conf/mailboxes.db");
-    let copy = slave.path().join("conf/show-copy.db");
-    std::fs::copy(&db, &copy).expect("copy mailboxes.db");
-    let status = std::process::Command::new("chown")
-        .arg("cyrus")
-        .arg(&copy)
-        .status()
-        .expect("chown");
-    assert!(status.success());
-    let copy_path = copy.to_str().expect("path");
-    let shown = slave
-        .tool("cyr_dbtool", &[copy_path, "twoskip", "show"])
-        .stdout;
+    let shown = slave.mailboxes_db_tool("show").stdout;
     let ours_read = mupdate::cyrusdb::twoskip::entries(&std::fs::read(&db).expect("read"))
         .expect("our reader reads the Cyrus slave's file");
     let mut as_shown = Vec::new();
@@ -280,25 +269,7 @@ async fn scenario2_scenario3_cyrus_backend_pushes_to_our_master() {
     // Scenario 3: ctl_mboxlist -m pushes the backend's list and reconciles ours. Its walk
     // and our LIST must agree on Cyrus order (user.carol.sub before user.carol-a), or it
     // aborts with "mupdate said not us before it said us".
-    let push = {
-        let path = backend.path();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new("runuser")
-                .args(["-u", "cyrus", "--", "/usr/lib/cyrus/bin/ctl_mboxlist", "-C"])
-                .arg(path.join("imapd.conf"))
-                .arg("-m")
-                .output()
-                .expect("ctl_mboxlist -m")
-        })
-        .await
-        .expect("ctl_mboxlist")
-    };
-    assert!(
-        push.status.success(),
-        "ctl_mboxlist -m failed: {}{}",
-        String::from_utf8_lossy(&push.stdout),
-        String::from_utf8_lossy(&push.stderr)
-    );
+    push_backend_list(&backend).await;
     assert_eq!(
         find_record(&mut ours, "user.stale").await,
         None,

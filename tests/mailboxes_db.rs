@@ -45,6 +45,22 @@ fn chown_cyrus(path: &Path) {
     assert!(status.success());
 }
 
+/// An imapd.conf for Cyrus's tools, with a configdirectory of their own inside `dir`.
+fn cyrus_tools_conf(dir: &Path) -> PathBuf {
+    let cyrus_conf = dir.join("cyrus.conf.d");
+    std::fs::create_dir_all(cyrus_conf.join("p")).expect("mkdir");
+    let conf = cyrus_conf.join("imapd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "configdirectory: {0}\npartition-default: {0}/p\n",
+            cyrus_conf.display()
+        ),
+    )
+    .expect("imapd.conf");
+    conf
+}
+
 fn name(i: usize) -> String {
     format!("user.m{i:06}")
 }
@@ -93,17 +109,7 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
 
     // The slave's directory belongs to cyrus, as a frontend's configdirectory does.
     let dir = tempfile::tempdir().expect("tempdir");
-    let cyrus_conf = dir.path().join("cyrus.conf.d");
-    std::fs::create_dir_all(cyrus_conf.join("p")).expect("mkdir");
-    let conf = cyrus_conf.join("imapd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "configdirectory: {0}\npartition-default: {0}/p\n",
-            cyrus_conf.display()
-        ),
-    )
-    .expect("imapd.conf");
+    let conf = cyrus_tools_conf(dir.path());
     let db: PathBuf = dir.path().join("mailboxes.db");
     std::fs::write(&db, b"").expect("an empty mailboxes.db, as Cyrus leaves it");
     let slave_conf = write_process_config(
@@ -182,16 +188,7 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
     );
 
     slave.log_once_it_holds("listening on");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !slave
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("mailboxes.db reconciled")
-    {
-        assert!(Instant::now() < deadline, "never reconciled");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    slave.log_once_it_holds_within("mailboxes.db reconciled", Duration::from_secs(120));
     done.store(true, Ordering::Release);
     let (count, failures) = lookups.join().expect("lookups");
     assert!(failures.is_empty(), "{count} lookups, failed: {failures:?}");
@@ -291,17 +288,7 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let cyrus_conf = dir.path().join("cyrus.conf.d");
-    std::fs::create_dir_all(cyrus_conf.join("p")).expect("mkdir");
-    let conf = cyrus_conf.join("imapd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "configdirectory: {0}\npartition-default: {0}/p\n",
-            cyrus_conf.display()
-        ),
-    )
-    .expect("imapd.conf");
+    let conf = cyrus_tools_conf(dir.path());
     let db = dir.path().join("mailboxes.db");
     let master_conf = write_process_config(
         dir.path(),
@@ -352,16 +339,7 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
     eprintln!("{left_mid_write} of {ROUNDS} kills left mailboxes.db mid-write");
     // After a restart the file equals the store.
     let mut server = ServerProcess::start_with(&args, &env);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !server
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("mailboxes.db reconciled")
-    {
-        assert!(Instant::now() < deadline, "never reconciled");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.log_once_it_holds_within("mailboxes.db reconciled", Duration::from_secs(60));
     let mut client = logged_in(server.addr).await;
     let listed = parse_records(&list(&mut client).await);
     // The kick socket answers once the file holds everything committed.

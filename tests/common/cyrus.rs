@@ -340,6 +340,19 @@ impl Cyrus {
         self.dir.path().to_owned()
     }
 
+    /// Runs `cyr_dbtool <copy> twoskip <action>` on a copy of this instance's
+    /// mailboxes.db (opening a file may recover it: the original stays untouched).
+    pub fn mailboxes_db_tool(&self, action: &str) -> Output {
+        let db = self.path().join("conf/mailboxes.db");
+        let copy = self.path().join(format!("conf/{action}-copy.db"));
+        std::fs::copy(&db, &copy).expect("copy mailboxes.db");
+        run(Command::new("chown").arg("cyrus").arg(&copy));
+        self.tool(
+            "cyr_dbtool",
+            &[copy.to_str().expect("path"), "twoskip", action],
+        )
+    }
+
     /// Runs a Cyrus tool as user cyrus with this instance's configuration.
     pub fn tool(&self, name: &str, args: &[&str]) -> Output {
         run(Command::new("runuser")

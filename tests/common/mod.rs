@@ -436,7 +436,12 @@ impl ServerProcess {
     /// The log so far, once it holds `needle` (another process's doing may reach this
     /// log a moment after that process answered); panics after `PATIENCE`.
     pub fn log_once_it_holds(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + PATIENCE;
+        self.log_once_it_holds_within(needle, PATIENCE)
+    }
+
+    /// [`ServerProcess::log_once_it_holds`] with a patience of its own (a long sync).
+    pub fn log_once_it_holds_within(&self, needle: &str, patience: Duration) -> String {
+        let deadline = std::time::Instant::now() + patience;
         loop {
             let log = self.stderr.lock().map(|l| l.clone()).unwrap_or_default();
             if log.contains(needle) {

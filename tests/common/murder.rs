@@ -137,3 +137,25 @@ pub fn acl_of(entry: &serde_json::Value) -> Vec<(String, String)> {
     pairs.sort();
     pairs
 }
+
+/// Runs Cyrus's `ctl_mboxlist -m` on a backend: it pushes its list to the master, which
+/// drops the backend's entries the backend does not have.
+pub async fn push_backend_list(backend: &Cyrus) {
+    let path = backend.path();
+    let push = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("runuser")
+            .args(["-u", "cyrus", "--", "/usr/lib/cyrus/bin/ctl_mboxlist", "-C"])
+            .arg(path.join("imapd.conf"))
+            .arg("-m")
+            .output()
+            .expect("ctl_mboxlist -m")
+    })
+    .await
+    .expect("ctl_mboxlist");
+    assert!(
+        push.status.success(),
+        "ctl_mboxlist -m failed: {}{}",
+        String::from_utf8_lossy(&push.stdout),
+        String::from_utf8_lossy(&push.stderr)
+    );
+}
