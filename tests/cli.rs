@@ -276,3 +276,28 @@ fn the_command_line_overrides_the_environment_which_overrides_imapd_conf() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"));
 }
+
+#[test]
+fn a_mailboxes_db_we_cannot_keep_exits_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "mupdate_mailboxes_db: on\nmboxlist_db: sql\n");
+    let out = mupdate().arg("-C").arg(&conf).arg("-m").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("option 'mboxlist_db'") && stderr.contains("\"sql\""),
+        "{stderr}"
+    );
+    let missing = dir.path().join("no-such-dir/mailboxes.db");
+    let conf = write_process_config(
+        dir.path(),
+        &format!(
+            "mupdate_mailboxes_db: on\nmboxlist_db_path: {}\n",
+            missing.display()
+        ),
+    );
+    let out = mupdate().arg("-C").arg(&conf).arg("-m").output().unwrap();
+    assert_eq!(out.status.code(), Some(73));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+}
