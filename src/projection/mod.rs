@@ -19,8 +19,9 @@ use crate::cyrusdb::twoskip::{RandomLevels, TwoskipError, TwoskipFile};
 use crate::observability::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-pub use decide::{Decision, Desired, Mapping, decide};
-pub use writer::{TransactionLimits, Writer};
+pub use decide::{Desired, Mapping};
+pub use writer::TransactionLimits;
+use writer::Writer;
 
 /// Why the projection could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +103,6 @@ impl Projection {
     /// a frontend cannot route by it otherwise.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
-    }
-
-    /// The store sequence number the file holds everything up to, once reconciled.
-    pub fn applied(&self) -> Option<u64> {
-        *self.applied.borrow()
     }
 }
 

@@ -313,3 +313,110 @@ fn now_secs() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cyrusdb::twoskip::{RandomLevels, entries};
+    use crate::store::{Mutation, StoreOptions};
+
+    fn activate(name: &str, location: &str) -> Mutation {
+        Mutation::Activate {
+            name: name.as_bytes().to_vec(),
+            location: location.as_bytes().to_vec(),
+            acl: b"admin\tlrs\t".to_vec(),
+        }
+    }
+
+    fn remote(location: &str) -> Vec<u8> {
+        Desired {
+            reserved: false,
+            location: location.as_bytes().to_vec(),
+            acl: b"admin\tlrs\t".to_vec(),
+        }
+        .value(5)
+    }
+
+    #[tokio::test]
+    async fn reconciles_only_its_own_records_then_follows_changes_in_bounded_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+        for mutation in [
+            activate("user.a", "be1!p"),
+            activate("user.b", "be1!p"),
+            activate("user.c", "be2!p"),
+        ] {
+            store.apply(mutation).await.unwrap();
+        }
+        let path = dir.path().join("mailboxes.db");
+        let local = b"%(T e P p M 1 A %(bob lrs))".to_vec();
+        {
+            let mut file = TwoskipFile::open(&path, Box::new(RandomLevels)).unwrap();
+            let mut txn = file.begin().unwrap();
+            txn.set(b"Nuser\x1flocal", &local).unwrap();
+            txn.set(b"$RACL", b"other key").unwrap();
+            txn.set(b"Nuser\x1fgone", &remote("be2!p")).unwrap();
+            txn.set(b"Nuser\x1fb", &remote("be9!p")).unwrap();
+            txn.set(b"Nuser\x1fc", &remote("be2!p")).unwrap();
+            txn.commit().unwrap();
+        }
+        let file = TwoskipFile::open(&path, Box::new(RandomLevels)).unwrap();
+        let limits = TransactionLimits {
+            max_records: 1,
+            max_hold: Duration::from_secs(1),
+            pause: Duration::ZERO,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let mut writer = Writer::new(file, Mapping::default(), limits, metrics.clone());
+        let mut published = Vec::new();
+        assert_eq!(
+            writer.catch_up(&store, &mut |s| published.push(s)).unwrap(),
+            3
+        );
+        assert_eq!(published, [3]);
+        let file: BTreeMap<Vec<u8>, Vec<u8>> = entries(&std::fs::read(&path).unwrap())
+            .unwrap()
+            .into_iter()
+            .collect();
+        let want: BTreeMap<Vec<u8>, Vec<u8>> = [
+            (b"$RACL".to_vec(), b"other key".to_vec()),
+            (
+                b"Nuser\x1fa".to_vec(),
+                file[&b"Nuser\x1fa".to_vec()].clone(),
+            ),
+            (
+                b"Nuser\x1fb".to_vec(),
+                file[&b"Nuser\x1fb".to_vec()].clone(),
+            ),
+            (b"Nuser\x1fc".to_vec(), remote("be2!p")),
+            (b"Nuser\x1flocal".to_vec(), local.clone()),
+        ]
+        .into();
+        assert_eq!(file, want, "gone deleted, a added, b moved, c untouched");
+        assert!(String::from_utf8_lossy(&file[&b"Nuser\x1fb".to_vec()]).contains(" S be1 "));
+        // Three records written (a, b, gone), one per transaction.
+        assert_eq!(metrics.mailboxes_db_hold_seconds.get_sample_count(), 3);
+
+        // Live changes: each committed transaction tells how far the file is complete.
+        store
+            .apply(Mutation::Delete {
+                name: b"user.a".to_vec(),
+            })
+            .await
+            .unwrap();
+        store.apply(activate("user.d", "be3!p")).await.unwrap();
+        published.clear();
+        assert_eq!(
+            writer.catch_up(&store, &mut |s| published.push(s)).unwrap(),
+            5
+        );
+        assert_eq!(published, [4, 5, 5]);
+        let file: BTreeMap<Vec<u8>, Vec<u8>> = entries(&std::fs::read(&path).unwrap())
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert!(!file.contains_key(b"Nuser\x1fa".as_slice()));
+        assert!(String::from_utf8_lossy(&file[b"Nuser\x1fd".as_slice()]).contains(" S be3 "));
+        assert_eq!(file[b"Nuser\x1flocal".as_slice()], local);
+    }
+}
