@@ -42,12 +42,12 @@ write_ours_conf "$work/oslave" oslave "mupdate_server: 127.0.0.1:$cport" \
     "mupdate_mailboxes_db: on"
 "$load" lock-probe --db "$work/oslave/mailboxes.db" --records "$count" > "$work/ours.json" &
 probe=$!
-RUST_LOG=warn,mupdate::cyrusdb=info,mupdate::projection=info "$bin" -C "$work/oslave/imapd.conf" 2> "$work/oslave/log" &
+RUST_LOG=warn,mupdate=info "$bin" -C "$work/oslave/imapd.conf" 2> "$work/oslave/log" &
 pids+=($!)
 slave_log=$work/oslave/log
 wait "$probe"
 say ours "$(cat "$work/ours.json")"
-grep -iE "held long|repacked|reconciled" "$slave_log" >&2 || true
+grep -iE "held long|repacked|reconciled|synchron|listening" "$slave_log" >&2 || true
 
 python3 - "$work/results.jsonl" "$count" <<'PY'
 import json, sys
