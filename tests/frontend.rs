@@ -11,12 +11,14 @@ use common::cyrus::{self, Cyrus, LocalMupdate, Service};
 use common::murder::*;
 use common::*;
 
-/// Backends named by their address (so the frontend can reach them), pushing to `mupdate`.
+/// Backends named by their address (so the frontend can reach them), pushing to `mupdate`;
+/// each may move users to the other (XFER), logging in there as an administrator.
 async fn two_backends(mupdate: String) -> (Cyrus, Cyrus) {
+    const XFER: &str = "allowusermoves: yes\nproxy_authname: admin\nproxy_password: adminpass\n";
     tokio::task::spawn_blocking(move || {
         (
-            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
-            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
+            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", XFER),
+            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", XFER),
         )
     })
     .await
@@ -147,12 +149,33 @@ async fn routed_through_the_frontend(
     assert_eq!(find_record(&mut ours, "user.bob.renamed").await, None);
     frontend_matches_master(fe_host, &mut ours).await;
 
-    // A mailbox moved by the master's record (as an XFER ends) is followed: the frontend
-    // now routes user.carol to be1, where a mailbox of that name is created for it.
-    imap1.ok("CREATE user.dave").await;
-    imap1.ok("SETACL user.dave admin lrswipkxtecda").await;
+    // XFER (an administrator's command on the source backend): be2 moves user carol, and
+    // her message, to be1; the frontend follows the move and routes to be1.
+    imap2.ok("UNSELECT").await;
+    let moved = imap2
+        .run(&format!("XFER user.carol \"{}\"", be1.addr))
+        .await;
+    let on_be1 = format!("{}!default", be1.addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let carol = find_record(&mut ours, "user.carol").await;
+        if carol
+            .as_ref()
+            .is_some_and(|c| c.active && c.location == on_be1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after XFER the master holds {carol:?}; {moved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     frontend_matches_master(fe_host, &mut ours).await;
-    fe.ok_with("SELECT user.dave").await;
+    let selected = fe.ok_with("SELECT user.carol").await;
+    assert!(selected.contains("* 1 EXISTS"), "{selected}");
+    let there = imap1.ok_with("SELECT user.carol").await;
+    assert!(there.contains("* 1 EXISTS"), "not moved to be1: {there}");
 
     // ctl_mboxlist -m: a stale entry of be1 on the master goes, and from the frontend too.
     let stale = format!(
