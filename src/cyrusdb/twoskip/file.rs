@@ -265,18 +265,30 @@ impl TwoskipFile {
     }
 
     /// Replaces the file by a compact copy when Cyrus's rule asks for one (over 16834
-    /// bytes and twice the size after the last repack). The copy is built and synced
-    /// under a private name without holding the lock; the lock is taken only to check
-    /// that nobody wrote meanwhile and to rename it in. Returns whether it repacked.
+    /// bytes and twice the size after the last repack). Returns whether it repacked.
     pub fn repack_if_due(&mut self) -> Result<bool, TwoskipError> {
-        let Some((stamp, image)) = &self.cache else {
-            return Ok(false);
+        let entries = match &self.cache {
+            Some((_, image)) if image.header().wants_repack() => image.entries()?,
+            _ => return Ok(false),
         };
-        if !image.header().wants_repack() {
-            return Ok(false);
-        }
+        Ok(self.rewrite_if_unchanged(&entries, "repack")?.is_some())
+    }
+
+    /// Replaces the whole file by one holding exactly `entries` (keys ascending), as a
+    /// Cyrus checkpoint does: the copy is built and synced under a private name without
+    /// holding the lock, with the next generation; the lock is taken only to check that
+    /// the file is still what this handle last read or wrote, and to rename the copy in.
+    /// `None` when someone else wrote meanwhile (the file is left as it is).
+    pub fn rewrite_if_unchanged<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &mut self,
+        entries: &[(K, V)],
+        why: &'static str,
+    ) -> Result<Option<TransactionReport>, TwoskipError> {
+        let Some((stamp, image)) = &self.cache else {
+            return Ok(None);
+        };
         let stamp = stamp.clone();
-        let copy = image.repacked(self.levels.as_mut())?;
+        let copy = Image::compact(entries, image.header().generation + 1, self.levels.as_mut())?;
         let name = self
             .path
             .file_name()
@@ -302,15 +314,22 @@ impl TwoskipFile {
             let _ = std::fs::remove_file(&aside);
             return Err(TwoskipError::io(&aside, "write", e));
         }
+        let asked = Instant::now();
         self.lock_current()?;
+        let locked_at = Instant::now();
         let unchanged = Stamp::of(&self.file).is_ok_and(|now| now == stamp);
         if !unchanged {
             self.unlock();
             let _ = std::fs::remove_file(&aside);
-            return Ok(false);
+            return Ok(None);
         }
         let renamed = std::fs::rename(&aside, &self.path);
         self.unlock();
+        let report = TransactionReport {
+            lock_wait: locked_at - asked,
+            held: locked_at.elapsed(),
+            ..TransactionReport::default()
+        };
         // The directory is synced after the lock is let go: readers need only the rename,
         // and a crash before the sync leaves the old file, which is complete too.
         let renamed = renamed.and_then(|()| sync_directory(&self.path));
@@ -320,16 +339,17 @@ impl TwoskipFile {
         }
         tracing::info!(
             path = %self.path.display(),
+            why,
             records = copy.header().num_records,
             from_bytes = stamp.len,
             to_bytes = copy.bytes().len(),
-            "twoskip: repacked"
+            "twoskip: file rewritten and renamed in"
         );
         let new_stamp =
             Stamp::of(&new_file).map_err(|e| TwoskipError::io(&self.path, "stat", e))?;
         self.file = new_file;
         self.cache = Some((new_stamp, copy));
-        Ok(true)
+        Ok(Some(report))
     }
 }
 

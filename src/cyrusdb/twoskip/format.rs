@@ -164,9 +164,16 @@ impl Record {
         &file[start as usize..(start + self.value_len) as usize]
     }
 
+    /// Length of the head: type, level, lengths (long ones too), pointers and CRCs.
+    pub fn head_len(&self) -> u64 {
+        let long_words = u64::from(self.key_len >= u16::MAX as u64)
+            + u64::from(self.value_len >= u32::MAX as u64);
+        8 + 8 * long_words + 8 * (self.level as u64 + 1) + 8
+    }
+
     /// The head: everything the format ever rewrites in place (type .. CRCs).
     pub fn encode_head(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + 8 * (self.level as usize + 1));
+        let mut out = Vec::with_capacity(self.head_len() as usize);
         out.push(self.kind);
         out.push(self.level);
         let long_key = self.key_len >= u16::MAX as u64;
@@ -285,17 +292,28 @@ pub fn padded(len: u64) -> u64 {
 /// The whole record (head, key, value, padding) for appending; sets `record.crc_tail`
 /// and `record.key_len`/`value_len`.
 pub fn encode_record(record: &mut Record, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    append_record(&mut out, record, key, value);
+    out
+}
+
+/// [`encode_record`], appended to `out`.
+pub fn append_record(out: &mut Vec<u8>, record: &mut Record, key: &[u8], value: &[u8]) {
     record.key_len = key.len() as u64;
     record.value_len = value.len() as u64;
-    let body_len = padded(record.key_len + record.value_len) as usize;
-    let mut body = Vec::with_capacity(body_len);
-    body.extend_from_slice(key);
-    body.extend_from_slice(value);
-    body.resize(body_len, 0);
-    record.crc_tail = crc32fast::hash(&body);
-    let mut out = record.encode_head();
-    out.extend_from_slice(&body);
-    out
+    let padding = [0u8; 8];
+    let padding = &padding[..(padded(record.key_len + record.value_len)
+        - record.key_len
+        - record.value_len) as usize];
+    let mut tail = crc32fast::Hasher::new();
+    tail.update(key);
+    tail.update(value);
+    tail.update(padding);
+    record.crc_tail = tail.finalize();
+    out.extend_from_slice(&record.encode_head());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    out.extend_from_slice(padding);
 }
 
 /// How many BLANK fillers go before a record whose head is `head_len` bytes, appended at

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use super::TwoskipError;
 use super::format::{
     BLANK, COMMIT, DELETE, DUMMY, DUMMY_OFFSET, Entry, FLAG_DIRTY, HEADER_SIZE, Header, MAX_LEVEL,
-    RECORD, Record, blanks_before, encode_record, next_at, read_skipping_delete, set_next,
+    RECORD, Record, append_record, blanks_before, encode_record, next_at, read_skipping_delete,
+    set_next,
 };
 
 const LEVELS: usize = MAX_LEVEL as usize + 1;
@@ -318,29 +319,12 @@ impl Image {
     /// Ends the transaction: a COMMIT record, then the new committed size. `None` when
     /// nothing changed (Cyrus writes nothing then either).
     pub fn commit(&mut self) -> Option<WritePlan> {
-        self.commit_as(None)
-    }
-
-    /// [`Image::commit`], giving the file a generation and repack size of its own (a
-    /// repacked copy: repack size is the end before the COMMIT).
-    fn commit_as(&mut self, repacked_generation: Option<u64>) -> Option<WritePlan> {
         if !self.dirty {
             return None;
         }
         let dirty_header = (!self.header.is_dirty()).then(|| self.dirty_header());
         let started_at = self.header.current_size;
-        if let Some(generation) = repacked_generation {
-            self.header.repack_size = self.end();
-            self.header.generation = generation;
-        }
-        let mut commit = Record::new(COMMIT, 0);
-        commit.next[0] = started_at;
-        self.append(&mut commit, &[], &[]);
-        self.header.current_size = self.end();
-        self.header.flags &= !FLAG_DIRTY;
-        let header = self.header.encode();
-        self.bytes[..HEADER_SIZE].copy_from_slice(&header);
-        self.dirty = false;
+        let header = self.append_commit(started_at);
         Some(WritePlan {
             dirty_header,
             heads: std::mem::take(&mut self.rewritten).into_iter().collect(),
@@ -353,18 +337,103 @@ impl Image {
     /// A fresh, compact copy of this file's live records (Cyrus's checkpoint), with the
     /// next generation.
     pub fn repacked(&self, levels: &mut dyn LevelSource) -> Result<Image, TwoskipError> {
-        let mut copy = Image::empty();
-        for (key, value) in self.entries()? {
-            copy.set(&key, &value, levels)?;
+        Image::compact(&self.entries()?, self.header.generation + 1, levels)
+    }
+
+    /// A complete file holding `entries` (keys strictly ascending), written as Cyrus's
+    /// checkpoint writes its copy: every record appended in key order in one transaction,
+    /// repack size at the end before the COMMIT. The same bytes as setting each key in
+    /// turn into an empty file, in one pass instead of one skiplist walk per key.
+    pub fn compact<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        entries: &[(K, V)],
+        generation: u64,
+        levels: &mut dyn LevelSource,
+    ) -> Result<Image, TwoskipError> {
+        let mut image = Image::empty();
+        image.header.generation = generation;
+        let started_at = image.header.current_size;
+        // Where each record goes (its level and offset), as appending them would place
+        // them, BLANKs included.
+        let mut layout: Vec<(u8, u64)> = Vec::with_capacity(entries.len());
+        let mut end = image.end();
+        let mut previous: Option<&[u8]> = None;
+        for (key, value) in entries {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            if key.is_empty() {
+                return Err(TwoskipError::EmptyKey);
+            }
+            if previous.is_some_and(|previous| previous >= key) {
+                return Err(TwoskipError::Format(
+                    "keys to compact are not in strict order",
+                ));
+            }
+            previous = Some(key);
+            let mut record = Record::new(RECORD, levels.next_level().clamp(1, MAX_LEVEL));
+            record.key_len = key.len() as u64;
+            record.value_len = value.len() as u64;
+            let head_len = record.head_len();
+            end += 8 * blanks_before(end, head_len);
+            layout.push((record.level, end));
+            end += head_len + super::format::padded(record.key_len + record.value_len);
         }
-        let generation = self.header.generation + 1;
-        if copy.commit_as(Some(generation)).is_none() {
-            // No records: Cyrus's copy of an empty file is a new file of the next generation.
-            copy.header.generation = generation;
-            let header = copy.header.encode();
-            copy.bytes[..HEADER_SIZE].copy_from_slice(&header);
+        // Each record points, on every level it is on, at the next record as tall: found
+        // walking back from the end.
+        let mut following = [0u64; MAX_LEVEL as usize];
+        let mut pointers = vec![0u64; layout.iter().map(|&(level, _)| level as usize).sum()];
+        let mut slot = pointers.len();
+        for &(level, offset) in layout.iter().rev() {
+            slot -= level as usize;
+            for (i, next) in following.iter_mut().enumerate().take(level as usize) {
+                pointers[slot + i] = *next;
+                *next = offset;
+            }
         }
-        Ok(copy)
+        let point = |record: &mut Record, next: &[u64]| {
+            for (level, &offset) in next.iter().enumerate() {
+                set_next(record, level as u8, offset, started_at);
+            }
+        };
+        let mut dummy = Record::new(DUMMY, MAX_LEVEL);
+        point(&mut dummy, &following);
+        let head = encode_record(&mut dummy, &[], &[]);
+        image.bytes[DUMMY_OFFSET as usize..DUMMY_OFFSET as usize + head.len()]
+            .copy_from_slice(&head);
+        image.bytes.reserve((end - image.end()) as usize + 64);
+        let mut next = pointers.as_slice();
+        for ((key, value), &(level, offset)) in entries.iter().zip(&layout) {
+            while image.end() < offset {
+                image.bytes.extend_from_slice(BLANK);
+            }
+            let mut record = Record::new(RECORD, level);
+            let (mine, rest) = next.split_at(level as usize);
+            point(&mut record, mine);
+            next = rest;
+            append_record(&mut image.bytes, &mut record, key.as_ref(), value.as_ref());
+        }
+        image.header.num_records = entries.len() as u64;
+        if entries.is_empty() {
+            // Cyrus's copy of an empty file is a new file of the next generation.
+            let header = image.header.encode();
+            image.bytes[..HEADER_SIZE].copy_from_slice(&header);
+        } else {
+            image.header.repack_size = image.end();
+            image.append_commit(started_at);
+        }
+        Ok(image)
+    }
+
+    /// Appends the COMMIT of a transaction begun at `started_at` and makes the header
+    /// say so (clean, the new committed size); returns that header.
+    fn append_commit(&mut self, started_at: u64) -> [u8; HEADER_SIZE] {
+        let mut commit = Record::new(COMMIT, 0);
+        commit.next[0] = started_at;
+        self.append(&mut commit, &[], &[]);
+        self.header.current_size = self.end();
+        self.header.flags &= !FLAG_DIRTY;
+        let header = self.header.encode();
+        self.bytes[..HEADER_SIZE].copy_from_slice(&header);
+        self.dirty = false;
+        header
     }
 
     /// Cyrus's `recovery1`: rebuilds every list from the committed level-0 chain, drops

@@ -122,6 +122,43 @@ proptest! {
         prop_assert_eq!(packed.header().generation, 2);
     }
 
+    /// A compact file built in one pass is byte for byte the file that setting the same
+    /// keys one by one, with the same levels, into an empty file and committing makes.
+    #[test]
+    fn a_compact_build_equals_sets_in_one_transaction(
+        model in proptest::collection::btree_map(
+            proptest::collection::vec(any::<u8>(), 1..12),
+            proptest::collection::vec(any::<u8>(), 0..700),
+            0..80,
+        ),
+        levels in proptest::collection::vec(1u8..=31, 1..16),
+    ) {
+        let entries: Vec<_> = model.into_iter().collect();
+        let mut by_set = Image::empty();
+        let mut cycle = Cycle(levels.clone(), 0);
+        for (key, value) in &entries {
+            by_set.set(key, value, &mut cycle).unwrap();
+        }
+        let generation = 7;
+        let built = Image::compact(&entries, generation, &mut Cycle(levels, 0)).unwrap();
+        // Cyrus's copy: repack size is the end before the COMMIT, and a generation of its own.
+        let before_commit = by_set.bytes().len() as u64;
+        let mut want = by_set.bytes().to_vec();
+        if by_set.commit().is_some() {
+            want = by_set.bytes().to_vec();
+            let mut header = *by_set.header();
+            header.generation = generation;
+            header.repack_size = before_commit;
+            want[..format::HEADER_SIZE].copy_from_slice(&header.encode());
+        }
+        prop_assert_eq!(built.header().generation, generation);
+        prop_assert_eq!(format::entries(built.bytes()).unwrap(), entries.clone());
+        check_consistent(built.bytes()).unwrap();
+        if !entries.is_empty() {
+            prop_assert_eq!(built.bytes(), want.as_slice());
+        }
+    }
+
     /// Any bytes: the reader answers with records or an error, never a panic.
     #[test]
     fn the_reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -187,4 +224,58 @@ fn damage_is_an_error() {
     assert!(
         format::entries(b"not twoskip at all, not at all, not at all, not at all, no!").is_err()
     );
+}
+
+#[test]
+fn a_rewrite_is_renamed_in_only_over_the_file_it_was_built_from() {
+    use super::{RandomLevels, TwoskipFile};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailboxes.db");
+    let mut ours = TwoskipFile::open(&path, Box::new(RandomLevels)).unwrap();
+    let mut txn = ours.begin().unwrap();
+    txn.set(b"Na", b"1").unwrap();
+    txn.commit().unwrap();
+    let mut other = TwoskipFile::open(&path, Box::new(RandomLevels)).unwrap();
+    let generation = Header::parse(&std::fs::read(&path).unwrap())
+        .unwrap()
+        .generation;
+
+    // Someone else writes after our last look: our copy is not renamed in.
+    ours.read_image().unwrap();
+    let mut txn = other.begin().unwrap();
+    txn.set(b"Nb", b"theirs").unwrap();
+    txn.commit().unwrap();
+    let wanted: Vec<(&[u8], &[u8])> = vec![(b"Na", b"1"), (b"Nc", b"3")];
+    assert!(
+        ours.rewrite_if_unchanged(&wanted, "test")
+            .unwrap()
+            .is_none()
+    );
+    let on_disk = std::fs::read(&path).unwrap();
+    assert_eq!(
+        format::entries(&on_disk).unwrap(),
+        vec![
+            (b"Na".to_vec(), b"1".to_vec()),
+            (b"Nb".to_vec(), b"theirs".to_vec())
+        ]
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no copy left behind"
+    );
+
+    // Unchanged since our look: renamed in, next generation; the other handle follows it.
+    ours.read_image().unwrap();
+    assert!(
+        ours.rewrite_if_unchanged(&wanted, "test")
+            .unwrap()
+            .is_some()
+    );
+    let on_disk = std::fs::read(&path).unwrap();
+    check_consistent(&on_disk).unwrap();
+    assert_eq!(Header::parse(&on_disk).unwrap().generation, generation + 1);
+    let txn = other.begin().unwrap();
+    assert_eq!(txn.get(b"Nc").unwrap(), Some(&b"3"[..]));
+    assert_eq!(txn.get(b"Nb").unwrap(), None);
 }
