@@ -1,7 +1,8 @@
 //! Issue 13: Cyrus processes sharing the mailboxes.db our slave writes. Real Cyrus 3.6.1
-//! `cyr_dbtool` lookups run in a loop through a 100,000-entry initial sync, and a Cyrus
-//! repack lands in the middle of it: no lookup fails, the writer follows the repacked file,
-//! the sync is written in many bounded transactions, and the end state is exactly the store.
+//! `cyr_dbtool` lookups run in a loop through a 100,000-entry initial sync (a whole file
+//! built aside and renamed in, as a Cyrus repack is) and then through 20,000 live changes
+//! (bounded transactions), with a Cyrus repack in the middle of those: no lookup fails, the
+//! writer follows the repacked file, and the end state is exactly the store.
 //! And kill -9 at random points of writes and reconciliations: Cyrus recovers and accepts
 //! the file every time, and after a restart it equals the store.
 
@@ -20,6 +21,10 @@ use mupdate::store::Mutation;
 
 const CYR_DBTOOL: &str = "/usr/lib/cyrus/bin/cyr_dbtool";
 const MAILBOXES: usize = 100_000;
+/// Mailboxes created on the master once the slave's file holds the first ones.
+const LIVE: usize = 20_000;
+/// The last of them.
+const LIVE_LAST: usize = MAILBOXES + LIVE - 1;
 /// Kills of the writer in the crash test.
 const ROUNDS: usize = 30;
 
@@ -95,17 +100,7 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
         return;
     }
     let master = TestServer::start("").await;
-    for chunk in (0..MAILBOXES).collect::<Vec<_>>().chunks(5_000) {
-        let mutations = chunk
-            .iter()
-            .map(|&i| Mutation::Activate {
-                name: name(i).into_bytes(),
-                location: format!("be{}!default", i % 3).into_bytes(),
-                acl: b"admin\tlrswipkxtecda\t".to_vec(),
-            })
-            .collect();
-        master.ctx.store.apply_many(mutations).await.expect("load");
-    }
+    activate_range(&master, 0..MAILBOXES, 5_000).await;
 
     // The slave's directory belongs to cyrus, as a frontend's configdirectory does.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -138,13 +133,13 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
             let mut failures = Vec::new();
             let mut found_last = false;
             while !done.load(Ordering::Acquire) || !found_last {
-                for i in [7, MAILBOXES - 1] {
+                for i in [7, MAILBOXES - 1, LIVE_LAST] {
                     let out = cyr_dbtool(&conf, &db, &[b"get", &key(i)]);
                     count += 1;
                     if !out.status.success() || !out.stderr.is_empty() {
                         failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
                     }
-                    if i == MAILBOXES - 1 && !out.stdout.is_empty() {
+                    if i == LIVE_LAST && !out.stdout.is_empty() {
                         found_last = true;
                     }
                 }
@@ -160,53 +155,47 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
         &[("RUST_LOG".into(), "info".into())],
     );
 
-    // A Cyrus repack once the file is well under way.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let records = std::fs::read(&db)
-            .ok()
-            .and_then(|b| {
-                b.get(32..40)
-                    .map(|n| u64::from_be_bytes(n.try_into().unwrap()))
-            })
-            .unwrap_or(0);
-        if records >= 20_000 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sync never got going: {}",
-            slave.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The first sync lands whole; then live changes, and a Cyrus repack amid them.
+    wait_for_records(&db, MAILBOXES as u64, &slave);
+    let live = tokio::spawn(async move {
+        activate_range(&master, MAILBOXES..=LIVE_LAST, 500).await;
+        master
+    });
+    wait_for_records(&db, (MAILBOXES + LIVE / 4) as u64, &slave);
     let repack = cyr_dbtool(&conf, &db, &[b"repack"]);
     assert!(
         repack.status.success(),
         "{}",
         String::from_utf8_lossy(&repack.stderr)
     );
+    let _master = live.await.expect("live changes");
+    wait_for_records(&db, (MAILBOXES + LIVE) as u64, &slave);
 
-    slave.log_once_it_holds("listening on");
-    slave.log_once_it_holds_within("mailboxes.db reconciled", Duration::from_secs(120));
+    slave.log_once_it_holds("mailboxes.db reconciled");
     done.store(true, Ordering::Release);
     let (count, failures) = lookups.join().expect("lookups");
     assert!(failures.is_empty(), "{count} lookups, failed: {failures:?}");
     assert!(count >= 2, "{count} lookups");
 
-    assert_eq!(cyrus_records(&conf, &db, dir.path()), MAILBOXES);
+    assert_eq!(cyrus_records(&conf, &db, dir.path()), MAILBOXES + LIVE);
     let (status, metrics) = http_get(&sidecar_of(&slave), "/metrics");
     assert_eq!(status, 200);
-    let transactions: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("mupdate_mailboxes_db_lock_held_seconds_count "))
-        .expect("the lock-held histogram")
-        .trim()
-        .parse()
-        .expect("a count");
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    // The sync as one file renamed in (the lock held only for the rename), the live
+    // changes in transactions of at most 512 records each.
+    assert_eq!(metric("mupdate_mailboxes_db_rewrites_total"), 1.0);
+    let holds = metric("mupdate_mailboxes_db_lock_held_seconds_count");
     assert!(
-        transactions >= (MAILBOXES / 512) as f64,
-        "the sync was written in {transactions} transactions"
+        holds >= (LIVE / 512) as f64,
+        "{LIVE} live changes written in {holds} lock holds"
     );
     // Ready once the file is current (the first pass ends with a repack of the grown file).
     let sidecar = sidecar_of(&slave);
@@ -222,6 +211,49 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
             slave.stderr.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// ACTIVATEs `user.mNNNNNN` for every N of `range` on `master`, `per_commit` at a time.
+async fn activate_range(
+    master: &TestServer,
+    range: impl Iterator<Item = usize>,
+    per_commit: usize,
+) {
+    let all: Vec<usize> = range.collect();
+    for chunk in all.chunks(per_commit) {
+        let mutations = chunk
+            .iter()
+            .map(|&i| Mutation::Activate {
+                name: name(i).into_bytes(),
+                location: format!("be{}!default", i % 3).into_bytes(),
+                acl: b"admin\tlrswipkxtecda\t".to_vec(),
+            })
+            .collect();
+        master.ctx.store.apply_many(mutations).await.expect("load");
+    }
+}
+
+/// Waits (two minutes at most) until the file's header counts at least `records`.
+fn wait_for_records(db: &Path, records: u64, slave: &ServerProcess) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let held = std::fs::read(db)
+            .ok()
+            .and_then(|b| {
+                b.get(32..40)
+                    .map(|n| u64::from_be_bytes(n.try_into().unwrap()))
+            })
+            .unwrap_or(0);
+        if held >= records {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the file holds {held} records, not {records}: {}",
+            slave.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

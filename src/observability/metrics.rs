@@ -78,6 +78,8 @@ pub struct Metrics {
     pub mailboxes_db_errors: IntCounter,
     /// Repacks of mailboxes.db we did.
     pub mailboxes_db_repacks: IntCounter,
+    /// Reconciliations written as a whole new file renamed in.
+    pub mailboxes_db_rewrites: IntCounter,
     /// 1 while mailboxes.db is being kept current.
     pub mailboxes_db_up: IntGauge,
 }
@@ -335,6 +337,10 @@ impl Metrics {
             mailboxes_db_repacks: r.counter(
                 "mupdate_mailboxes_db_repacks_total",
                 "Repacks of mailboxes.db done by this server",
+            )?,
+            mailboxes_db_rewrites: r.counter(
+                "mupdate_mailboxes_db_rewrites_total",
+                "Reconciliations of mailboxes.db written as a whole new file, built aside and renamed in",
             )?,
             mailboxes_db_up: r.gauge(
                 "mupdate_mailboxes_db_up",

@@ -1,7 +1,6 @@
 //! The blocking half of the projection: brings mailboxes.db up to a store snapshot, in
 //! transactions short enough that a Cyrus lookup never waits long for the lock.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +34,11 @@ impl Default for TransactionLimits {
 
 /// A lock hold worth a warning.
 const LONG_HOLD: Duration = Duration::from_millis(50);
+
+/// A reconciliation rewrites the whole file, rather than changing it in transactions,
+/// when it changes more than one transaction's worth of records and at least one in this
+/// many of the file's: building a file costs about a tenth of changing a record in place.
+const REWRITE_FRACTION: usize = 8;
 
 /// One record to bring in line: its key, what the store says, and (for a live change) the
 /// store sequence number that is wholly in the file once this record is.
@@ -118,34 +122,46 @@ impl Writer {
         Ok(snapshot.seq())
     }
 
-    /// Makes the file say what `snapshot` says about every `N` record mupdate owns: the
-    /// differences are found on a copy of the file, without the lock, then written in
-    /// bounded transactions that decide each record again against the file as it is.
+    /// Makes the file say what `snapshot` says about every `N` record mupdate owns. The
+    /// differences are found on a copy of the file, without the lock. Many of them (a new
+    /// replica's first sync) make a whole new file, built aside and renamed in as a Cyrus
+    /// repack is; a few, or a file someone else wrote meanwhile, are written in bounded
+    /// transactions that decide each record again against the file as it is.
     fn reconcile(
         &mut self,
         snapshot: &Snapshot,
         published: &mut dyn FnMut(u64),
     ) -> Result<(), ProjectionError> {
-        let mut desired = BTreeMap::new();
+        let mut desired = Vec::new();
         let mut unmapped = 0u64;
         snapshot.walk(|record| {
             match self.mapping.desired(record) {
-                Some((key, want)) => {
-                    desired.insert(key, want);
-                }
+                Some(wanted) => desired.push(wanted),
                 None => unmapped += 1,
             }
             true
         })?;
+        // The store's order is the file's but for names Cyrus spells differently in keys
+        // (`^`, deleted mailboxes). Of two names with one key, the later one wins.
+        if !desired.is_sorted_by(|a, b| a.0 < b.0) {
+            desired.sort_by(|a, b| a.0.cmp(&b.0));
+            desired.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+        }
         let current = self.file.read_image()?.entries()?;
         let now = now_secs();
         let mut outcomes = [0u64; 4];
         let mut kept_local = 0u64;
         let mut work = Vec::new();
-        let mut current = current
-            .into_iter()
-            .filter(|(key, _)| key.first() == Some(&NAME_KEY_PREFIX))
-            .peekable();
+        // The whole file as it should be, in key order, for a rewrite.
+        let mut whole: Vec<(Vec<u8>, Vec<u8>)> =
+            Vec::with_capacity(current.len().max(desired.len()));
+        let mut current = current.into_iter().peekable();
         let mut wanted = desired.into_iter().peekable();
         let seq = snapshot.seq();
         loop {
@@ -166,19 +182,35 @@ impl Writer {
                 }
                 (Some(_), _) => {
                     let (key, value) = current.next().ok_or(ProjectionError::Lost)?;
+                    if key.first() != Some(&NAME_KEY_PREFIX) {
+                        // Not a mailbox name: some other part of Cyrus keeps it.
+                        whole.push((key, value));
+                        continue;
+                    }
                     (key, Some(value), None)
                 }
             };
-            let outcome = match decide(existing.as_deref(), want.as_ref(), now) {
-                Decision::KeepLocal => {
-                    kept_local += 1;
-                    continue;
-                }
+            let decision = decide(existing.as_deref(), want.as_ref(), now);
+            let outcome = match &decision {
+                Decision::KeepLocal => 4,
                 Decision::Unchanged => 3,
                 Decision::Delete => 2,
                 Decision::Write(_) if existing.is_some() => 1,
                 Decision::Write(_) => 0,
             };
+            match decision {
+                Decision::Write(value) => whole.push((key.clone(), value)),
+                Decision::Delete => {}
+                Decision::Unchanged | Decision::KeepLocal => {
+                    if let Some(value) = existing {
+                        whole.push((key.clone(), value));
+                    }
+                }
+            }
+            if outcome == 4 {
+                kept_local += 1;
+                continue;
+            }
             outcomes[outcome] += 1;
             if outcome != 3 {
                 work.push(Item {
@@ -188,7 +220,25 @@ impl Writer {
                 });
             }
         }
-        self.apply(work, published)?;
+        let worth_rewriting = work.len() > self.limits.max_records
+            && work.len().saturating_mul(REWRITE_FRACTION) >= whole.len();
+        let rewritten = match worth_rewriting {
+            true => self.file.rewrite_if_unchanged(&whole, "reconcile")?,
+            false => None,
+        };
+        match rewritten {
+            Some(report) => {
+                observe(&report, whole.len(), &self.metrics);
+                self.metrics.mailboxes_db_rewrites.inc();
+                for (kind, count) in [("set", outcomes[0] + outcomes[1]), ("delete", outcomes[2])] {
+                    self.metrics
+                        .mailboxes_db_writes
+                        .with_label_values(&[kind])
+                        .inc_by(count);
+                }
+            }
+            None => self.apply(work, published)?,
+        }
         self.metrics.mailboxes_db_reconciles.inc();
         for (outcome, count) in crate::observability::metrics::RECONCILE_OUTCOMES
             .iter()
@@ -209,6 +259,7 @@ impl Writer {
             unchanged = outcomes[3],
             kept_local,
             unmapped,
+            rewritten = rewritten.is_some(),
             "mailboxes.db reconciled with the store"
         );
         Ok(())
@@ -266,9 +317,7 @@ impl Writer {
                     break;
                 }
             }
-            let records = txn.len();
             let report = commit(txn, metrics)?;
-            metrics.mailboxes_db_records.set(records as i64);
             if report.recovered {
                 tracing::warn!(path = %file.path().display(), "mailboxes.db was left mid-write by someone: recovered it first");
             }
@@ -288,6 +337,12 @@ impl Writer {
 fn commit(txn: Transaction<'_>, metrics: &Metrics) -> Result<TransactionReport, ProjectionError> {
     let records = txn.len();
     let report = txn.commit()?;
+    observe(&report, records as usize, metrics);
+    Ok(report)
+}
+
+/// Accounts for one hold of the lock, after which the file holds `records` records.
+fn observe(report: &TransactionReport, records: usize, metrics: &Metrics) {
     if report.held >= LONG_HOLD {
         // Cyrus's own mappedfile logs a "longlock" past a second; readers notice far sooner.
         tracing::warn!(
@@ -304,7 +359,7 @@ fn commit(txn: Transaction<'_>, metrics: &Metrics) -> Result<TransactionReport, 
     metrics
         .mailboxes_db_hold_seconds
         .observe(report.held.as_secs_f64());
-    Ok(report)
+    metrics.mailboxes_db_records.set(records as i64);
 }
 
 fn now_secs() -> u64 {
@@ -316,6 +371,8 @@ fn now_secs() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::cyrusdb::twoskip::{RandomLevels, entries};
     use crate::store::{Mutation, StoreOptions};
@@ -337,20 +394,29 @@ mod tests {
         .value(5)
     }
 
-    #[tokio::test]
-    async fn reconciles_only_its_own_records_then_follows_changes_in_bounded_transactions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap();
-        for mutation in [
-            activate("user.a", "be1!p"),
-            activate("user.b", "be1!p"),
-            activate("user.c", "be2!p"),
-        ] {
-            store.apply(mutation).await.unwrap();
-        }
-        let path = dir.path().join("mailboxes.db");
-        let local = b"%(T e P p M 1 A %(bob lrs))".to_vec();
-        {
+    /// A store of user.a (new), user.b (moved) and user.c (current), and a file that also
+    /// holds a local mailbox, a key of another kind, a remote record the store no longer
+    /// has, and `more_local` further local mailboxes.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        path: std::path::PathBuf,
+        local: Vec<u8>,
+    }
+
+    impl Fixture {
+        async fn new(more_local: usize) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+            for mutation in [
+                activate("user.a", "be1!p"),
+                activate("user.b", "be1!p"),
+                activate("user.c", "be2!p"),
+            ] {
+                store.apply(mutation).await.unwrap();
+            }
+            let path = dir.path().join("mailboxes.db");
+            let local = b"%(T e P p M 1 A %(bob lrs))".to_vec();
             let mut file = TwoskipFile::open(&path, Box::new(RandomLevels)).unwrap();
             let mut txn = file.begin().unwrap();
             txn.set(b"Nuser\x1flocal", &local).unwrap();
@@ -358,46 +424,90 @@ mod tests {
             txn.set(b"Nuser\x1fgone", &remote("be2!p")).unwrap();
             txn.set(b"Nuser\x1fb", &remote("be9!p")).unwrap();
             txn.set(b"Nuser\x1fc", &remote("be2!p")).unwrap();
+            for i in 0..more_local {
+                txn.set(format!("Nuser\x1fz{i}").as_bytes(), &local)
+                    .unwrap();
+            }
             txn.commit().unwrap();
+            Fixture {
+                _dir: dir,
+                store,
+                path,
+                local,
+            }
         }
-        let file = TwoskipFile::open(&path, Box::new(RandomLevels)).unwrap();
-        let limits = TransactionLimits {
-            max_records: 1,
-            max_hold: Duration::from_secs(1),
-            pause: Duration::ZERO,
-        };
+
+        /// A writer of at most one record per transaction.
+        fn writer(&self, metrics: &Arc<Metrics>) -> Writer {
+            let file = TwoskipFile::open(&self.path, Box::new(RandomLevels)).unwrap();
+            let limits = TransactionLimits {
+                max_records: 1,
+                max_hold: Duration::from_secs(1),
+                pause: Duration::ZERO,
+            };
+            Writer::new(file, Mapping::default(), limits, metrics.clone())
+        }
+
+        fn file(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+            entries(&std::fs::read(&self.path).unwrap())
+                .unwrap()
+                .into_iter()
+                .filter(|(key, _)| !key.starts_with(b"Nuser\x1fz"))
+                .collect()
+        }
+
+        /// The file after reconciling: gone deleted, a added, b moved, c, the local
+        /// mailbox and the other key untouched.
+        fn assert_reconciled(&self) {
+            let file = self.file();
+            let want: BTreeMap<Vec<u8>, Vec<u8>> = [
+                (b"$RACL".to_vec(), b"other key".to_vec()),
+                (
+                    b"Nuser\x1fa".to_vec(),
+                    file[b"Nuser\x1fa".as_slice()].clone(),
+                ),
+                (
+                    b"Nuser\x1fb".to_vec(),
+                    file[b"Nuser\x1fb".as_slice()].clone(),
+                ),
+                (b"Nuser\x1fc".to_vec(), remote("be2!p")),
+                (b"Nuser\x1flocal".to_vec(), self.local.clone()),
+            ]
+            .into();
+            assert_eq!(file, want);
+            assert!(String::from_utf8_lossy(&file[b"Nuser\x1fa".as_slice()]).contains(" S be1 "));
+            assert!(String::from_utf8_lossy(&file[b"Nuser\x1fb".as_slice()]).contains(" S be1 "));
+        }
+    }
+
+    fn generation(path: &std::path::Path) -> u64 {
+        crate::cyrusdb::twoskip::Header::parse(&std::fs::read(path).unwrap())
+            .unwrap()
+            .generation
+    }
+
+    #[tokio::test]
+    async fn reconciles_only_its_own_records_then_follows_changes_in_bounded_transactions() {
+        // Three changes in a file of 44 records: written in place, not worth a new file.
+        let fixture = Fixture::new(40).await;
         let metrics = Arc::new(Metrics::default());
-        let mut writer = Writer::new(file, Mapping::default(), limits, metrics.clone());
+        let mut writer = fixture.writer(&metrics);
         let mut published = Vec::new();
         assert_eq!(
-            writer.catch_up(&store, &mut |s| published.push(s)).unwrap(),
+            writer
+                .catch_up(&fixture.store, &mut |s| published.push(s))
+                .unwrap(),
             3
         );
         assert_eq!(published, [3]);
-        let file: BTreeMap<Vec<u8>, Vec<u8>> = entries(&std::fs::read(&path).unwrap())
-            .unwrap()
-            .into_iter()
-            .collect();
-        let want: BTreeMap<Vec<u8>, Vec<u8>> = [
-            (b"$RACL".to_vec(), b"other key".to_vec()),
-            (
-                b"Nuser\x1fa".to_vec(),
-                file[&b"Nuser\x1fa".to_vec()].clone(),
-            ),
-            (
-                b"Nuser\x1fb".to_vec(),
-                file[&b"Nuser\x1fb".to_vec()].clone(),
-            ),
-            (b"Nuser\x1fc".to_vec(), remote("be2!p")),
-            (b"Nuser\x1flocal".to_vec(), local.clone()),
-        ]
-        .into();
-        assert_eq!(file, want, "gone deleted, a added, b moved, c untouched");
-        assert!(String::from_utf8_lossy(&file[&b"Nuser\x1fb".to_vec()]).contains(" S be1 "));
-        // Three records written (a, b, gone), one per transaction.
+        fixture.assert_reconciled();
+        // Three records written (a, b, gone), one per transaction, in the same file.
         assert_eq!(metrics.mailboxes_db_hold_seconds.get_sample_count(), 3);
+        assert_eq!(metrics.mailboxes_db_rewrites.get(), 0);
+        assert_eq!(generation(&fixture.path), 1);
 
         // Live changes: each committed transaction tells how far the file is complete.
+        let store = &fixture.store;
         store
             .apply(Mutation::Delete {
                 name: b"user.a".to_vec(),
@@ -407,16 +517,35 @@ mod tests {
         store.apply(activate("user.d", "be3!p")).await.unwrap();
         published.clear();
         assert_eq!(
-            writer.catch_up(&store, &mut |s| published.push(s)).unwrap(),
+            writer.catch_up(store, &mut |s| published.push(s)).unwrap(),
             5
         );
         assert_eq!(published, [4, 5, 5]);
-        let file: BTreeMap<Vec<u8>, Vec<u8>> = entries(&std::fs::read(&path).unwrap())
-            .unwrap()
-            .into_iter()
-            .collect();
+        let file = fixture.file();
         assert!(!file.contains_key(b"Nuser\x1fa".as_slice()));
         assert!(String::from_utf8_lossy(&file[b"Nuser\x1fd".as_slice()]).contains(" S be3 "));
-        assert_eq!(file[b"Nuser\x1flocal".as_slice()], local);
+        assert_eq!(file[b"Nuser\x1flocal".as_slice()], fixture.local);
+    }
+
+    #[tokio::test]
+    async fn a_reconciliation_of_many_changes_renames_a_whole_new_file_in() {
+        // Three changes in a file of 5 records, more than one transaction's worth.
+        let fixture = Fixture::new(0).await;
+        let metrics = Arc::new(Metrics::default());
+        let mut writer = fixture.writer(&metrics);
+        let mut published = Vec::new();
+        assert_eq!(
+            writer
+                .catch_up(&fixture.store, &mut |s| published.push(s))
+                .unwrap(),
+            3
+        );
+        assert_eq!(published, [3]);
+        fixture.assert_reconciled();
+        // One hold of the lock, for the rename; a new generation for Cyrus's readers.
+        assert_eq!(metrics.mailboxes_db_hold_seconds.get_sample_count(), 1);
+        assert_eq!(metrics.mailboxes_db_rewrites.get(), 1);
+        assert_eq!(generation(&fixture.path), 2);
+        assert_eq!(metrics.mailboxes_db_records.get(), 5);
     }
 }
