@@ -1,10 +1,12 @@
 //! Store micro-benchmark: sequential durable ACTIVATEs through `Store::apply` (no network),
-//! and FIND lookups, to separate storage cost from protocol and scheduling cost.
+//! FIND lookups, and a new replica taking in a 100,000-record dump (`slave::reconcile`),
+//! to separate storage cost from protocol and scheduling cost.
 //! Run with `cargo bench --bench store`.
 
 use std::time::Instant;
 
-use mupdate::store::{Mutation, Store, StoreOptions};
+use mupdate::replication::slave::{OnEmpty, reconcile};
+use mupdate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreOptions};
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -44,5 +46,29 @@ fn main() {
         "FIND lookups: {:.0}/s ({:.2} us each)",
         lookups as f64 / secs,
         secs * 1e6 / lookups as f64
+    );
+
+    let replica = Store::open(&dir.path().join("replica.redb"), StoreOptions::default())
+        .expect("open the replica");
+    let dump: Vec<Mutation> = (0..100_000)
+        .map(|i| Mutation::Replicate {
+            name: format!("user.r{i:09}").into_bytes(),
+            record: Some(ReplicaRecord {
+                state: MailboxState::Active,
+                location: b"backend1!default".to_vec(),
+                acl: b"owner\tlrswipkxtecda\t".to_vec(),
+            }),
+        })
+        .collect();
+    let records = dump.len();
+    let started = Instant::now();
+    runtime
+        .block_on(reconcile(&replica, dump, None, OnEmpty::Keep))
+        .expect("reconcile");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "a new replica takes in a dump of {records}: {:.3} s ({:.1} us each)",
+        secs,
+        secs * 1e6 / records as f64
     );
 }

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::client::{self, Credentials, Link, LinkError};
 use crate::observability::metrics::Metrics;
 use crate::protocol::reply::Reply;
-use crate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreError};
+use crate::store::{MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError};
 
 /// Changes applied per commit while reconciling a dump.
 const APPLY_CHUNK: usize = 4096;
@@ -201,7 +201,8 @@ async fn synchronise(
     let mut tag: &[u8] = b"U01";
     let mut delta = false;
     let mut position = None;
-    let mut dump = Vec::new();
+    // Records are committed while the rest of the list arrives.
+    let mut resync = Resync::start(store)?;
     loop {
         // D-13: a master that stops sending in the middle of its dump is given up on.
         match link.next(patience).await? {
@@ -224,29 +225,27 @@ async fn synchronise(
                     String::from_utf8_lossy(&rest)
                 )));
             }
-            reply => dump.extend(replicate(reply)),
+            reply => {
+                if let Some(mutation) = replicate(reply) {
+                    resync.push(mutation).await?;
+                }
+            }
         }
     }
     let checkpoint = position.map(|(epoch, seq)| Mutation::Checkpoint { epoch, seq });
     let kind = if delta { "delta" } else { "full" };
-    let records = dump.len();
+    let records = resync.received();
     let span = tracing::Span::current();
     span.record("mupdate.sync.kind", kind);
     span.record("mupdate.sync.records", records);
     metrics.lag_sequences.set(records as i64);
-    if delta {
-        dump.extend(checkpoint);
-        store.apply_many(dump).await?;
-    } else {
-        reconcile(store, dump, checkpoint, OnEmpty::Keep).await?;
-    }
+    resync.finish(!delta, checkpoint, OnEmpty::Keep).await?;
     metrics.lag_sequences.set(0);
     metrics.resyncs.with_label_values(&[kind]).inc();
     tracing::info!(master = %settings.master, kind, records, "mailbox list synchronization complete ({kind} resync)");
     Ok(position)
 }
 
-/// Reads `"epoch" "seq"`.
 /// The span context of the traced command behind a change: an `XSEQ` line's third field.
 fn traced_write(rest: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
     let text = std::str::from_utf8(rest).ok()?;
@@ -254,6 +253,7 @@ fn traced_write(rest: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
     crate::observability::traces::parse_traceparent(traceparent)
 }
 
+/// Reads `"epoch" "seq"`.
 fn parse_position(rest: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(rest).ok()?;
     let mut numbers = text
@@ -275,53 +275,126 @@ pub enum OnEmpty {
 }
 
 /// Makes the store equal to `dump` (replicate mutations): every record of it, and nothing
-/// else, in bounded commits, `checkpoint` last. A slave only gets here with a complete dump
-/// (its tagged OK seen), so a cut connection never deletes.
+/// else, in bounded commits, `checkpoint` last.
 pub async fn reconcile(
     store: &Store,
     dump: Vec<Mutation>,
     checkpoint: Option<Mutation>,
     on_empty: OnEmpty,
 ) -> Result<(), StoreError> {
-    let snapshot = store.snapshot()?;
-    let mut empty = true;
-    snapshot.walk(|_| {
-        empty = false;
-        false
-    })?;
-    let mut stale = Vec::new();
-    // A new replica has nothing to remove: skip indexing a dump of perhaps a million names.
-    if !empty {
-        let names: HashSet<&[u8]> = dump.iter().map(|m| m.name()).collect();
-        snapshot.walk(|record| {
-            if !names.contains(record.name) {
-                stale.push(Mutation::Replicate {
-                    name: record.name.to_vec(),
-                    record: None,
-                });
-            }
-            true
+    let mut resync = Resync::start(store)?;
+    for mutation in dump {
+        resync.push(mutation).await?;
+    }
+    resync.finish(true, checkpoint, on_empty).await
+}
+
+/// A master's list applied while it is still arriving: its records are committed in
+/// chunks, each while the next is read, in the order sent. A full list removes the names
+/// it did not carry only once it is complete ([`Resync::finish`], after the master's
+/// tagged OK), so a link cut mid-list never deletes anything.
+pub struct Resync {
+    store: Store,
+    /// Names received, kept only when the store held records they may have to displace.
+    received_names: Option<HashSet<Vec<u8>>>,
+    received: usize,
+    chunk: Vec<Mutation>,
+    committing: Option<tokio::task::JoinHandle<Result<Vec<Outcome>, StoreError>>>,
+}
+
+impl Resync {
+    /// Starts taking in a list for `store`.
+    pub fn start(store: &Store) -> Result<Resync, StoreError> {
+        let mut empty = true;
+        store.snapshot()?.walk(|_| {
+            empty = false;
+            false
         })?;
+        Ok(Resync {
+            store: store.clone(),
+            // A new replica has nothing to remove: no index of perhaps a million names.
+            received_names: (!empty).then(HashSet::new),
+            received: 0,
+            chunk: Vec::with_capacity(APPLY_CHUNK),
+            committing: None,
+        })
     }
-    // An empty list from a master that used to hold mailboxes is far more likely a wiped
-    // or wrong master than a murder that deleted everything: keep the replica and say so.
-    if dump.is_empty() && !stale.is_empty() && on_empty == OnEmpty::Keep {
-        tracing::error!(
-            kept = stale.len(),
-            "the master sent an empty list; keeping this replica's mailboxes"
-        );
-        stale.clear();
+
+    /// Takes the next record of the list; commits a full chunk once the previous one is
+    /// durable, and returns without waiting for it.
+    pub async fn push(&mut self, mutation: Mutation) -> Result<(), StoreError> {
+        if let Some(names) = &mut self.received_names {
+            names.insert(mutation.name().to_vec());
+        }
+        self.received += 1;
+        self.chunk.push(mutation);
+        if self.chunk.len() >= APPLY_CHUNK {
+            self.commit_chunk().await?;
+        }
+        Ok(())
     }
-    let mut all = dump;
-    all.extend(stale);
-    // Last, so that a crash in between never records a position the store has not reached.
-    all.extend(checkpoint);
-    let mut changes = all.into_iter().peekable();
-    while changes.peek().is_some() {
-        let chunk: Vec<Mutation> = changes.by_ref().take(APPLY_CHUNK).collect();
-        store.apply_many(chunk).await?;
+
+    /// Records received so far.
+    pub fn received(&self) -> usize {
+        self.received
     }
-    Ok(())
+
+    async fn commit_chunk(&mut self) -> Result<(), StoreError> {
+        self.committed().await?;
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(APPLY_CHUNK));
+        let store = self.store.clone();
+        self.committing = Some(tokio::spawn(async move { store.apply_many(chunk).await }));
+        Ok(())
+    }
+
+    /// Waits for the chunk being committed, if any.
+    async fn committed(&mut self) -> Result<(), StoreError> {
+        if let Some(committing) = self.committing.take() {
+            committing.await.map_err(|_| StoreError::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// Ends a complete list: commits the rest; for a `full` list (not a delta) removes
+    /// every name the store held and the list did not carry, unless the list was empty
+    /// and `on_empty` says keep; then commits `checkpoint`, last, so that a crash in
+    /// between never records a position the store has not reached.
+    pub async fn finish(
+        mut self,
+        full: bool,
+        checkpoint: Option<Mutation>,
+        on_empty: OnEmpty,
+    ) -> Result<(), StoreError> {
+        self.commit_chunk().await?;
+        self.committed().await?;
+        let mut stale = Vec::new();
+        if full && let Some(names) = &self.received_names {
+            self.store.snapshot()?.walk(|record| {
+                if !names.contains(record.name) {
+                    stale.push(Mutation::Replicate {
+                        name: record.name.to_vec(),
+                        record: None,
+                    });
+                }
+                true
+            })?;
+        }
+        // An empty list from a master that used to hold mailboxes is far more likely a
+        // wiped or wrong master than a murder that deleted everything: keep the replica.
+        if self.received == 0 && !stale.is_empty() && on_empty == OnEmpty::Keep {
+            tracing::error!(
+                kept = stale.len(),
+                "the master sent an empty list; keeping this replica's mailboxes"
+            );
+            stale.clear();
+        }
+        let mut rest = stale.into_iter().chain(checkpoint).peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<Mutation> = rest.by_ref().take(APPLY_CHUNK).collect();
+            self.store.apply_many(chunk).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Most kicks answered by one NOOP round trip (Cyrus's batch size).

@@ -428,7 +428,9 @@ impl Store {
     }
 
     /// Applies many mutations in as few commits as possible (a slave's dump or a burst of
-    /// its master's stream); returns once all are durable.
+    /// its master's stream); returns once all are durable. The commits run on a blocking
+    /// thread: a large batch takes a while, and the caller's worker has other work
+    /// meanwhile (a slave reads the next part of its master's list).
     pub async fn apply_many(&self, mutations: Vec<Mutation>) -> Result<Vec<Outcome>, StoreError> {
         let mut answers = Vec::with_capacity(mutations.len());
         let lead = {
@@ -445,12 +447,8 @@ impl Store {
             !std::mem::replace(&mut queue.leader, true)
         };
         if lead {
-            let mut leadership = Leadership {
-                store: self,
-                done: false,
-            };
-            self.lead();
-            leadership.done = true;
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || store.lead());
         }
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
