@@ -39,43 +39,37 @@ impl Naming {
         };
         let domain = domain.filter(|d| self.default_domain.as_deref() != Some(*d));
         // Cyrus splits with strtok: empty levels vanish.
-        let mut boxes: Vec<Vec<u8>> = rest
+        let mut levels: Vec<&[u8]> = rest
             .split(|&b| b == b'.')
-            .filter(|level| !level.is_empty())
-            .map(|level| {
-                level
-                    .iter()
-                    .map(|&b| if b == b'^' { b'.' } else { b })
-                    .collect()
-            })
+            .filter(|l| !l.is_empty())
             .collect();
         let mut deleted_at = 0u64;
-        if boxes.len() > 2 && boxes[0] == self.deleted_prefix {
-            boxes.remove(0);
-            deleted_at = boxes.pop().map(|stamp| leading_hex(&stamp)).unwrap_or(0);
+        if levels.len() > 2 && levels[0] == self.deleted_prefix.as_slice() {
+            levels.remove(0);
+            deleted_at = levels.pop().map(leading_hex).unwrap_or(0);
         }
-        let mut key = vec![NAME_KEY_PREFIX];
+        if levels.is_empty() && deleted_at == 0 && domain.is_none() {
+            return None;
+        }
+        let mut key = Vec::with_capacity(name.len() + 16);
+        key.push(NAME_KEY_PREFIX);
         if let Some(domain) = domain {
             key.extend_from_slice(domain);
             key.push(DOMAIN_SEPARATOR);
         }
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(boxes.len() + 2);
         if deleted_at != 0 {
-            parts.push(&self.deleted_prefix);
+            key.extend_from_slice(&self.deleted_prefix);
         }
-        parts.extend(boxes.iter().map(Vec::as_slice));
-        let stamp = format!("{:X}", deleted_at as u32);
-        if deleted_at != 0 {
-            parts.push(stamp.as_bytes());
-        }
-        if parts.is_empty() && domain.is_none() {
-            return None;
-        }
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
+        for (i, level) in levels.iter().enumerate() {
+            if i > 0 || deleted_at != 0 {
                 key.push(HIERARCHY_SEPARATOR);
             }
-            key.extend_from_slice(part);
+            // A level's `^` stands for a dot inside it.
+            key.extend(level.iter().map(|&b| if b == b'^' { b'.' } else { b }));
+        }
+        if deleted_at != 0 {
+            key.push(HIERARCHY_SEPARATOR);
+            key.extend_from_slice(format!("{:X}", deleted_at as u32).as_bytes());
         }
         Some(key)
     }
