@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use common::cyrus::{self, Cyrus, LocalMupdate, Service};
 use common::murder::*;
 use common::*;
+use mupdate::cyrusdb::twoskip::Header;
+use mupdate::store::Mutation;
 
 /// Backends named by their address (so the frontend can reach them), pushing to `mupdate`;
 /// each may move users to the other (XFER), logging in there as an administrator.
@@ -226,6 +228,39 @@ async fn a_cyrus_frontend_routes_by_what_our_slave_writes() {
     )
     .await;
     routed_through_the_frontend(&fe, &be1, &be2, master.addr).await;
+
+    // A whole new file renamed in under a running imapd (our repack: the same rename-over
+    // as a first sync's rewrite): the imapd that opened the old file routes by the new one.
+    let db = fe.path().join("conf/mailboxes.db");
+    let generation = || {
+        Header::parse(&std::fs::read(&db).expect("read mailboxes.db"))
+            .expect("a twoskip header")
+            .generation
+    };
+    let mut session = Imap::login(fe.addr).await;
+    session.ok_with("SELECT user.bob").await;
+    let before = generation();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 0.. {
+        if generation() > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no repack after {round} rounds");
+        // New ACLs on mailboxes of a server nobody asks for grow the file until it repacks.
+        let grow = (0..200)
+            .map(|i| Mutation::Activate {
+                name: format!("user.bulk{i}").into_bytes(),
+                location: b"elsewhere!default".to_vec(),
+                acl: format!("bulk{round}\tlrs\t").into_bytes(),
+            })
+            .collect();
+        master.ctx.store.apply_many(grow).await.expect("apply");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let selected = session.ok_with("SELECT user.carol").await;
+    assert!(selected.contains("* 1 EXISTS"), "{selected}");
+    session.ok("CREATE user.bob.afterrepack").await;
+    session.ok_with("SELECT user.bob.afterrepack").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
