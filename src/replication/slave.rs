@@ -341,6 +341,9 @@ impl Resync {
 
     async fn commit_chunk(&mut self) -> Result<(), StoreError> {
         self.committed().await?;
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(APPLY_CHUNK));
         let store = self.store.clone();
         self.committing = Some(tokio::spawn(async move { store.apply_many(chunk).await }));
