@@ -2,8 +2,6 @@
 //! an internal mailbox name (`mbname_from_intname` + `mbname_dbname`), and the dlist
 //! value (`mboxlist_entry_dlist`) that mupdate writes for a remote mailbox.
 
-use std::fmt::Write as _;
-
 /// Byte between domain and the rest of a database name.
 const DOMAIN_SEPARATOR: u8 = 0x1d;
 /// Byte between hierarchy levels in a database name.
@@ -113,9 +111,9 @@ impl Entry<'_> {
         }
         out.extend_from_slice(b" S ");
         push_astring(&mut out, server);
-        let mut number = String::new();
-        let _ = write!(number, " M {mtime} A %(");
-        out.extend_from_slice(number.as_bytes());
+        out.extend_from_slice(b" M ");
+        out.extend_from_slice(mtime.to_string().as_bytes());
+        out.extend_from_slice(b" A %(");
         let mut first = true;
         for (identifier, rights) in acl_pairs(self.acl) {
             if !first {
@@ -132,27 +130,19 @@ impl Entry<'_> {
 }
 
 /// (identifier, rights) pairs of an ACL as `mailbox_acl_to_dlist` splits it.
-fn acl_pairs(acl: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let mut pairs = Vec::new();
+fn acl_pairs(acl: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut rest = acl;
-    while !rest.is_empty() {
-        let Some(tab) = rest.iter().position(|&b| b == b'\t') else {
-            break;
-        };
+    std::iter::from_fn(move || {
+        let tab = rest.iter().position(|&b| b == b'\t')?;
         let identifier = &rest[..tab];
         let after = &rest[tab + 1..];
-        match after.iter().position(|&b| b == b'\t') {
-            Some(end) => {
-                pairs.push((identifier, &after[..end]));
-                rest = &after[end + 1..];
-            }
-            None => {
-                pairs.push((identifier, after));
-                rest = &[];
-            }
-        }
-    }
-    pairs
+        let (rights, next) = match after.iter().position(|&b| b == b'\t') {
+            Some(end) => (&after[..end], &after[end + 1..]),
+            None => (after, &[][..]),
+        };
+        rest = next;
+        Some((identifier, rights))
+    })
 }
 
 /// `imparse_isnatom` and not `NIL`: printed bare.
