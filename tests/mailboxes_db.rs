@@ -337,6 +337,9 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
     ];
     let env = [("RUST_LOG".to_owned(), "info".to_owned())];
     let mut left_mid_write = 0;
+    // A whole new file being built aside (a reconciliation of many changes) when killed.
+    let aside = dir.path().join(".mailboxes.db.mupdate-repack");
+    let mut left_building = 0;
     for round in 0..ROUNDS {
         // Every third round starts from an emptied file, so the restart's reconciliation
         // rewrites everything and the kill may land in the middle of it.
@@ -359,6 +362,7 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
             && (bytes[59] & 1 == 1
                 || u64::from_be_bytes(bytes[48..56].try_into().unwrap()) != bytes.len() as u64);
         left_mid_write += usize::from(mid_write);
+        left_building += usize::from(aside.exists());
         chown_cyrus(&copy);
         let check = cyr_dbtool(&conf, &copy, &[b"consistent"]);
         assert_eq!(
@@ -368,7 +372,10 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
             String::from_utf8_lossy(&check.stderr)
         );
     }
-    eprintln!("{left_mid_write} of {ROUNDS} kills left mailboxes.db mid-write");
+    eprintln!(
+        "{left_mid_write} of {ROUNDS} kills left mailboxes.db mid-write, \
+         {left_building} a new copy half built beside it"
+    );
     // After a restart the file equals the store.
     let mut server = ServerProcess::start_with(&args, &env);
     server.log_once_it_holds_within("mailboxes.db reconciled", Duration::from_secs(60));
@@ -405,5 +412,6 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
         );
     }
     assert!(!listed.is_empty(), "the writers wrote nothing");
+    assert!(!aside.exists(), "a half-built copy was left behind");
     server.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
 }

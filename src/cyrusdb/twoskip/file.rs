@@ -109,6 +109,8 @@ impl TwoskipFile {
     /// written at the first lock, as Cyrus does.
     pub fn open(path: &Path, levels: Box<dyn LevelSource>) -> Result<TwoskipFile, TwoskipError> {
         let file = open_path(path)?;
+        // A copy being built when a previous process died is of no use to anyone.
+        let _ = std::fs::remove_file(aside_path(path));
         Ok(TwoskipFile {
             path: path.to_path_buf(),
             file,
@@ -289,12 +291,7 @@ impl TwoskipFile {
         };
         let stamp = stamp.clone();
         let copy = Image::compact(entries, image.header().generation + 1, self.levels.as_mut())?;
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let aside = self.path.with_file_name(format!(".{name}.mupdate-repack"));
+        let aside = aside_path(&self.path);
         let _ = std::fs::remove_file(&aside);
         let new_file = OpenOptions::new()
             .read(true)
@@ -351,6 +348,16 @@ impl TwoskipFile {
         self.cache = Some((new_stamp, copy));
         Ok(Some(report))
     }
+}
+
+/// Where a whole new file is built before it is renamed over `path`: beside it (a rename
+/// stays on one filesystem), hidden, and not Cyrus's own `<file>.NEW`, which Cyrus removes.
+fn aside_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.mupdate-repack"))
 }
 
 fn sync_directory(path: &Path) -> std::io::Result<()> {
