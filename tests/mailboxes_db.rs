@@ -3,8 +3,9 @@
 //! built aside and renamed in, as a Cyrus repack is) and then through 20,000 live changes
 //! (bounded transactions), with a Cyrus repack in the middle of those: no lookup fails, the
 //! writer follows the repacked file, and the end state is exactly the store.
-//! And kill -9 at random points of writes and reconciliations: Cyrus recovers and accepts
-//! the file every time, and after a restart it equals the store.
+//! And kill -9 at random points of write transactions and of whole-file rewrites (a copy
+//! half built): Cyrus recovers and accepts the file every time, no copy is left behind,
+//! and after a restart the file equals the store.
 
 mod common;
 
@@ -27,6 +28,8 @@ const LIVE: usize = 20_000;
 const LIVE_LAST: usize = MAILBOXES + LIVE - 1;
 /// Kills of the writer in the crash test.
 const ROUNDS: usize = 30;
+/// Mailboxes the crash test's store starts with.
+const SEEDED: usize = 30_000;
 
 fn cyr_dbtool(conf: &Path, db: &Path, args: &[&[u8]]) -> Output {
     let mut command = Command::new("runuser");
@@ -197,21 +200,12 @@ async fn cyrus_lookups_through_a_100k_sync_and_a_cyrus_repack() {
         holds >= (LIVE / 512) as f64,
         "{LIVE} live changes written in {holds} lock holds"
     );
-    // Ready once the file is current (the first pass ends with a repack of the grown file).
+    // Ready once the file is current.
     let sidecar = sidecar_of(&slave);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_millis(100), || {
         let (status, body) = http_get(&sidecar, "/readyz");
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{body}{}",
-            slave.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (status != 200).then(|| format!("{body}{}", slave.stderr.lock().unwrap()))
+    });
 }
 
 /// ACTIVATEs `user.mNNNNNN` for every N of `range` on `master`, `per_commit` at a time.
@@ -234,10 +228,9 @@ async fn activate_range(
     }
 }
 
-/// Waits (two minutes at most) until the file's header counts at least `records`.
+/// Waits until the file's header counts at least `records`.
 fn wait_for_records(db: &Path, records: u64, slave: &ServerProcess) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    eventually(Duration::from_millis(20), || {
         let held = std::fs::read(db)
             .ok()
             .and_then(|b| {
@@ -245,15 +238,22 @@ fn wait_for_records(db: &Path, records: u64, slave: &ServerProcess) {
                     .map(|n| u64::from_be_bytes(n.try_into().unwrap()))
             })
             .unwrap_or(0);
-        if held >= records {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the file holds {held} records, not {records}: {}",
-            slave.stderr.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        (held < records).then(|| {
+            format!(
+                "the file holds {held} records, not {records}: {}",
+                slave.stderr.lock().unwrap()
+            )
+        })
+    });
+}
+
+/// Calls `pending` every `every` until it has no complaint; fails with its last one after
+/// two minutes.
+fn eventually(every: Duration, mut pending: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Some(complaint) = pending() {
+        assert!(Instant::now() < deadline, "{complaint}");
+        std::thread::sleep(every);
     }
 }
 
@@ -329,6 +329,23 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
             db.display()
         ),
     );
+    // Enough mailboxes that a restart's rewrite of an emptied file takes a while, so that
+    // some kills land while the new copy is being built.
+    {
+        let store = mupdate::store::Store::open(
+            &dir.path().join("mailboxes.redb"),
+            mupdate::store::StoreOptions::default(),
+        )
+        .expect("seed the store");
+        let seed = (0..SEEDED)
+            .map(|i| Mutation::Activate {
+                name: format!("user.s{i:06}").into_bytes(),
+                location: b"be9!default".to_vec(),
+                acl: b"admin\tlrs\t".to_vec(),
+            })
+            .collect();
+        store.apply_many(seed).await.expect("seed");
+    }
     chown_cyrus(dir.path());
     let args = [
         "-C".to_owned(),
@@ -349,8 +366,19 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
         let server = ServerProcess::start_with(&args, &env);
         let addr = server.addr;
         let writer = std::thread::spawn(move || write_until_killed(addr, round));
-        let pause = 20 + (round * 37) % 300;
-        std::thread::sleep(Duration::from_millis(pause as u64));
+        if round % 3 == 2 {
+            // Into the rewrite of the emptied file, when it can be caught being built.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !aside.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            std::thread::sleep(Duration::from_millis((round % 7) as u64));
+        } else {
+            // Into the transactions of the writes, once the start's reconciliation is done.
+            server.log_once_it_holds("mailboxes.db reconciled");
+            let pause = 5 + (round * 37) % 200;
+            std::thread::sleep(Duration::from_millis(pause as u64));
+        }
         let mut server = server;
         server.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
         writer.join().expect("writer");

@@ -437,15 +437,27 @@ mod tests {
             }
         }
 
-        /// A writer of at most one record per transaction.
-        fn writer(&self, metrics: &Arc<Metrics>) -> Writer {
+        /// A writer of at most one record per transaction, after its first catch-up (a
+        /// reconciliation, checked).
+        fn reconcile(&self) -> (Writer, Arc<Metrics>) {
             let file = TwoskipFile::open(&self.path, Box::new(RandomLevels)).unwrap();
             let limits = TransactionLimits {
                 max_records: 1,
                 max_hold: Duration::from_secs(1),
                 pause: Duration::ZERO,
             };
-            Writer::new(file, Mapping::default(), limits, metrics.clone())
+            let metrics = Arc::new(Metrics::default());
+            let mut writer = Writer::new(file, Mapping::default(), limits, metrics.clone());
+            let mut published = Vec::new();
+            assert_eq!(
+                writer
+                    .catch_up(&self.store, &mut |s| published.push(s))
+                    .unwrap(),
+                3
+            );
+            assert_eq!(published, [3]);
+            self.assert_reconciled();
+            (writer, metrics)
         }
 
         fn file(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -490,17 +502,7 @@ mod tests {
     async fn reconciles_only_its_own_records_then_follows_changes_in_bounded_transactions() {
         // Three changes in a file of 44 records: written in place, not worth a new file.
         let fixture = Fixture::new(40).await;
-        let metrics = Arc::new(Metrics::default());
-        let mut writer = fixture.writer(&metrics);
-        let mut published = Vec::new();
-        assert_eq!(
-            writer
-                .catch_up(&fixture.store, &mut |s| published.push(s))
-                .unwrap(),
-            3
-        );
-        assert_eq!(published, [3]);
-        fixture.assert_reconciled();
+        let (mut writer, metrics) = fixture.reconcile();
         // Three records written (a, b, gone), one per transaction, in the same file.
         assert_eq!(metrics.mailboxes_db_hold_seconds.get_sample_count(), 3);
         assert_eq!(metrics.mailboxes_db_rewrites.get(), 0);
@@ -515,7 +517,7 @@ mod tests {
             .await
             .unwrap();
         store.apply(activate("user.d", "be3!p")).await.unwrap();
-        published.clear();
+        let mut published = Vec::new();
         assert_eq!(
             writer.catch_up(store, &mut |s| published.push(s)).unwrap(),
             5
@@ -531,17 +533,7 @@ mod tests {
     async fn a_reconciliation_of_many_changes_renames_a_whole_new_file_in() {
         // Three changes in a file of 5 records, more than one transaction's worth.
         let fixture = Fixture::new(0).await;
-        let metrics = Arc::new(Metrics::default());
-        let mut writer = fixture.writer(&metrics);
-        let mut published = Vec::new();
-        assert_eq!(
-            writer
-                .catch_up(&fixture.store, &mut |s| published.push(s))
-                .unwrap(),
-            3
-        );
-        assert_eq!(published, [3]);
-        fixture.assert_reconciled();
+        let (_, metrics) = fixture.reconcile();
         // One hold of the lock, for the rename; a new generation for Cyrus's readers.
         assert_eq!(metrics.mailboxes_db_hold_seconds.get_sample_count(), 1);
         assert_eq!(metrics.mailboxes_db_rewrites.get(), 1);

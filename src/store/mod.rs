@@ -446,13 +446,18 @@ impl Store {
             }
             !std::mem::replace(&mut queue.leader, true)
         };
-        if lead {
+        let leading = lead.then(|| {
             let store = self.clone();
-            tokio::task::spawn_blocking(move || store.lead());
-        }
+            tokio::task::spawn_blocking(move || store.lead())
+        });
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
             outcomes.push(answer.await.map_err(|_| StoreError::Closed)??);
+        }
+        // A leader returns once it has committed everything queued behind it too, as it
+        // did when it committed on its own thread, and no longer holds the store.
+        if let Some(leading) = leading {
+            leading.await.map_err(|_| StoreError::Closed)?;
         }
         Ok(outcomes)
     }
