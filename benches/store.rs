@@ -1,11 +1,11 @@
 //! Store micro-benchmark: sequential durable ACTIVATEs through `Store::apply` (no network),
-//! FIND lookups, and a new replica taking in a 100,000-record dump (`slave::reconcile`),
+//! FIND lookups, and a new replica taking in a 100,000-record list (`slave::Resync`),
 //! to separate storage cost from protocol and scheduling cost.
 //! Run with `cargo bench --bench store`.
 
 use std::time::Instant;
 
-use mupdate::replication::slave::{OnEmpty, reconcile};
+use mupdate::replication::slave::{OnEmpty, Resync};
 use mupdate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreOptions};
 
 fn main() {
@@ -48,27 +48,38 @@ fn main() {
         secs * 1e6 / lookups as f64
     );
 
-    let replica = Store::open(&dir.path().join("replica.redb"), StoreOptions::default())
-        .expect("open the replica");
-    let dump: Vec<Mutation> = (0..100_000)
-        .map(|i| Mutation::Replicate {
-            name: format!("user.r{i:09}").into_bytes(),
-            record: Some(ReplicaRecord {
-                state: MailboxState::Active,
-                location: b"backend1!default".to_vec(),
-                acl: b"owner\tlrswipkxtecda\t".to_vec(),
-            }),
-        })
-        .collect();
-    let records = dump.len();
-    let started = Instant::now();
-    runtime
-        .block_on(reconcile(&replica, dump, None, OnEmpty::Keep))
-        .expect("reconcile");
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "a new replica takes in a dump of {records}: {:.3} s ({:.1} us each)",
-        secs,
-        secs * 1e6 / records as f64
-    );
+    for (unseen, what) in [
+        (false, "every chunk synced"),
+        (true, "unseen, as a slave's first sync"),
+    ] {
+        let path = dir.path().join(format!("replica-{unseen}.redb"));
+        let replica = Store::open(&path, StoreOptions::default()).expect("open the replica");
+        let dump: Vec<Mutation> = (0..100_000)
+            .map(|i| Mutation::Replicate {
+                name: format!("user.r{i:09}").into_bytes(),
+                record: Some(ReplicaRecord {
+                    state: MailboxState::Active,
+                    location: b"backend1!default".to_vec(),
+                    acl: b"owner\tlrswipkxtecda\t".to_vec(),
+                }),
+            })
+            .collect();
+        let records = dump.len();
+        let started = Instant::now();
+        runtime
+            .block_on(async {
+                let mut resync = Resync::start(&replica, unseen)?;
+                for mutation in dump {
+                    resync.push(mutation).await?;
+                }
+                resync.finish(true, None, OnEmpty::Keep).await
+            })
+            .expect("resync");
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "a new replica takes in a list of {records} ({what}): {:.3} s ({:.1} us each)",
+            secs,
+            secs * 1e6 / records as f64
+        );
+    }
 }

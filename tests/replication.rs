@@ -685,3 +685,54 @@ async fn check_finds_a_difference_planted_in_a_slave() {
     assert!(report.contains("only on slave: user.drift"), "{report}");
     assert!(report.contains("1 differences"), "{report}");
 }
+
+/// Before its first sync a slave serves nobody, so it commits the master's list without
+/// waiting for the disk: killed in the middle, it must come back, start over and end with
+/// the whole list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_killed_in_its_first_sync_starts_over_and_ends_complete() {
+    const MAILBOXES: usize = 60_000;
+    let master = TestServer::start("").await;
+    let names: Vec<usize> = (0..MAILBOXES).collect();
+    for chunk in names.chunks(10_000) {
+        let mutations = chunk
+            .iter()
+            .map(|i| mupdate::store::Mutation::Activate {
+                name: format!("user.f{i:06}").into_bytes(),
+                location: b"be1!p".to_vec(),
+                acl: b"f\tlrs\t".to_vec(),
+            })
+            .collect();
+        master.ctx.store.apply_many(mutations).await.expect("load");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "-C".to_owned(),
+        follow_config(dir.path(), master.addr).display().to_string(),
+    ];
+    let env = [("RUST_LOG".to_owned(), "info".to_owned())];
+    let mut first = ServerProcess::spawn(&args, &env);
+    first.log_once_it_holds("synchronizing mailbox list");
+    let redb = dir.path().join("mailboxes.redb");
+    let started = std::fs::metadata(&redb).map(|m| m.len()).unwrap_or(0);
+    // Once part of the list is committed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&redb).map(|m| m.len()).unwrap_or(0) <= started {
+        assert!(Instant::now() < deadline, "nothing committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    let log = first.stderr.lock().unwrap().clone();
+    assert!(
+        !log.contains("synchronization complete"),
+        "killed too late:\n{log}"
+    );
+
+    let second = ServerProcess::start_with(&args, &env);
+    let log = second.log_once_it_holds("synchronization complete");
+    assert!(log.contains("(full resync)"), "{log}");
+    let mut reader = logged_in(second.addr).await;
+    let mut writer = master.admin().await;
+    assert_eq!(list(&mut reader).await, list(&mut writer).await);
+    assert_eq!(parse_records(&list(&mut reader).await).len(), MAILBOXES);
+}

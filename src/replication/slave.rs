@@ -153,7 +153,10 @@ async fn follow(
         mupdate.sync.kind = tracing::field::Empty,
         mupdate.sync.records = tracing::field::Empty,
     );
-    let position = synchronise(store, settings, &mut link, metrics)
+    // Before its first sync a slave serves nobody, so nothing can have seen (or passed on
+    // a position of) a chunk that a crash then loses: its chunks need not wait for the disk.
+    let unseen = !*synced.borrow();
+    let position = synchronise(store, settings, &mut link, unseen, metrics)
         .instrument(sync_span)
         .await?;
     synced.send_replace(true);
@@ -187,6 +190,7 @@ async fn synchronise(
     store: &Store,
     settings: &SlaveSettings,
     link: &mut Link,
+    unseen: bool,
     metrics: &Metrics,
 ) -> Result<Option<(u64, u64)>, LinkError> {
     tracing::info!(master = %settings.master, "synchronizing mailbox list with master mupdate server");
@@ -202,7 +206,7 @@ async fn synchronise(
     let mut delta = false;
     let mut position = None;
     // Records are committed while the rest of the list arrives.
-    let mut resync = Resync::start(store)?;
+    let mut resync = Resync::start(store, unseen)?;
     loop {
         // D-13: a master that stops sending in the middle of its dump is given up on.
         match link.next(patience).await? {
@@ -282,7 +286,7 @@ pub async fn reconcile(
     checkpoint: Option<Mutation>,
     on_empty: OnEmpty,
 ) -> Result<(), StoreError> {
-    let mut resync = Resync::start(store)?;
+    let mut resync = Resync::start(store, false)?;
     for mutation in dump {
         resync.push(mutation).await?;
     }
@@ -295,16 +299,25 @@ pub async fn reconcile(
 /// tagged OK), so a link cut mid-list never deletes anything.
 pub struct Resync {
     store: Store,
+    /// Whether nobody reads the store while the list arrives: then only every
+    /// [`SYNCED_EVERY`]th chunk and the end wait for the disk; a crash loses the rest,
+    /// which the next sync brings again.
+    unseen: bool,
     /// Names received, kept only when the store held records they may have to displace.
     received_names: Option<HashSet<Vec<u8>>>,
     received: usize,
     chunk: Vec<Mutation>,
+    chunks: usize,
     committing: Option<tokio::task::JoinHandle<Result<Vec<Outcome>, StoreError>>>,
 }
 
+/// While nobody reads the store, one chunk in this many is synced to disk (bounding what
+/// a crash loses, and the pages redb cannot free before a durable commit).
+const SYNCED_EVERY: usize = 16;
+
 impl Resync {
-    /// Starts taking in a list for `store`.
-    pub fn start(store: &Store) -> Result<Resync, StoreError> {
+    /// Starts taking in a list for `store`; `unseen`: nobody reads it meanwhile.
+    pub fn start(store: &Store, unseen: bool) -> Result<Resync, StoreError> {
         let mut empty = true;
         store.snapshot()?.walk(|_| {
             empty = false;
@@ -312,25 +325,28 @@ impl Resync {
         })?;
         Ok(Resync {
             store: store.clone(),
+            unseen,
             // A new replica has nothing to remove: no index of perhaps a million names.
             received_names: (!empty).then(HashSet::new),
             received: 0,
             chunk: Vec::with_capacity(APPLY_CHUNK),
+            chunks: 0,
             committing: None,
         })
     }
 
-    /// Takes the next record of the list; commits a full chunk once the previous one is
-    /// durable, and returns without waiting for it.
+    /// Takes the next record of the list. A full chunk is committed when the record after
+    /// it arrives (so the last one is left for [`Resync::finish`], which syncs it), once
+    /// the previous chunk is committed, without waiting for it.
     pub async fn push(&mut self, mutation: Mutation) -> Result<(), StoreError> {
+        if self.chunk.len() >= APPLY_CHUNK {
+            self.commit_chunk().await?;
+        }
         if let Some(names) = &mut self.received_names {
             names.insert(mutation.name().to_vec());
         }
         self.received += 1;
         self.chunk.push(mutation);
-        if self.chunk.len() >= APPLY_CHUNK {
-            self.commit_chunk().await?;
-        }
         Ok(())
     }
 
@@ -341,12 +357,16 @@ impl Resync {
 
     async fn commit_chunk(&mut self) -> Result<(), StoreError> {
         self.committed().await?;
-        if self.chunk.is_empty() {
-            return Ok(());
-        }
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(APPLY_CHUNK));
+        self.chunks += 1;
+        let synced = !self.unseen || self.chunks.is_multiple_of(SYNCED_EVERY);
         let store = self.store.clone();
-        self.committing = Some(tokio::spawn(async move { store.apply_many(chunk).await }));
+        self.committing = Some(tokio::spawn(async move {
+            match synced {
+                true => store.apply_many(chunk).await,
+                false => store.apply_many_unsynced(chunk).await,
+            }
+        }));
         Ok(())
     }
 
@@ -358,17 +378,17 @@ impl Resync {
         Ok(())
     }
 
-    /// Ends a complete list: commits the rest; for a `full` list (not a delta) removes
-    /// every name the store held and the list did not carry, unless the list was empty
-    /// and `on_empty` says keep; then commits `checkpoint`, last, so that a crash in
-    /// between never records a position the store has not reached.
+    /// Ends a complete list: for a `full` list (not a delta) removes every name the store
+    /// held and the list did not carry, unless the list was empty and `on_empty` says
+    /// keep; then commits, synced to disk, the last chunk, those removals and
+    /// `checkpoint`, last, so that a crash in between never records a position the store
+    /// has not reached.
     pub async fn finish(
         mut self,
         full: bool,
         checkpoint: Option<Mutation>,
         on_empty: OnEmpty,
     ) -> Result<(), StoreError> {
-        self.commit_chunk().await?;
         self.committed().await?;
         let mut stale = Vec::new();
         if full && let Some(names) = &self.received_names {
@@ -391,7 +411,8 @@ impl Resync {
             );
             stale.clear();
         }
-        let mut rest = stale.into_iter().chain(checkpoint).peekable();
+        let last = std::mem::take(&mut self.chunk);
+        let mut rest = last.into_iter().chain(stale).chain(checkpoint).peekable();
         while rest.peek().is_some() {
             let chunk: Vec<Mutation> = rest.by_ref().take(APPLY_CHUNK).collect();
             self.store.apply_many(chunk).await?;

@@ -395,6 +395,7 @@ impl Store {
                 mutation,
                 reply,
                 trace,
+                durable: true,
             });
             !std::mem::replace(&mut queue.leader, true)
         };
@@ -432,6 +433,24 @@ impl Store {
     /// thread: a large batch takes a while, and the caller's worker has other work
     /// meanwhile (a slave reads the next part of its master's list).
     pub async fn apply_many(&self, mutations: Vec<Mutation>) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_many_as(mutations, true).await
+    }
+
+    /// [`Store::apply_many`], without waiting for the disk: committed and visible, but on
+    /// disk only with the next durable commit, and lost in a crash before it. For the
+    /// parts of a list that is useful only whole (a slave's resync, which ends durably).
+    pub async fn apply_many_unsynced(
+        &self,
+        mutations: Vec<Mutation>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_many_as(mutations, false).await
+    }
+
+    async fn apply_many_as(
+        &self,
+        mutations: Vec<Mutation>,
+        durable: bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut answers = Vec::with_capacity(mutations.len());
         let lead = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -441,6 +460,7 @@ impl Store {
                     mutation,
                     reply,
                     trace: None,
+                    durable,
                 });
                 answers.push(answer);
             }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::time::Instant;
 
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use tokio::sync::{broadcast, oneshot};
 
@@ -26,6 +26,9 @@ pub(crate) struct WriteRequest {
     pub(crate) reply: oneshot::Sender<Result<Outcome, StoreError>>,
     /// The requesting command's `traceparent`, when it is traced.
     pub(crate) trace: Option<Arc<str>>,
+    /// Whether its commit must be on disk before it is answered (see
+    /// [`super::Store::apply_many_unsynced`]).
+    pub(crate) durable: bool,
 }
 
 /// Owns the write path. Whoever holds leadership (see [`super::Store::apply`]) calls it; redb
@@ -111,7 +114,9 @@ impl Committer {
             }
             self.trim(&mut log, seq)?;
         }
-        commit_durably(txn)?;
+        // A batch is synced to disk unless none of its requests asked for that.
+        let durable = batch.iter().any(|request| request.durable);
+        commit(txn, durable)?;
         self.last_seq.store(seq, Ordering::Release);
         if !changes.is_empty() {
             self.committed.send_replace(seq);
@@ -158,8 +163,14 @@ impl Committer {
     }
 }
 
-fn commit_durably(txn: WriteTransaction) -> Result<(), StoreError> {
-    // Durability::Immediate is redb's default: commit() returns after the fsync.
+fn commit(mut txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
+    // Durability::Immediate is redb's default: commit() returns after the fsync. A commit
+    // with Durability::None is on disk with the next durable one, and lost in a crash
+    // before it, with everything after it.
+    if !durable {
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::from_redb)?;
+    }
     txn.commit().map_err(StoreError::from_redb)
 }
 
