@@ -361,11 +361,16 @@ impl Resync {
         self.chunks += 1;
         let synced = !self.unseen || self.chunks.is_multiple_of(SYNCED_EVERY);
         let store = self.store.clone();
-        self.committing = Some(tokio::spawn(async move {
-            match synced {
-                true => store.apply_many(chunk).await,
-                false => store.apply_many_unsynced(chunk).await,
-            }
+        // On a blocking thread: the commit takes a while, and the worker meanwhile reads
+        // the next part of the list (a committing caller commits on its own thread).
+        let runtime = tokio::runtime::Handle::current();
+        self.committing = Some(tokio::task::spawn_blocking(move || {
+            runtime.block_on(async {
+                match synced {
+                    true => store.apply_many(chunk).await,
+                    false => store.apply_many_unsynced(chunk).await,
+                }
+            })
         }));
         Ok(())
     }

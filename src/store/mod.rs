@@ -429,9 +429,7 @@ impl Store {
     }
 
     /// Applies many mutations in as few commits as possible (a slave's dump or a burst of
-    /// its master's stream); returns once all are durable. The commits run on a blocking
-    /// thread: a large batch takes a while, and the caller's worker has other work
-    /// meanwhile (a slave reads the next part of its master's list).
+    /// its master's stream); returns once all are durable.
     pub async fn apply_many(&self, mutations: Vec<Mutation>) -> Result<Vec<Outcome>, StoreError> {
         self.apply_many_as(mutations, true).await
     }
@@ -466,18 +464,17 @@ impl Store {
             }
             !std::mem::replace(&mut queue.leader, true)
         };
-        let leading = lead.then(|| {
-            let store = self.clone();
-            tokio::task::spawn_blocking(move || store.lead())
-        });
+        if lead {
+            let mut leadership = Leadership {
+                store: self,
+                done: false,
+            };
+            self.lead();
+            leadership.done = true;
+        }
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
             outcomes.push(answer.await.map_err(|_| StoreError::Closed)??);
-        }
-        // A leader returns once it has committed everything queued behind it too, as it
-        // did when it committed on its own thread, and no longer holds the store.
-        if let Some(leading) = leading {
-            leading.await.map_err(|_| StoreError::Closed)?;
         }
         Ok(outcomes)
     }
