@@ -191,26 +191,25 @@ impl Writer {
                 }
             };
             let decision = decide(existing.as_deref(), want.as_ref(), now);
+            // Index into RECONCILE_OUTCOMES; a local mailbox is not counted there.
             let outcome = match &decision {
-                Decision::KeepLocal => 4,
-                Decision::Unchanged => 3,
-                Decision::Delete => 2,
-                Decision::Write(_) if existing.is_some() => 1,
-                Decision::Write(_) => 0,
+                Decision::KeepLocal => None,
+                Decision::Unchanged => Some(3),
+                Decision::Delete => Some(2),
+                Decision::Write(_) if existing.is_some() => Some(1),
+                Decision::Write(_) => Some(0),
             };
-            match decision {
-                Decision::Write(value) => whole.push((key.clone(), value)),
-                Decision::Delete => {}
-                Decision::Unchanged | Decision::KeepLocal => {
-                    if let Some(value) = existing {
-                        whole.push((key.clone(), value));
-                    }
-                }
-            }
-            if outcome == 4 {
+            // What the file holds under this key afterwards.
+            let after = match decision {
+                Decision::Write(value) => Some(value),
+                Decision::Delete => None,
+                Decision::Unchanged | Decision::KeepLocal => existing,
+            };
+            whole.extend(after.map(|value| (key.clone(), value)));
+            let Some(outcome) = outcome else {
                 kept_local += 1;
                 continue;
-            }
+            };
             outcomes[outcome] += 1;
             if outcome != 3 {
                 work.push(Item {

@@ -297,15 +297,14 @@ impl Image {
 
     /// Appends a record after BLANK padding; returns its offset.
     fn append(&mut self, record: &mut Record, key: &[u8], value: &[u8]) -> u64 {
-        let encoded = encode_record(record, key, value);
-        let head_len =
-            encoded.len() as u64 - super::format::padded((key.len() + value.len()) as u64);
-        for _ in 0..blanks_before(self.end(), head_len) {
+        record.key_len = key.len() as u64;
+        record.value_len = value.len() as u64;
+        for _ in 0..blanks_before(self.end(), record.head_len()) {
             self.bytes.extend_from_slice(BLANK);
         }
         let offset = self.end();
         record.offset = offset;
-        self.bytes.extend_from_slice(&encoded);
+        append_record(&mut self.bytes, record, key, value);
         self.dirty = true;
         offset
     }
@@ -332,12 +331,6 @@ impl Image {
             truncate_to: None,
             header,
         })
-    }
-
-    /// A fresh, compact copy of this file's live records (Cyrus's checkpoint), with the
-    /// next generation.
-    pub fn repacked(&self, levels: &mut dyn LevelSource) -> Result<Image, TwoskipError> {
-        Image::compact(&self.entries()?, self.header.generation + 1, levels)
     }
 
     /// A complete file holding `entries` (keys strictly ascending), written as Cyrus's
@@ -401,14 +394,15 @@ impl Image {
         image.bytes.reserve((end - image.end()) as usize + 64);
         let mut next = pointers.as_slice();
         for ((key, value), &(level, offset)) in entries.iter().zip(&layout) {
-            while image.end() < offset {
-                image.bytes.extend_from_slice(BLANK);
-            }
             let mut record = Record::new(RECORD, level);
             let (mine, rest) = next.split_at(level as usize);
             point(&mut record, mine);
             next = rest;
-            append_record(&mut image.bytes, &mut record, key.as_ref(), value.as_ref());
+            let appended = image.append(&mut record, key.as_ref(), value.as_ref());
+            debug_assert_eq!(
+                appended, offset,
+                "the layout places records as appending does"
+            );
         }
         image.header.num_records = entries.len() as u64;
         if entries.is_empty() {
