@@ -1,7 +1,7 @@
 //! Store micro-benchmark: sequential durable ACTIVATEs through `Store::apply` (no network),
 //! FIND lookups, and a new replica taking in a 100,000-record list (`slave::Resync`),
 //! to separate storage cost from protocol and scheduling cost.
-//! Run with `cargo bench --bench store`.
+//! Run with `cargo bench --bench store` (`STORE_BENCH=resync` runs only the replica part).
 
 use std::time::Instant;
 
@@ -15,6 +15,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::var("STORE_BENCH").as_deref() != Ok("resync") {
+        writes_and_lookups(&runtime, &store);
+    }
+    resyncs(&runtime, dir.path());
+}
+
+fn writes_and_lookups(runtime: &tokio::runtime::Runtime, store: &Store) {
     let n = 5_000;
     let started = Instant::now();
     runtime.block_on(async {
@@ -47,12 +54,14 @@ fn main() {
         lookups as f64 / secs,
         secs * 1e6 / lookups as f64
     );
+}
 
+fn resyncs(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) {
     for (unseen, what) in [
         (false, "every chunk synced"),
         (true, "unseen, as a slave's first sync"),
     ] {
-        let path = dir.path().join(format!("replica-{unseen}.redb"));
+        let path = dir.join(format!("replica-{unseen}.redb"));
         let replica = Store::open(&path, StoreOptions::default()).expect("open the replica");
         let dump: Vec<Mutation> = (0..100_000)
             .map(|i| Mutation::Replicate {

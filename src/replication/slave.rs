@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::client::{self, Credentials, Link, LinkError};
 use crate::observability::metrics::Metrics;
 use crate::protocol::reply::Reply;
-use crate::store::{MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError};
+use crate::store::{Keeping, MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError};
 
 /// Changes applied per commit while reconciling a dump.
 const APPLY_CHUNK: usize = 4096;
@@ -303,6 +303,10 @@ pub struct Resync {
     /// [`SYNCED_EVERY`]th chunk and the end wait for the disk; a crash loses the rest,
     /// which the next sync brings again.
     unseen: bool,
+    /// Whether the list's changes go into the change log one by one: not for a new
+    /// replica's first list, which nobody can have followed (its listeners, when there
+    /// are some, are sent the whole list).
+    logged: bool,
     /// Names received, kept only when the store held records they may have to displace.
     received_names: Option<HashSet<Vec<u8>>>,
     received: usize,
@@ -326,6 +330,7 @@ impl Resync {
         Ok(Resync {
             store: store.clone(),
             unseen,
+            logged: !(unseen && empty),
             // A new replica has nothing to remove: no index of perhaps a million names.
             received_names: (!empty).then(HashSet::new),
             received: 0,
@@ -359,18 +364,16 @@ impl Resync {
         self.committed().await?;
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(APPLY_CHUNK));
         self.chunks += 1;
-        let synced = !self.unseen || self.chunks.is_multiple_of(SYNCED_EVERY);
+        let keeping = Keeping {
+            durable: !self.unseen || self.chunks.is_multiple_of(SYNCED_EVERY),
+            logged: self.logged,
+        };
         let store = self.store.clone();
         // On a blocking thread: the commit takes a while, and the worker meanwhile reads
         // the next part of the list (a committing caller commits on its own thread).
         let runtime = tokio::runtime::Handle::current();
         self.committing = Some(tokio::task::spawn_blocking(move || {
-            runtime.block_on(async {
-                match synced {
-                    true => store.apply_many(chunk).await,
-                    false => store.apply_many_unsynced(chunk).await,
-                }
-            })
+            runtime.block_on(store.apply_many_kept(chunk, keeping))
         }));
         Ok(())
     }
@@ -420,7 +423,11 @@ impl Resync {
         let mut rest = last.into_iter().chain(stale).chain(checkpoint).peekable();
         while rest.peek().is_some() {
             let chunk: Vec<Mutation> = rest.by_ref().take(APPLY_CHUNK).collect();
-            self.store.apply_many(chunk).await?;
+            let keeping = Keeping {
+                durable: true,
+                logged: self.logged,
+            };
+            self.store.apply_many_kept(chunk, keeping).await?;
         }
         Ok(())
     }

@@ -35,9 +35,84 @@ pub fn name_of(key: &[u8]) -> &[u8] {
     }
 }
 
+/// A byte string `m` with `low <= m <= high` (for `low <= high`), about halfway between
+/// them when both are read as base-256 fractions.
+pub fn midpoint(low: &[u8], high: &[u8]) -> Vec<u8> {
+    let width = low.len().max(high.len()) + 1;
+    let digit = |s: &[u8], i: usize| u32::from(s.get(i).copied().unwrap_or(0));
+    // The sum, most significant digit first, with its carry out in front.
+    let mut sum = vec![0u32; width];
+    let mut carry = 0;
+    for i in (0..width).rev() {
+        let total = digit(low, i) + digit(high, i) + carry;
+        sum[i] = total & 0xff;
+        carry = total >> 8;
+    }
+    // Halved: the carry comes down as the top bit of the first digit.
+    let mut remainder = carry;
+    let mut middle: Vec<u8> = sum
+        .into_iter()
+        .map(|d| {
+            let value = (remainder << 8) | d;
+            remainder = value & 1;
+            (value >> 1) as u8
+        })
+        .collect();
+    while middle.last() == Some(&0) {
+        middle.pop();
+    }
+    // Trailing zeros change the order but not the value: an end the value equals is the
+    // answer then.
+    if middle.as_slice() < low {
+        low.to_vec()
+    } else if middle.as_slice() > high {
+        high.to_vec()
+    } else {
+        middle
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn midpoints_lie_between_their_ends() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"a", b"c"),
+            (b"a", b"b"),
+            (b"user\x1fa", b"user\x1fz"),
+            (b"", b"\xff\xff"),
+            (b"abc", b"abd"),
+            (b"x", b"x"),
+            (
+                b"user\x1fm000000001\0user.m000000001",
+                b"user\x1fm000099999\0user.m000099999",
+            ),
+        ];
+        for &(low, high) in cases {
+            let middle = midpoint(low, high);
+            assert!(
+                low <= middle.as_slice() && middle.as_slice() <= high,
+                "{low:?} {middle:?} {high:?}"
+            );
+        }
+        assert_eq!(midpoint(b"a", b"c"), b"b");
+        let wide = midpoint(b"user\x1fm000000001", b"user\x1fm000099999");
+        assert_eq!(&wide[..10], b"user\x1fm0000");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_midpoint_lies_between(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+        ) {
+            let (low, high) = if a <= b { (a, b) } else { (b, a) };
+            let middle = midpoint(&low, &high);
+            proptest::prop_assert!(low <= middle && middle <= high);
+        }
+    }
 
     #[test]
     fn cyrus_order() {

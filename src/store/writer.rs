@@ -14,21 +14,20 @@ use tokio::sync::{broadcast, oneshot};
 use super::key::row_key;
 use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
 use super::{
-    CHANGES, Change, ConflictPolicy, MAILBOXES, META, META_UPSTREAM_EPOCH, META_UPSTREAM_SEQ,
-    Mutation, Outcome, StoreError,
+    CHANGES, Change, ConflictPolicy, Keeping, MAILBOXES, META, META_UPSTREAM_EPOCH,
+    META_UPSTREAM_SEQ, Mutation, Outcome, StoreError,
 };
 
 /// The change log may exceed its count bound by this much before it is trimmed.
 const TRIM_STEP: u64 = 1024;
 
+/// One caller's mutations, applied in order in one commit and answered together.
 pub(crate) struct WriteRequest {
-    pub(crate) mutation: Mutation,
-    pub(crate) reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    pub(crate) mutations: Vec<Mutation>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
     /// The requesting command's `traceparent`, when it is traced.
     pub(crate) trace: Option<Arc<str>>,
-    /// Whether its commit must be on disk before it is answered (see
-    /// [`super::Store::apply_many_unsynced`]).
-    pub(crate) durable: bool,
+    pub(crate) keeping: Keeping,
 }
 
 /// Owns the write path. Whoever holds leadership (see [`super::Store::apply`]) calls it; redb
@@ -48,6 +47,7 @@ pub(crate) struct Committer {
 impl Committer {
     /// Commits `batch` durably, publishes its changes, then answers each request.
     pub(crate) fn commit_and_reply(&self, batch: Vec<WriteRequest>) {
+        let writes: usize = batch.iter().map(|request| request.mutations.len()).sum();
         // A child of the command whose task leads this group commit.
         let _span = crate::observability::traces::child_only(|| {
             tracing::debug_span!(
@@ -55,14 +55,14 @@ impl Committer {
                 "store.commit",
                 otel.name = "store commit",
                 db.system.name = "redb",
-                mupdate.commit.batch_size = batch.len(),
+                mupdate.commit.batch_size = writes,
             )
         })
         .entered();
         let started = Instant::now();
         match self.commit(&batch) {
             Ok((outcomes, changes)) => {
-                self.metrics.record_commit(batch.len(), started.elapsed());
+                self.metrics.record_commit(writes, started.elapsed());
                 // Publish before answering, so a client that saw OK and then asks a
                 // streaming connection for a NOOP barrier finds the change queued.
                 if self.feed.receiver_count() > 0 {
@@ -75,7 +75,7 @@ impl Committer {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, batch = batch.len(), "commit failed; no change of this batch was made");
+                tracing::error!(%error, batch = writes, "commit failed; no change of this batch was made");
                 for request in batch {
                     let _ = request.reply.send(Err(error.clone()));
                 }
@@ -83,42 +83,72 @@ impl Committer {
         }
     }
 
-    fn commit(&self, batch: &[WriteRequest]) -> Result<(Vec<Outcome>, Vec<Change>), StoreError> {
+    /// Applies `batch` in one transaction; returns each request's outcomes and the changes
+    /// made.
+    fn commit(
+        &self,
+        batch: &[WriteRequest],
+    ) -> Result<(Vec<Vec<Outcome>>, Vec<Change>), StoreError> {
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
-        let mut seq = self.last_seq.load(Ordering::Acquire);
+        let first_seq = self.last_seq.load(Ordering::Acquire);
+        let mut seq = first_seq;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut changes = Vec::new();
+        // The last change not logged, if it is the batch's last change.
+        let mut unlogged_last: Option<Vec<u8>> = None;
+        let mut unlogged_any = false;
         {
             let mut mailboxes = txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
             let mut log = txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
             for request in batch {
-                if let Mutation::Checkpoint { epoch, seq } = request.mutation {
-                    let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
-                    meta.insert(META_UPSTREAM_EPOCH, epoch)
-                        .map_err(StoreError::from_redb)?;
-                    meta.insert(META_UPSTREAM_SEQ, seq)
-                        .map_err(StoreError::from_redb)?;
-                    outcomes.push(Outcome::Done);
-                    continue;
-                }
-                let (outcome, change) = apply(&mut mailboxes, &request.mutation, self.policy)?;
-                outcomes.push(outcome);
-                if let Some(mut change) = change {
+                let mut answers = Vec::with_capacity(request.mutations.len());
+                for mutation in &request.mutations {
+                    if let Mutation::Checkpoint { epoch, seq } = *mutation {
+                        let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+                        meta.insert(META_UPSTREAM_EPOCH, epoch)
+                            .map_err(StoreError::from_redb)?;
+                        meta.insert(META_UPSTREAM_SEQ, seq)
+                            .map_err(StoreError::from_redb)?;
+                        answers.push(Outcome::Done);
+                        continue;
+                    }
+                    let (outcome, change) = apply(&mut mailboxes, mutation, self.policy)?;
+                    answers.push(outcome);
+                    let Some(mut change) = change else { continue };
                     change.trace = request.trace.clone();
                     seq += 1;
                     change.seq = seq;
-                    log.insert(seq, change.encode_log_entry().as_slice())
-                        .map_err(StoreError::from_redb)?;
+                    let entry = change.encode_log_entry();
+                    if request.keeping.logged {
+                        log.insert(seq, entry.as_slice())
+                            .map_err(StoreError::from_redb)?;
+                        unlogged_last = None;
+                    } else {
+                        unlogged_any = true;
+                        unlogged_last = Some(entry);
+                    }
                     changes.push(change);
                 }
+                outcomes.push(answers);
             }
-            self.trim(&mut log, seq)?;
+            if unlogged_any {
+                // The log keeps its newest entry (the sequence is read from it at open),
+                // and nothing older: a gap would pass for a complete history.
+                if let Some(entry) = unlogged_last {
+                    log.insert(seq, entry.as_slice())
+                        .map_err(StoreError::from_redb)?;
+                }
+                log.retain_in(..seq, |_, _| false)
+                    .map_err(StoreError::from_redb)?;
+            } else {
+                self.trim(&mut log, seq)?;
+            }
         }
         // A batch is synced to disk unless none of its requests asked for that.
-        let durable = batch.iter().any(|request| request.durable);
+        let durable = batch.iter().any(|request| request.keeping.durable);
         commit(txn, durable)?;
         self.last_seq.store(seq, Ordering::Release);
-        if !changes.is_empty() {
+        if seq != first_seq {
             self.committed.send_replace(seq);
         }
         Ok((outcomes, changes))
