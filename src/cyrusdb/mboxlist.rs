@@ -2,6 +2,8 @@
 //! an internal mailbox name (`mbname_from_intname` + `mbname_dbname`), and the dlist
 //! value (`mboxlist_entry_dlist`) that mupdate writes for a remote mailbox.
 
+use std::io::Write as _;
+
 /// Byte between domain and the rest of a database name.
 const DOMAIN_SEPARATOR: u8 = 0x1d;
 /// Byte between hierarchy levels in a database name.
@@ -112,7 +114,8 @@ impl Entry<'_> {
         out.extend_from_slice(b" S ");
         push_astring(&mut out, server);
         out.extend_from_slice(b" M ");
-        out.extend_from_slice(mtime.to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{mtime}");
         out.extend_from_slice(b" A %(");
         let mut first = true;
         for (identifier, rights) in acl_pairs(self.acl) {

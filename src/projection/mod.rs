@@ -35,6 +35,9 @@ pub enum ProjectionError {
     /// The reconciliation's merge of file and store lost its place (a bug).
     #[error("mailboxes.db projection: reconciliation lost its place")]
     Lost,
+    /// A thread of a reconciliation ended without an answer.
+    #[error("mailboxes.db projection: a reconciliation thread failed")]
+    Worker,
 }
 
 /// Where and how to keep mailboxes.db.

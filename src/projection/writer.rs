@@ -132,93 +132,15 @@ impl Writer {
         snapshot: &Snapshot,
         published: &mut dyn FnMut(u64),
     ) -> Result<(), ProjectionError> {
-        let mut desired = Vec::new();
-        let mut unmapped = 0u64;
-        snapshot.walk(|record| {
-            match self.mapping.desired(record) {
-                Some(wanted) => desired.push(wanted),
-                None => unmapped += 1,
-            }
-            true
-        })?;
-        // The store's order is the file's but for names Cyrus spells differently in keys
-        // (`^`, deleted mailboxes). Of two names with one key, the later one wins.
-        if !desired.is_sorted_by(|a, b| a.0 < b.0) {
-            desired.sort_by(|a, b| a.0.cmp(&b.0));
-            desired.dedup_by(|later, earlier| {
-                let same = later.0 == earlier.0;
-                if same {
-                    std::mem::swap(later, earlier);
-                }
-                same
-            });
-        }
+        let (desired, unmapped) = desired_records(&self.mapping, snapshot)?;
         let current = self.file.read_image()?.entries()?;
-        let now = now_secs();
-        let mut outcomes = [0u64; 4];
-        let mut kept_local = 0u64;
-        let mut work = Vec::new();
-        // The whole file as it should be, in key order, for a rewrite.
-        let mut whole: Vec<(Vec<u8>, Vec<u8>)> =
-            Vec::with_capacity(current.len().max(desired.len()));
-        let mut current = current.into_iter().peekable();
-        let mut wanted = desired.into_iter().peekable();
+        let Merged {
+            whole,
+            work,
+            outcomes,
+            kept_local,
+        } = merge_in_halves(current, desired, now_secs())?;
         let seq = snapshot.seq();
-        loop {
-            let (key, existing, want) = match (current.peek(), wanted.peek()) {
-                (None, None) => break,
-                (Some((have, _)), Some((want, _))) if have == want => {
-                    let (key, value) = current.next().ok_or(ProjectionError::Lost)?;
-                    let (_, want) = wanted.next().ok_or(ProjectionError::Lost)?;
-                    (key, Some(value), Some(want))
-                }
-                (Some((have, _)), Some((want, _))) if want < have => {
-                    let (key, want) = wanted.next().ok_or(ProjectionError::Lost)?;
-                    (key, None, Some(want))
-                }
-                (None, Some(_)) => {
-                    let (key, want) = wanted.next().ok_or(ProjectionError::Lost)?;
-                    (key, None, Some(want))
-                }
-                (Some(_), _) => {
-                    let (key, value) = current.next().ok_or(ProjectionError::Lost)?;
-                    if key.first() != Some(&NAME_KEY_PREFIX) {
-                        // Not a mailbox name: some other part of Cyrus keeps it.
-                        whole.push((key, value));
-                        continue;
-                    }
-                    (key, Some(value), None)
-                }
-            };
-            let decision = decide(existing.as_deref(), want.as_ref(), now);
-            // Index into RECONCILE_OUTCOMES; a local mailbox is not counted there.
-            let outcome = match &decision {
-                Decision::KeepLocal => None,
-                Decision::Unchanged => Some(3),
-                Decision::Delete => Some(2),
-                Decision::Write(_) if existing.is_some() => Some(1),
-                Decision::Write(_) => Some(0),
-            };
-            // What the file holds under this key afterwards.
-            let after = match decision {
-                Decision::Write(value) => Some(value),
-                Decision::Delete => None,
-                Decision::Unchanged | Decision::KeepLocal => existing,
-            };
-            whole.extend(after.map(|value| (key.clone(), value)));
-            let Some(outcome) = outcome else {
-                kept_local += 1;
-                continue;
-            };
-            outcomes[outcome] += 1;
-            if outcome != 3 {
-                work.push(Item {
-                    key,
-                    desired: want,
-                    seq: None,
-                });
-            }
-        }
         let worth_rewriting = work.len() > self.limits.max_records
             && work.len().saturating_mul(REWRITE_FRACTION) >= whole.len();
         let rewritten = match worth_rewriting {
@@ -331,6 +253,179 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// mailboxes.db keys with what the store wants each to say, in key order.
+type DesiredRecords = Vec<(Vec<u8>, Desired)>;
+
+/// Below this many records a reconciliation runs on one thread.
+const PARALLEL_FROM: usize = 4096;
+
+/// The store's records as mailboxes.db should hold them, in key order, and how many
+/// records map to no key. Two threads walk the two halves of the store.
+fn desired_records(
+    mapping: &Mapping,
+    snapshot: &Snapshot,
+) -> Result<(DesiredRecords, u64), ProjectionError> {
+    let total = usize::try_from(snapshot.len()?).unwrap_or(usize::MAX);
+    let middle = match total >= PARALLEL_FROM {
+        true => snapshot.middle()?,
+        false => None,
+    };
+    let collect = |from: Option<&[u8]>, to: Option<&[u8]>| {
+        let mut desired = Vec::with_capacity(total / 2 + 1);
+        let mut unmapped = 0u64;
+        snapshot.walk_range(from, to, |record| {
+            match mapping.desired(record) {
+                Some(wanted) => desired.push(wanted),
+                None => unmapped += 1,
+            }
+            true
+        })?;
+        Ok::<_, ProjectionError>((desired, unmapped))
+    };
+    let (first, second) = std::thread::scope(|scope| {
+        let second = middle
+            .as_deref()
+            .map(|middle| scope.spawn(move || collect(Some(middle), None)));
+        let first = collect(None, middle.as_deref());
+        (first, second.map(|half| half.join()))
+    });
+    let (mut desired, mut unmapped) = first?;
+    if let Some(second) = second {
+        let (rest, rest_unmapped) = second.map_err(|_| ProjectionError::Worker)??;
+        desired.extend(rest);
+        unmapped += rest_unmapped;
+    }
+    // The store's order is the file's but for names Cyrus spells differently in keys
+    // (`^`, deleted mailboxes). Of two names with one key, the later one wins.
+    if !desired.is_sorted_by(|a, b| a.0 < b.0) {
+        desired.sort_by(|a, b| a.0.cmp(&b.0));
+        desired.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
+    }
+    Ok((desired, unmapped))
+}
+
+/// What a reconciliation found.
+#[derive(Default)]
+struct Merged {
+    /// The whole file as it should be, in key order, for a rewrite.
+    whole: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The records to change, for transactions.
+    work: Vec<Item>,
+    /// Counts by [`crate::observability::metrics::RECONCILE_OUTCOMES`].
+    outcomes: [u64; 4],
+    /// Local mailboxes left alone.
+    kept_local: u64,
+}
+
+/// [`merge`], the lower and upper halves of the keys on two threads.
+fn merge_in_halves(
+    mut current: Vec<(Vec<u8>, Vec<u8>)>,
+    mut desired: DesiredRecords,
+    now: u64,
+) -> Result<Merged, ProjectionError> {
+    if desired.len() < PARALLEL_FROM {
+        return merge(current, desired, now);
+    }
+    let upper_desired = desired.split_off(desired.len() / 2);
+    let boundary = upper_desired.first().map(|(key, _)| key.as_slice());
+    let split = current.partition_point(|(key, _)| Some(key.as_slice()) < boundary);
+    let upper_current = current.split_off(split);
+    let (lower, upper) = std::thread::scope(|scope| {
+        let upper = scope.spawn(move || merge(upper_current, upper_desired, now));
+        let lower = merge(current, desired, now);
+        (lower, upper.join())
+    });
+    let mut merged = lower?;
+    let upper = upper.map_err(|_| ProjectionError::Worker)??;
+    merged.whole.extend(upper.whole);
+    merged.work.extend(upper.work);
+    for (total, more) in merged.outcomes.iter_mut().zip(upper.outcomes) {
+        *total += more;
+    }
+    merged.kept_local += upper.kept_local;
+    Ok(merged)
+}
+
+/// Decides every key of `current` (the file's records) and `desired` (the store's), both
+/// in key order.
+fn merge(
+    current: Vec<(Vec<u8>, Vec<u8>)>,
+    desired: DesiredRecords,
+    now: u64,
+) -> Result<Merged, ProjectionError> {
+    let mut merged = Merged {
+        whole: Vec::with_capacity(current.len().max(desired.len())),
+        ..Merged::default()
+    };
+    let mut current = current.into_iter().peekable();
+    let mut wanted = desired.into_iter().peekable();
+    loop {
+        let (key, existing, want) = match (current.peek(), wanted.peek()) {
+            (None, None) => break,
+            (Some((have, _)), Some((want, _))) if have == want => {
+                let (key, value) = current.next().ok_or(ProjectionError::Lost)?;
+                let (_, want) = wanted.next().ok_or(ProjectionError::Lost)?;
+                (key, Some(value), Some(want))
+            }
+            (Some((have, _)), Some((want, _))) if want < have => {
+                let (key, want) = wanted.next().ok_or(ProjectionError::Lost)?;
+                (key, None, Some(want))
+            }
+            (None, Some(_)) => {
+                let (key, want) = wanted.next().ok_or(ProjectionError::Lost)?;
+                (key, None, Some(want))
+            }
+            (Some(_), _) => {
+                let (key, value) = current.next().ok_or(ProjectionError::Lost)?;
+                if key.first() != Some(&NAME_KEY_PREFIX) {
+                    // Not a mailbox name: some other part of Cyrus keeps it.
+                    merged.whole.push((key, value));
+                    continue;
+                }
+                (key, Some(value), None)
+            }
+        };
+        let decision = decide(existing.as_deref(), want.as_ref(), now);
+        // Index into RECONCILE_OUTCOMES; a local mailbox is not counted there.
+        let outcome = match &decision {
+            Decision::KeepLocal => None,
+            Decision::Unchanged => Some(3),
+            Decision::Delete => Some(2),
+            Decision::Write(_) if existing.is_some() => Some(1),
+            Decision::Write(_) => Some(0),
+        };
+        // What the file holds under this key afterwards.
+        let after = match decision {
+            Decision::Write(value) => Some(value),
+            Decision::Delete => None,
+            Decision::Unchanged | Decision::KeepLocal => existing,
+        };
+        let Some(outcome) = outcome else {
+            merged.whole.extend(after.map(|value| (key, value)));
+            merged.kept_local += 1;
+            continue;
+        };
+        merged.outcomes[outcome] += 1;
+        if outcome != 3 {
+            merged.whole.extend(after.map(|value| (key.clone(), value)));
+            merged.work.push(Item {
+                key,
+                desired: want,
+                seq: None,
+            });
+        } else {
+            merged.whole.extend(after.map(|value| (key, value)));
+        }
+    }
+    Ok(merged)
 }
 
 fn commit(txn: Transaction<'_>, metrics: &Metrics) -> Result<TransactionReport, ProjectionError> {
