@@ -136,15 +136,23 @@ impl Image {
 
     /// Every live key and value in order.
     pub fn entries(&self) -> Result<Vec<Entry>, TwoskipError> {
-        let mut out = Vec::with_capacity(self.header.num_records as usize);
+        let mut out: Vec<Entry> = Vec::with_capacity(
+            // The header's count is a hint from the file; no more records fit than bytes.
+            (self.header.num_records as usize).min(self.bytes.len() / 24),
+        );
         let end = self.end();
         let dummy = self.read(DUMMY_OFFSET)?;
         let mut next = read_skipping_delete(&self.bytes, next_at(&dummy, 0, end))?;
         while let Some(record) = next {
-            out.push((
-                record.key(&self.bytes).to_vec(),
-                record.value(&self.bytes).to_vec(),
-            ));
+            let key = record.key(&self.bytes);
+            // Strictly rising keys are what make a damaged file's pointer cycle end.
+            if record.kind != RECORD || out.last().is_some_and(|(last, _)| last.as_slice() >= key) {
+                return Err(TwoskipError::Record {
+                    offset: record.offset,
+                    what: "keys out of order on level 0",
+                });
+            }
+            out.push((key.to_vec(), record.value(&self.bytes).to_vec()));
             next = read_skipping_delete(&self.bytes, next_at(&record, 0, end))?;
         }
         Ok(out)
@@ -176,7 +184,15 @@ impl Image {
                             what: "record on a list above its level",
                         });
                     }
-                    ordering = record.key(&self.bytes).cmp(key);
+                    let candidate_key = record.key(&self.bytes);
+                    // Each step must rise, or a damaged file's pointer cycle never ends.
+                    if current.offset != DUMMY_OFFSET && candidate_key <= current.key(&self.bytes) {
+                        return Err(TwoskipError::Record {
+                            offset: record.offset,
+                            what: "keys out of order on a skip list",
+                        });
+                    }
+                    ordering = candidate_key.cmp(key);
                     if ordering == std::cmp::Ordering::Less {
                         current = record.clone();
                         continue;
