@@ -238,7 +238,9 @@ async fn slow_listeners_catch_up_coalesced_or_are_dropped() {
         .exchange(b"U2 UPDATE\r\n", b"U2 OK \"streaming starts\"\r\n")
         .await;
     // One commit publishes more changes than a listener may lag behind, before either
-    // session runs again (this test's runtime has a single thread).
+    // session runs again: this test's runtime has a single thread, which waits, blocked,
+    // while another thread commits (the store commits on a blocking thread, so an await
+    // here would let the sessions take the changes one by one as they are published).
     let mut burst: Vec<Mutation> = (0..20)
         .map(|i| Mutation::Activate {
             name: format!("user.s{i:02}").into_bytes(),
@@ -251,7 +253,17 @@ async fn slow_listeners_catch_up_coalesced_or_are_dropped() {
         location: b"be2!q".to_vec(),
         acl: b"x\tl\t".to_vec(),
     });
-    server.ctx.store.apply_many(burst).await.unwrap();
+    let store = server.ctx.store.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the burst")
+            .block_on(store.apply_many(burst))
+    })
+    .join()
+    .expect("the burst's thread")
+    .expect("the burst");
     // The resumable listener gets each mailbox once, in its latest state, then its position.
     let mut expected = Vec::new();
     for i in 1..20 {

@@ -369,11 +369,9 @@ impl Resync {
             logged: self.logged,
         };
         let store = self.store.clone();
-        // On a blocking thread: the commit takes a while, and the worker meanwhile reads
-        // the next part of the list (a committing caller commits on its own thread).
-        let runtime = tokio::runtime::Handle::current();
-        self.committing = Some(tokio::task::spawn_blocking(move || {
-            runtime.block_on(store.apply_many_kept(chunk, keeping))
+        // A task of its own: the worker meanwhile reads the next part of the list.
+        self.committing = Some(tokio::spawn(async move {
+            store.apply_many_kept(chunk, keeping).await
         }));
         Ok(())
     }

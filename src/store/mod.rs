@@ -351,8 +351,8 @@ struct WriteQueue {
 /// Longest a leader waits for the writers of the previous batch to queue again.
 const GATHER_WINDOW: Duration = Duration::from_micros(200);
 
-/// Makes sure a leader that is dropped mid-way (its caller cancelled) still commits what
-/// others queued behind it.
+/// Makes sure a leader that is dropped while gathering (its caller cancelled) still hands
+/// off what others queued behind it.
 struct Leadership<'a> {
     store: &'a Store,
     done: bool,
@@ -361,7 +361,30 @@ struct Leadership<'a> {
 impl Drop for Leadership<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.store.lead();
+            self.store.hand_off();
+        }
+    }
+}
+
+/// The commit loop, owned by the blocking thread that runs it. If the runtime drops it
+/// unrun (it is shutting down), the loop runs where it is dropped: queued callers are
+/// answered either way.
+struct CommitLoop {
+    store: Option<Store>,
+}
+
+impl CommitLoop {
+    fn run(mut self) {
+        if let Some(store) = self.store.take() {
+            store.lead();
+        }
+    }
+}
+
+impl Drop for CommitLoop {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            store.lead();
         }
     }
 }
@@ -403,11 +426,11 @@ impl Store {
 
     /// Applies a mutation; returns once it is durable (or refused).
     ///
-    /// Group commit without a writer thread: the first caller to find no commit under way
-    /// becomes the leader. It yields once, so that callers ready at the same moment queue
-    /// behind it, then commits everything queued, again and again until the queue is
-    /// empty. The commit blocks the leader's thread for one fsync; in exchange no request
-    /// crosses threads on its way to the disk and back.
+    /// Group commit: the first caller to find no commit under way becomes the leader. It
+    /// yields once, so that callers ready at the same moment queue behind it, then hands
+    /// the queue to a blocking thread, which commits everything queued, again and again
+    /// until the queue is empty. The async workers never wait for an fsync: a FIND
+    /// queued behind a committing leader would otherwise wait for the disk.
     pub async fn apply(&self, mutation: Mutation) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         let trace = crate::observability::traces::current_traceparent();
@@ -427,8 +450,8 @@ impl Store {
                 done: false,
             };
             self.gather().await;
-            self.lead();
             leadership.done = true;
+            self.hand_off();
         }
         let mut outcomes = answer.await.map_err(|_| StoreError::Closed)??;
         outcomes.pop().ok_or(StoreError::Closed)
@@ -475,17 +498,30 @@ impl Store {
             !std::mem::replace(&mut queue.leader, true)
         };
         if lead {
-            let mut leadership = Leadership {
-                store: self,
-                done: false,
-            };
-            self.lead();
-            leadership.done = true;
+            self.hand_off();
         }
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    fn lead(&self) {
+    /// Runs the commit loop on a blocking thread (inline when there is no runtime), in
+    /// the caller's span: the first batch is its command's.
+    fn hand_off(&self) {
+        let commits = CommitLoop {
+            store: Some(self.clone()),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let span = tracing::Span::current();
+                runtime.spawn_blocking(move || span.in_scope(|| commits.run()));
+            }
+            Err(_) => commits.run(),
+        }
+    }
+
+    /// Commits everything queued until the queue is empty. The loop lets go of the store
+    /// before it sends the last answers: a caller that has its answer and drops its own
+    /// handle closes the database (and may open it again at once).
+    fn lead(self) {
         loop {
             let batch = {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -496,7 +532,21 @@ impl Store {
                 queue.last_batch = queue.pending.len();
                 std::mem::take(&mut queue.pending)
             };
-            self.committer.commit_and_reply(batch);
+            let answers = self.committer.commit_batch(batch);
+            let last = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let last = queue.pending.is_empty();
+                if last {
+                    queue.leader = false;
+                }
+                last
+            };
+            if last {
+                drop(self);
+                answers.send();
+                return;
+            }
+            answers.send();
         }
     }
 

@@ -24,10 +24,25 @@ const TRIM_STEP: u64 = 1024;
 /// One caller's mutations, applied in order in one commit and answered together.
 pub(crate) struct WriteRequest {
     pub(crate) mutations: Vec<Mutation>,
-    pub(crate) reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+    pub(crate) reply: Reply,
     /// The requesting command's `traceparent`, when it is traced.
     pub(crate) trace: Option<Arc<str>>,
     pub(crate) keeping: Keeping,
+}
+
+/// A committed batch's answers, not yet sent.
+pub(crate) struct Answers(Vec<(Reply, Result<Vec<Outcome>, StoreError>)>);
+
+/// Where one request's answer goes.
+type Reply = oneshot::Sender<Result<Vec<Outcome>, StoreError>>;
+
+impl Answers {
+    /// Sends every answer (to callers still waiting).
+    pub(crate) fn send(self) {
+        for (reply, answer) in self.0 {
+            let _ = reply.send(answer);
+        }
+    }
 }
 
 /// Owns the write path. Whoever holds leadership (see [`super::Store::apply`]) calls it; redb
@@ -45,8 +60,9 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Commits `batch` durably, publishes its changes, then answers each request.
-    pub(crate) fn commit_and_reply(&self, batch: Vec<WriteRequest>) {
+    /// Commits `batch` durably and publishes its changes; returns the answers, for the
+    /// caller to send.
+    pub(crate) fn commit_batch(&self, batch: Vec<WriteRequest>) -> Answers {
         let writes: usize = batch.iter().map(|request| request.mutations.len()).sum();
         // A child of the command whose task leads this group commit.
         let _span = crate::observability::traces::child_only(|| {
@@ -70,15 +86,22 @@ impl Committer {
                         let _ = self.feed.send(Arc::new(change));
                     }
                 }
-                for (request, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = request.reply.send(Ok(outcome));
-                }
+                Answers(
+                    batch
+                        .into_iter()
+                        .zip(outcomes)
+                        .map(|(request, outcome)| (request.reply, Ok(outcome)))
+                        .collect(),
+                )
             }
             Err(error) => {
                 tracing::error!(%error, batch = writes, "commit failed; no change of this batch was made");
-                for request in batch {
-                    let _ = request.reply.send(Err(error.clone()));
-                }
+                Answers(
+                    batch
+                        .into_iter()
+                        .map(|request| (request.reply, Err(error.clone())))
+                        .collect(),
+                )
             }
         }
     }
