@@ -13,7 +13,7 @@ use crate::config::{self, MailboxesDb, MupdateConfig, Settings};
 use crate::cyrus_master::{self, Launch};
 use crate::cyrusdb::mboxlist::Naming;
 use crate::observability::metrics::Metrics;
-use crate::observability::sidecar::{self, Readiness};
+use crate::observability::sidecar::{self, Readiness, SidecarLimits};
 use crate::projection::{Mapping, Projection, ProjectionOptions, TransactionLimits};
 use crate::replication::kick::{self, KickSocket};
 use crate::replication::slave::{self, BarrierRequests, SlaveSettings};
@@ -388,7 +388,11 @@ pub async fn run(
     if let Some(projection) = projection.clone() {
         readiness.also_require("mailboxes.db", Arc::new(move || projection.healthy()));
     }
-    let kick_socket = KickSocket::new(&ctx.settings.config_directory, projection);
+    let kick_socket = KickSocket::new(
+        &ctx.settings.config_directory,
+        projection,
+        ctx.settings.kicks_max,
+    );
     let mut link = None;
     if let Role::Slave { master } = &ctx.role {
         let settings = slave_settings(&ctx.settings, master.clone())?;
@@ -454,6 +458,9 @@ pub async fn run(
     Ok(())
 }
 
+/// Longest a sidecar connection lives (a scraper reconnects; a slow reader is let go).
+const SIDECAR_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Starts the HTTP sidecar on `mupdate_http_listen`, unless it is `off`, serving until
 /// `sidecar_stop`; readiness drops as soon as `stop` is asked for.
 async fn start_sidecar(
@@ -502,11 +509,17 @@ async fn start_sidecar(
             }
         })
     };
+    let limits = SidecarLimits {
+        connections_max: ctx.settings.http_connections_max,
+        header_timeout: ctx.settings.http_timeout,
+        lifetime: SIDECAR_CONNECTION_LIFETIME,
+    };
     tokio::spawn(sidecar::serve(
         http,
         metrics,
         readiness,
         refresh,
+        limits,
         sidecar_stop,
     ));
     Ok(())

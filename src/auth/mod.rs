@@ -73,6 +73,8 @@ pub struct Authenticator {
     /// has no verifier must still get PLAIN.
     scram: bool,
     passwd_file: Option<std::path::PathBuf>,
+    /// How long saslauthd has to answer one login.
+    saslauthd_timeout: std::time::Duration,
 }
 
 impl Authenticator {
@@ -107,6 +109,7 @@ impl Authenticator {
                         .any(|m| m.eq_ignore_ascii_case(scram::MECHANISM))
                 }),
             passwd_file: settings.passwd_file.clone(),
+            saslauthd_timeout: settings.saslauthd_timeout,
         }
     }
 
@@ -245,7 +248,8 @@ impl Authenticator {
                     .map_err(|e| e.to_string())
                 }
                 PasswordSource::Saslauthd(socket) => {
-                    saslauthd::check(socket, user, password, &self.service, realm)
+                    let patience = self.saslauthd_timeout;
+                    saslauthd::check(socket, patience, user, password, &self.service, realm)
                         .await
                         .map_err(|e| e.to_string())
                 }

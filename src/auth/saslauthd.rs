@@ -2,6 +2,7 @@
 //! length-prefixed strings (login, password, service, realm) out, one back (`OK…`/`NO…`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -20,6 +21,14 @@ pub enum SaslauthdError {
     /// A field is longer than the protocol allows.
     #[error("saslauthd request field too long")]
     TooLong,
+    /// No answer in time.
+    #[error("saslauthd at {path} did not answer within {seconds} s")]
+    TimedOut {
+        /// The socket.
+        path: String,
+        /// The time it had.
+        seconds: u64,
+    },
 }
 
 fn put(out: &mut Vec<u8>, field: &[u8]) -> Result<(), SaslauthdError> {
@@ -29,8 +38,27 @@ fn put(out: &mut Vec<u8>, field: &[u8]) -> Result<(), SaslauthdError> {
     Ok(())
 }
 
-/// Asks saslauthd at `socket` whether `password` is right for `login` in `realm`.
+/// Asks saslauthd at `socket` whether `password` is right for `login` in `realm`, giving
+/// it `patience` for the whole exchange.
 pub async fn check(
+    socket: &Path,
+    patience: Duration,
+    login: &str,
+    password: &[u8],
+    service: &str,
+    realm: &str,
+) -> Result<bool, SaslauthdError> {
+    tokio::time::timeout(patience, ask(socket, login, password, service, realm))
+        .await
+        .unwrap_or_else(|_| {
+            Err(SaslauthdError::TimedOut {
+                path: socket.display().to_string(),
+                seconds: patience.as_secs(),
+            })
+        })
+}
+
+async fn ask(
     socket: &Path,
     login: &str,
     password: &[u8],

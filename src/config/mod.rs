@@ -13,7 +13,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
 pub use imapd_conf::{ImapdConf, Origin};
-pub use values::{parse_count, parse_duration, parse_int, parse_list, parse_switch};
+pub use values::{at_least_one, parse_count, parse_duration, parse_int, parse_list, parse_switch};
 
 use crate::protocol::Limits;
 
@@ -92,6 +92,8 @@ pub struct Settings {
     pub sasl_pwcheck_method: Vec<String>,
     /// `sasl_saslauthd_path`
     pub saslauthd_path: PathBuf,
+    /// `mupdate_saslauthd_timeout` (new): how long saslauthd has to answer a login.
+    pub saslauthd_timeout: Duration,
     /// `mupdate_passwd_file` (new)
     pub passwd_file: Option<PathBuf>,
     /// `mupdate_db_path` (new; default `<configdirectory>/mailboxes.redb`)
@@ -149,6 +151,15 @@ pub struct Settings {
     pub log_json: bool,
     /// `mupdate_http_listen` (new): the sidecar's address (`off`: none)
     pub http_listen: Option<String>,
+    /// `mupdate_kicks_max` (new): kicks served at once on `socket/mupdate.target`; more
+    /// wait in the socket's backlog.
+    pub kicks_max: usize,
+    /// `mupdate_http_connections_max` (new): sidecar connections at once; a new one
+    /// beyond this closes the oldest.
+    pub http_connections_max: usize,
+    /// `mupdate_http_timeout` (new): time an HTTP request's headers may take, and a
+    /// kept-alive sidecar connection may sit idle.
+    pub http_timeout: Duration,
     /// `mupdate_worker_threads` (new): async worker threads; 0 (the default) means one.
     pub worker_threads: usize,
     /// `tls_server_cert` (PEM chain); with the key, STARTTLS is offered.
@@ -476,6 +487,11 @@ impl Settings {
                 .string("sasl_saslauthd_path")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/run/saslauthd/mux")),
+            saslauthd_timeout: o.typed(
+                "mupdate_saslauthd_timeout",
+                Duration::from_secs(10),
+                at_least_one(|v| parse_duration(v, 's')),
+            )?,
             passwd_file: o.string("mupdate_passwd_file").map(PathBuf::from),
             db_path,
             listen,
@@ -553,6 +569,17 @@ impl Settings {
                 Some(v) => Some(v.to_owned()),
                 None => Some("0.0.0.0:8390".to_owned()),
             },
+            kicks_max: o.typed("mupdate_kicks_max", 64, at_least_one(parse_count))?,
+            http_connections_max: o.typed(
+                "mupdate_http_connections_max",
+                64,
+                at_least_one(parse_count),
+            )?,
+            http_timeout: o.typed(
+                "mupdate_http_timeout",
+                Duration::from_secs(10),
+                at_least_one(|v| parse_duration(v, 's')),
+            )?,
             config_directory,
         })
     }

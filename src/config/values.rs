@@ -47,6 +47,16 @@ pub fn parse_count(value: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("{value:?} must not be negative"))
 }
 
+/// A limit that must let at least one through (a cap or a wait of zero would refuse all).
+pub fn at_least_one<T: Default + PartialEq>(
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> impl Fn(&str) -> Result<T, String> {
+    move |value| match parse(value)? {
+        zero if zero == T::default() => Err(format!("{value:?} must be more than zero")),
+        limit => Ok(limit),
+    }
+}
+
 /// A Cyrus duration such as `3`, `90s`, `1h30m` or `2d`; a bare number is in `default_unit`
 /// (one of `s`, `m`, `h`, `d`).
 pub fn parse_duration(value: &str, default_unit: char) -> Result<Duration, String> {
@@ -129,6 +139,9 @@ mod tests {
         assert_eq!(parse_int("-3"), Ok(-3));
         assert!(parse_int("12abc").is_err());
         assert!(parse_count("-1").is_err());
+        assert_eq!(at_least_one(parse_count)("64"), Ok(64));
+        assert!(at_least_one(parse_count)("0").is_err());
+        assert!(at_least_one(|v| parse_duration(v, 's'))("0s").is_err());
     }
 
     #[test]

@@ -7,10 +7,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::slave::UpstreamBarrier;
@@ -20,6 +22,12 @@ use crate::projection::Projection;
 /// kicker then finds what the file holds, as after a Cyrus kick that came too early).
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pause after a failed accept (out of descriptors, say), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Longest a kick is held, whatever it waits for; then it is closed unanswered.
+const KICK_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The kick socket of this host and what a kick must wait for besides the master.
 #[derive(Clone)]
 pub struct KickSocket {
@@ -27,14 +35,22 @@ pub struct KickSocket {
     pub path: PathBuf,
     /// The mailboxes.db this host keeps, if it keeps one.
     pub projection: Option<Projection>,
+    /// Kicks served at once; more wait, unaccepted, in the socket's backlog.
+    pub kicks_max: usize,
 }
 
 impl KickSocket {
-    /// The socket in `config_directory`, waiting for `projection` if given.
-    pub fn new(config_directory: &Path, projection: Option<Projection>) -> KickSocket {
+    /// The socket in `config_directory`, waiting for `projection` if given, serving at
+    /// most `kicks_max` kicks at once.
+    pub fn new(
+        config_directory: &Path,
+        projection: Option<Projection>,
+        kicks_max: usize,
+    ) -> KickSocket {
         KickSocket {
             path: socket_path(config_directory),
             projection,
+            kicks_max: kicks_max.max(1),
         }
     }
 }
@@ -63,30 +79,52 @@ pub fn serve(
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    let slots = Arc::new(Semaphore::new(socket.kicks_max));
     tokio::spawn(async move {
         loop {
+            // A slot first: kicks beyond the bound stay in the backlog, costing us nothing.
+            let slot = tokio::select! {
+                _ = stop.cancelled() => return,
+                slot = slots.clone().acquire_owned() => slot,
+            };
+            let Ok(slot) = slot else { return };
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
-            let Ok((mut kick, _)) = accepted else {
-                continue;
+            let mut kick = match accepted {
+                Ok((kick, _)) => kick,
+                Err(error) => {
+                    tracing::warn!(%error, "kick socket: cannot accept");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let barrier = barrier.clone();
             let projection = projection.clone();
             tokio::spawn(async move {
-                if let Some(barrier) = barrier {
-                    barrier.wait().await;
-                }
-                if let Some(projection) = projection
-                    && !projection.wait_visible(VISIBLE_TIMEOUT).await
-                {
+                let answered = tokio::time::timeout(KICK_DEADLINE, async {
+                    if let Some(barrier) = barrier {
+                        barrier.wait().await;
+                    }
+                    if let Some(projection) = projection
+                        && !projection.wait_visible(VISIBLE_TIMEOUT).await
+                    {
+                        tracing::warn!(
+                            timeout_secs = VISIBLE_TIMEOUT.as_secs(),
+                            "kick answered before mailboxes.db caught up"
+                        );
+                    }
+                    let _ = kick.write_all(b"ok").await;
+                })
+                .await;
+                if answered.is_err() {
                     tracing::warn!(
-                        timeout_secs = VISIBLE_TIMEOUT.as_secs(),
-                        "kick answered before mailboxes.db caught up"
+                        deadline_secs = KICK_DEADLINE.as_secs(),
+                        "kick closed unanswered"
                     );
                 }
-                let _ = kick.write_all(b"ok").await;
+                drop(slot);
             });
         }
     });

@@ -434,6 +434,10 @@ impl Resync {
 /// Most kicks answered by one NOOP round trip (Cyrus's batch size).
 const KICKS_PER_NOOP: usize = 5;
 
+/// Barrier requests taken off their queue before a NOOP answers them; the rest wait in
+/// the bounded queue, their senders with them.
+const WAITING_MAX: usize = 1024;
+
 async fn stream(
     store: &Store,
     settings: &SlaveSettings,
@@ -457,7 +461,7 @@ async fn stream(
         }
         let wait = d.saturating_sub(quiet_since.elapsed());
         let reply = tokio::select! {
-            Some(waiter) = barriers.recv() => {
+            Some(waiter) = barriers.recv(), if waiting.len() < WAITING_MAX => {
                 waiting.push(waiter);
                 continue;
             }
@@ -558,11 +562,14 @@ impl UpstreamBarrier {
         if !self.connected.load(Ordering::Acquire) {
             return;
         }
-        let (done, passed) = oneshot::channel();
-        if self.requests.send(done).await.is_err() {
-            return;
-        }
-        let _ = timeout(self.patience, passed).await;
+        // Bounded as a whole: the queue to the link may be full too.
+        let _ = timeout(self.patience, async {
+            let (done, passed) = oneshot::channel();
+            if self.requests.send(done).await.is_ok() {
+                let _ = passed.await;
+            }
+        })
+        .await;
     }
 
     /// Whether the slave is currently synchronised with its master.
