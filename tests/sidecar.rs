@@ -343,7 +343,9 @@ async fn a_real_prometheus_scrapes_a_master_and_a_slave() {
     assert!(prometheus.wait_until_up(2), "both targets scraped");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let seen = prometheus.query("mupdate_commands_total{command=\"ACTIVATE\",result=\"ok\"}");
+        // The slave exports the same series at 0 from its start, so count over both.
+        let seen =
+            prometheus.query("sum(mupdate_commands_total{command=\"ACTIVATE\",result=\"ok\"})");
         if seen["data"]["result"][0]["value"][1].as_str() == Some("1") {
             break;
         }
@@ -352,5 +354,30 @@ async fn a_real_prometheus_scrapes_a_master_and_a_slave() {
             "Prometheus never saw the ACTIVATE: {seen}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_master_exports_every_closed_label_set_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_process_config(dir.path(), "");
+    let server = ServerProcess::start(&conf, &["-m"], &[]);
+    let (_, metrics) = http_get(&sidecar_of(&server), "/metrics");
+    for series in [
+        "mupdate_commands_total{command=\"ACTIVATE\",result=\"ok\"}",
+        "mupdate_commands_total{command=\"FIND\",result=\"no\"}",
+        "mupdate_commands_total{command=\"_OTHER\",result=\"bad\"}",
+        "mupdate_replication_slaves_connected{protocol=\"update\"}",
+        "mupdate_replication_slaves_connected{protocol=\"xupdate\"}",
+        "mupdate_replication_resyncs_total{kind=\"full\"}",
+        "mupdate_replication_resyncs_total{kind=\"delta\"}",
+        "mupdate_mailboxes_db_writes_total{kind=\"set\"}",
+        "mupdate_command_duration_seconds_count{command=\"DELETE\"}",
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(0.0),
+            "{series} in\n{metrics}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Every metric the server exports, in one app-owned registry. Label values come only from
 //! closed sets (command names, results, roles): never a mailbox, user or peer address.
 
+use crate::protocol::command::COMMAND_NAMES;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -83,6 +84,21 @@ pub struct Metrics {
     /// 1 while mailboxes.db is being kept current.
     pub mailboxes_db_up: IntGauge,
 }
+
+/// Command results, the `result` label values a command is counted with.
+pub const COMMAND_RESULTS: [&str; 3] = ["ok", "no", "bad"];
+
+/// The `command` label of a line that was no command at all.
+pub const NOT_A_COMMAND: &str = "_OTHER";
+
+/// Streaming protocols, the `protocol` label values (Cyrus slaves, ours).
+pub const STREAM_PROTOCOLS: [&str; 2] = ["update", "xupdate"];
+
+/// Mailbox states, the `state` label values.
+pub const MAILBOX_STATES: [&str; 2] = ["active", "reserved"];
+
+/// Kinds of resynchronisation, the `kind` label values.
+pub const RESYNC_KINDS: [&str; 2] = ["full", "delta"];
 
 /// Outcomes of a reconciled mailboxes.db record, the `outcome` label values.
 pub const RECONCILE_OUTCOMES: [&str; 4] = ["added", "changed", "deleted", "unchanged"];
@@ -189,7 +205,15 @@ impl Metrics {
                     "MUPDATE commands by command and result",
                 ),
                 &["command", "result"],
-            ))?,
+            ))
+            .inspect(|v| {
+                for command in COMMAND_NAMES {
+                    for result in COMMAND_RESULTS {
+                        v.with_label_values(&[command, result]);
+                    }
+                }
+                v.with_label_values(&[NOT_A_COMMAND, "bad"]);
+            })?,
             command_seconds: r.add(HistogramVec::new(
                 HistogramOpts::new(
                     "mupdate_command_duration_seconds",
@@ -197,7 +221,12 @@ impl Metrics {
                 )
                 .buckets(latency_buckets()),
                 &["command"],
-            ))?,
+            ))
+            .inspect(|v| {
+                for command in COMMAND_NAMES {
+                    v.with_label_values(&[command]);
+                }
+            })?,
             auth_failures: r.counter(
                 "mupdate_auth_failures_total",
                 "Failed AUTHENTICATE commands",
@@ -216,11 +245,21 @@ impl Metrics {
                     "Streaming connections by protocol: update (Cyrus slaves), xupdate (ours)",
                 ),
                 &["protocol"],
-            ))?,
+            ))
+            .inspect(|v| {
+                for protocol in STREAM_PROTOCOLS {
+                    v.with_label_values(&[protocol]);
+                }
+            })?,
             mailboxes: r.add(IntGaugeVec::new(
                 Opts::new("mupdate_mailboxes", "Mailboxes by state"),
                 &["state"],
-            ))?,
+            ))
+            .inspect(|v| {
+                for state in MAILBOX_STATES {
+                    v.with_label_values(&[state]);
+                }
+            })?,
             store_size: r.gauge("mupdate_store_size_bytes", "Size of the redb database file")?,
             commits: r.counter("mupdate_store_commits_total", "Durable store commits")?,
             writes: r.counter(
@@ -247,7 +286,12 @@ impl Metrics {
                     "Resynchronisations of a slave with its master, by kind",
                 ),
                 &["kind"],
-            ))?,
+            ))
+            .inspect(|v| {
+                for kind in RESYNC_KINDS {
+                    v.with_label_values(&[kind]);
+                }
+            })?,
             reconnects: r.counter(
                 "mupdate_replication_reconnects_total",
                 "Links of a slave to its master that were lost",

@@ -83,6 +83,23 @@ pub enum CommandKind {
     },
 }
 
+/// Every command's name, as [`CommandKind::name`] gives it.
+pub const COMMAND_NAMES: [&str; 13] = [
+    "AUTHENTICATE",
+    "ACTIVATE",
+    "RESERVE",
+    "DEACTIVATE",
+    "DELETE",
+    "FIND",
+    "LIST",
+    "UPDATE",
+    "XUPDATE",
+    "NOOP",
+    "LOGOUT",
+    "STARTTLS",
+    "COMPRESS",
+];
+
 impl CommandKind {
     /// The command name as Cyrus spells it on the wire (upper case).
     pub fn name(&self) -> &'static str {

@@ -446,3 +446,34 @@ proptest! {
         let _ = parser.interrupt();
     }
 }
+
+#[test]
+fn command_names_lists_every_command_once() {
+    let lines: &[&[u8]] = &[
+        b"A AUTHENTICATE \"PLAIN\"\r\n",
+        b"A ACTIVATE \"m\" \"h!p\" \"\"\r\n",
+        b"A RESERVE \"m\" \"h!p\"\r\n",
+        b"A DEACTIVATE \"m\" \"h!p\"\r\n",
+        b"A DELETE \"m\"\r\n",
+        b"A FIND \"m\"\r\n",
+        b"A LIST\r\n",
+        b"A UPDATE\r\n",
+        b"A XUPDATE\r\n",
+        b"A NOOP\r\n",
+        b"A LOGOUT\r\n",
+        b"A STARTTLS\r\n",
+        b"A COMPRESS \"DEFLATE\"\r\n",
+    ];
+    let mut seen: Vec<&str> = lines
+        .iter()
+        .flat_map(|line| run(line, AUTHED))
+        .map(|event| match event {
+            Event::Command(command) => command.kind.name(),
+            other => panic!("not a command: {other:?}"),
+        })
+        .collect();
+    let mut listed = super::command::COMMAND_NAMES.to_vec();
+    seen.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(seen, listed);
+}

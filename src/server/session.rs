@@ -11,7 +11,7 @@ use super::connection::{Connection, ReadError};
 use tracing::Instrument;
 
 use crate::auth::Identity;
-use crate::observability::metrics::Metrics;
+use crate::observability::metrics::{Metrics, NOT_A_COMMAND};
 use crate::observability::traces;
 use crate::protocol::response::{self, Status, Text};
 use crate::protocol::{Event, ParseContext, Parser};
@@ -289,7 +289,7 @@ impl Session {
             }
             Event::Error { tag, kind } => {
                 response::parse_error(&mut self.out, tag.as_deref(), kind);
-                self.ctx.metrics.command("_OTHER", "bad");
+                self.ctx.metrics.command(NOT_A_COMMAND, "bad");
                 traces::CommandTrace::refused_line(self.peer);
                 Ok(Flow::Continue)
             }
