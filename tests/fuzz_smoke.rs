@@ -8,7 +8,14 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-const TARGETS: [&str; 4] = ["parse_command", "imapd_conf", "sasl", "twoskip"];
+const TARGETS: [&str; 6] = [
+    "parse_command",
+    "imapd_conf",
+    "sasl",
+    "twoskip",
+    "parse_reply",
+    "inflate",
+];
 
 fn cargo_fuzz_available() -> bool {
     Command::new("cargo")

@@ -14,6 +14,9 @@ use super::telemetry::TelemetryLog;
 /// Bytes a read asks for at a time.
 const READ_CHUNK: usize = 4096;
 
+/// Most plain bytes one read yields from a COMPRESS stream, however much they inflate.
+const INFLATE_PER_READ: usize = 64 * 1024;
+
 /// Why reading from the client stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -53,8 +56,10 @@ impl Connection {
         }
     }
 
-    /// Reads what the client sent next and appends it, decompressed, to `input`.
-    /// Returns `Ok(false)` at EOF. Cancel-safe: nothing is lost if the future is dropped.
+    /// Reads what the client sent next and appends it, decompressed, to `input` (at most
+    /// [`INFLATE_PER_READ`] bytes of a COMPRESS stream at a time; the rest follows with
+    /// the next reads). Returns `Ok(false)` at EOF. Cancel-safe: nothing is lost if the
+    /// future is dropped.
     pub async fn read(&mut self, input: &mut Vec<u8>) -> Result<bool, ReadError> {
         let start = input.len();
         match &mut self.deflate {
@@ -67,13 +72,21 @@ impl Connection {
                 }
             }
             Some(deflate) => {
-                self.raw.clear();
-                self.raw.reserve(READ_CHUNK);
-                let n = self.stream.read_buf(&mut self.raw).await?;
-                if n == 0 {
-                    return Ok(false);
+                // Input left over from the last read, or output zlib still holds, comes
+                // first: the socket is read only once both are used up.
+                if self.raw.is_empty() && !deflate.has_pending_output() {
+                    self.raw.reserve(READ_CHUNK);
+                    let n = self.stream.read_buf(&mut self.raw).await?;
+                    if n == 0 {
+                        return Ok(false);
+                    }
                 }
-                deflate.inflate(&self.raw, input)?;
+                let taken = deflate.inflate(&self.raw, input, INFLATE_PER_READ)?;
+                if taken == 0 && input.len() == start && !deflate.has_pending_output() {
+                    // zlib took nothing and gave nothing: the stream is stuck.
+                    return Err(ReadError::Inflate(InflateError));
+                }
+                self.raw.drain(..taken);
             }
         }
         if let Some(log) = &mut self.telemetry {
@@ -109,8 +122,10 @@ impl Connection {
     /// client already sent after its COMPRESS command and is inflated in place.
     pub fn start_compression(&mut self, pending: &mut Vec<u8>) -> Result<(), InflateError> {
         let mut deflate = Deflate::default();
-        let raw = std::mem::take(pending);
-        deflate.inflate(&raw, pending)?;
+        let mut raw = std::mem::take(pending);
+        let taken = deflate.inflate(&raw, pending, INFLATE_PER_READ)?;
+        raw.drain(..taken);
+        self.raw = raw;
         self.deflate = Some(deflate);
         Ok(())
     }
