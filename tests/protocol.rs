@@ -431,7 +431,7 @@ async fn closes_only_this_connection(request: Vec<u8>, answer: &[u8]) {
         .await;
     let mut client = server.admin().await;
     client.send(&request).await;
-    client.expect_close_maybe_after(answer).await;
+    client.expect_close_after(answer).await;
     let mut writer = server.admin().await;
     writer
         .exchange(b"A1 ACTIVATE \"x\" \"h!p\" \"\"\r\n", b"A1 OK \"done\"\r\n")

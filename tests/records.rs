@@ -391,7 +391,7 @@ async fn transcripts_22_crash_inputs_leave_everyone_else_working() {
     ] {
         let mut victim = server.admin().await;
         victim.send(&input).await;
-        victim.expect_close_maybe_after(answer).await;
+        victim.expect_close_after(answer).await;
     }
     c.exchange(
         b"A1 ACTIVATE \"user.after\" \"backend1!default\" \"z\tl\t\"\r\n",

@@ -245,13 +245,15 @@ impl Client {
 }
 
 impl Client {
-    /// Spec D-6: the connection closes, optionally after `answer` (a reset may eat it).
-    pub async fn expect_close_maybe_after(&mut self, answer: &[u8]) {
+    /// Spec D-6: the server answers exactly `answer` (nothing, when empty) and closes
+    /// the connection. The server drains what the client sent before it closes, so no
+    /// reset may eat the answer: silence where an answer is due fails.
+    pub async fn expect_close_after(&mut self, answer: &[u8]) {
         while self.fill().await {}
         let got = std::mem::take(&mut self.pending);
         assert!(
-            got.is_empty() || got == answer,
-            "expected {:?} or nothing before the close, got {:?}",
+            got == answer,
+            "expected {:?} and then the close, got {:?}",
             String::from_utf8_lossy(answer),
             String::from_utf8_lossy(&got)
         );
