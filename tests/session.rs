@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use mupdate::store::Mutation;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn c106_compress_refusals() {
@@ -339,6 +341,47 @@ async fn c113_activity_keeps_a_connection_open() {
         tokio::time::sleep(Duration::from_millis(800)).await;
         c.expect_quiet().await;
     }
+}
+
+/// A command that cannot finish (a LIST far larger than the socket buffers, to a client
+/// that reads nothing, under a long write timeout) is cut after its grace at shutdown,
+/// instead of keeping its connection open past the drain.
+#[tokio::test]
+async fn shutdown_cuts_a_command_that_cannot_finish() {
+    let server = TestServer::start("mupdate_write_timeout: 10m\n").await;
+    let many = (0..200_000)
+        .map(|i| Mutation::Activate {
+            name: format!("user.a.long.mailbox.name.to.fill.buffers{i:07}").into_bytes(),
+            location: b"backend1!default".to_vec(),
+            acl: b"owner\tlrswipkxtecda\tanyone\tlrs\t".to_vec(),
+        })
+        .collect();
+    server.ctx.store.apply_many(many).await.expect("apply");
+    let mut lister = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    lister.write_all(AUTH).await.unwrap();
+    lister.write_all(b"L1 LIST\r\n").await.unwrap();
+    // Let the LIST fill both socket buffers and block on its write.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopping = tokio::spawn(server.stop());
+    // Still reading nothing, well past the grace (5 s): a LIST allowed to wait for the
+    // client would finish once it reads.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), lister.read_to_end(&mut got))
+        .await
+        .expect("the connection closes after the grace")
+        .expect("read");
+    assert!(got.starts_with(b"* "), "the banner came first");
+    assert!(
+        find(&got, b"L1 OK").is_none(),
+        "the LIST could not have finished"
+    );
+    assert!(
+        got.len() > 1 << 20,
+        "the LIST had started: {} bytes",
+        got.len()
+    );
+    stopping.await.unwrap();
 }
 
 #[tokio::test]

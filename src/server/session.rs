@@ -86,8 +86,20 @@ pub(super) struct Session {
     linger: bool,
 }
 
+/// How long a command already running at shutdown has to finish (below the drain deadline).
+const COMMAND_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long a closing connection's unread input is drained after an over-limit input.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a turn of command processing ended.
+enum Processed {
+    Done(Flow),
+    /// Shutdown began while it ran; it finished within the grace.
+    DoneAtShutdown(Flow),
+    /// Still running when the grace ran out.
+    Abandoned,
+}
 
 enum Wake {
     Shutdown,
@@ -160,7 +172,35 @@ impl Session {
         tokio::pin!(login_deadline);
         let mut last_read = Instant::now();
         loop {
-            if self.process_input().await? == Flow::Close {
+            let processed = {
+                let processing = self.process_input();
+                tokio::pin!(processing);
+                tokio::select! {
+                    biased;
+                    flow = &mut processing => Processed::Done(flow?),
+                    // A command under way gets a little longer to answer.
+                    _ = &mut cancelled => match tokio::time::timeout(COMMAND_GRACE, &mut processing).await {
+                        Ok(flow) => Processed::DoneAtShutdown(flow?),
+                        Err(_) => Processed::Abandoned,
+                    },
+                }
+            };
+            let flow = match processed {
+                Processed::Done(flow) => flow,
+                Processed::DoneAtShutdown(flow) => {
+                    if flow == Flow::Continue {
+                        response::bye(&mut self.out, "server shutting down");
+                    }
+                    return self.flush().await;
+                }
+                Processed::Abandoned => {
+                    // It may have stopped mid-line: close without a BYE rather than hold
+                    // up the drain.
+                    tracing::info!(peer = ?self.peer, "command still running at shutdown; closing");
+                    return Ok(());
+                }
+            };
+            if flow == Flow::Close {
                 return self.flush().await;
             }
             self.flush().await?;
