@@ -211,6 +211,9 @@ enum Run {
         /// First n.
         #[arg(long, default_value_t = 0)]
         start: usize,
+        /// Stop after this many seconds (or `count`, whichever comes first).
+        #[arg(long)]
+        seconds: Option<f64>,
     },
     /// FIND random existing mailboxes `<prefix><n>` with n below `existing`.
     Find {
@@ -222,6 +225,9 @@ enum Run {
         prefix: String,
         #[arg(long)]
         existing: usize,
+        /// Stop after this many seconds (or `count`, whichever comes first).
+        #[arg(long)]
+        seconds: Option<f64>,
     },
     /// Full UPDATE dump to a new client, until `OK "streaming starts"`.
     Dump {
@@ -338,6 +344,7 @@ async fn closed_loop(
     cli: &Cli,
     conns: usize,
     count: usize,
+    seconds: Option<f64>,
     make: impl Fn(usize, usize) -> (String, Vec<u8>) + Clone + Send + 'static,
 ) -> Result<()> {
     let mut connections = Vec::new();
@@ -345,14 +352,20 @@ async fn closed_loop(
         connections.push(Conn::open(&cli.target()).await?);
     }
     let started = Instant::now();
+    let deadline = seconds.map(|s| started + Duration::from_secs_f64(s));
     let mut tasks = Vec::new();
     for (c, mut conn) in connections.into_iter().enumerate() {
         let make = make.clone();
-        let share: Vec<usize> = (0..count).filter(|i| i % conns == c).collect();
+        let share = (c..count).step_by(conns);
+        // A timed run passes a huge count; reserve for what a run can plausibly do.
+        let expected = share.len().min(1 << 20);
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(share.len());
+            let mut latencies = Vec::with_capacity(expected);
             let mut failures = 0usize;
             for i in share {
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    break;
+                }
                 let (tag, request) = make(c, i);
                 let t = Instant::now();
                 if !conn.command(&tag, &request).await? {
@@ -363,7 +376,7 @@ async fn closed_loop(
             anyhow::Ok((latencies, failures))
         }));
     }
-    let mut latencies = Vec::with_capacity(count);
+    let mut latencies = Vec::new();
     let mut failures = 0;
     for task in tasks {
         let (l, f) = task.await??;
@@ -371,6 +384,7 @@ async fn closed_loop(
         failures += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let count = latencies.len();
     latencies.sort();
     println!(
         "{{\"ops\":{count},\"conns\":{conns},\"seconds\":{elapsed:.3},\"ops_per_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"failures\":{failures}}}",
@@ -521,9 +535,10 @@ async fn main() -> Result<()> {
             count,
             prefix,
             start,
+            seconds,
         } => {
             let (prefix, start) = (prefix.clone(), *start);
-            closed_loop(&cli, *conns, *count, move |_, i| {
+            closed_loop(&cli, *conns, *count, *seconds, move |_, i| {
                 let tag = format!("X{i}");
                 let request = format!(
                     "{tag} ACTIVATE \"{prefix}{:09}\" \"backend1!default\" \"owner\tlrswipkxtecda\t\"\r\n",
@@ -538,9 +553,10 @@ async fn main() -> Result<()> {
             count,
             prefix,
             existing,
+            seconds,
         } => {
             let (prefix, existing) = (prefix.clone(), (*existing).max(1));
-            closed_loop(&cli, *conns, *count, move |c, i| {
+            closed_loop(&cli, *conns, *count, *seconds, move |c, i| {
                 let mut state = 42 + (c as u64) * 7919 + i as u64 * 104_729;
                 let n = next_random(&mut state) as usize % existing;
                 let tag = format!("F{i}");
@@ -592,7 +608,7 @@ async fn main() -> Result<()> {
         } => {
             let started = Instant::now();
             let name_prefix = prefix.clone();
-            closed_loop(&cli, *conns, *count, move |_, i| {
+            closed_loop(&cli, *conns, *count, None, move |_, i| {
                 let tag = format!("X{i}");
                 let request = format!(
                     "{tag} ACTIVATE \"{name_prefix}{i:09}\" \"backend1!default\" \"owner\tlrswipkxtecda\t\"\r\n"
