@@ -70,12 +70,17 @@ pub struct Link {
     /// Bytes of `buffer` already parsed: dropping each reply from the front at once would
     /// move the rest of the buffer for every record of a dump.
     start: usize,
+    /// How long a request may take to go out (a master that reads nothing ends the link).
+    send_patience: Duration,
 }
 
 impl Link {
-    /// Sends raw command bytes.
-    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+    /// Sends raw command bytes, within the link's timeout.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        timeout(self.send_patience, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        Ok(())
     }
 }
 
@@ -143,6 +148,7 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
         stream: Transport::Plain(stream),
         buffer: Vec::new(),
         start: 0,
+        send_patience: settings.timeout,
     };
     let mut banner = link.banner(settings.timeout).await?;
     if let Some(tls) = &settings.tls {
@@ -354,7 +360,7 @@ pub async fn list(
         },
     }
     .encode(&mut request);
-    link.stream.write_all(&request).await?;
+    link.send(&request).await?;
     let mut records = Vec::new();
     loop {
         match link.next(patience).await? {
@@ -377,6 +383,28 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A master that accepts the connection and then reads nothing: however much the link
+    /// has to send, `send` gives up after its patience instead of waiting for ever.
+    #[tokio::test]
+    async fn send_to_a_peer_that_reads_nothing_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_silent_master, _) = listener.accept().await.unwrap();
+        let mut link = Link {
+            mechanism: "PLAIN",
+            stream: Transport::Plain(client),
+            buffer: Vec::new(),
+            start: 0,
+            send_patience: Duration::from_millis(300),
+        };
+        // Far more than both sockets' buffers can hold.
+        let request = vec![b'x'; 256 << 20];
+        let outcome = link.send(&request).await;
+        assert!(matches!(outcome, Err(LinkError::Timeout)), "{outcome:?}");
+    }
 
     #[test]
     fn default_port() {
