@@ -474,21 +474,7 @@ mod tests {
 
     #[test]
     fn every_command_has_a_span_name() {
-        for method in [
-            "AUTHENTICATE",
-            "ACTIVATE",
-            "RESERVE",
-            "DEACTIVATE",
-            "DELETE",
-            "FIND",
-            "LIST",
-            "UPDATE",
-            "XUPDATE",
-            "NOOP",
-            "LOGOUT",
-            "STARTTLS",
-            "COMPRESS",
-        ] {
+        for method in crate::protocol::command::COMMAND_NAMES {
             assert_eq!(span_name(method), format!("mupdate/{method}"));
         }
     }
