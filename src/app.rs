@@ -12,6 +12,8 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, MailboxesDb, MupdateConfig, Settings};
 use crate::cyrus_master::{self, Launch};
 use crate::cyrusdb::mboxlist::Naming;
+use crate::exit::fatal;
+use crate::exit::{EXIT_CANTCREAT, EXIT_CONFIG, EXIT_OS, EXIT_SOFTWARE, Fatal};
 use crate::observability::metrics::Metrics;
 use crate::observability::sidecar::{self, Readiness, SidecarLimits};
 use crate::projection::{Mapping, Projection, ProjectionOptions, TransactionLimits};
@@ -19,32 +21,6 @@ use crate::replication::kick::{self, KickSocket};
 use crate::replication::slave::{self, BarrierRequests, SlaveSettings};
 use crate::server::{self, Role, ServerContext};
 use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
-
-/// `EX_CONFIG`: bad configuration, or the database is held by another instance.
-pub const EXIT_CONFIG: i32 = 78;
-/// `EX_OSERR`: the listener or another OS resource could not be set up.
-pub const EXIT_OS: i32 = 71;
-/// `EX_CANTCREAT`: a file the server must write cannot be opened or created.
-pub const EXIT_CANTCREAT: i32 = 73;
-/// `EX_SOFTWARE`: anything else.
-pub const EXIT_SOFTWARE: i32 = 70;
-
-/// A start-up failure with the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Fatal {
-    /// Process exit status.
-    pub code: i32,
-    /// What to tell the operator.
-    pub message: String,
-}
-
-fn fatal(code: i32, message: impl Into<String>) -> Fatal {
-    Fatal {
-        code,
-        message: message.into(),
-    }
-}
 
 /// Runs the command line; returns the process exit status.
 pub fn main(cli: Cli) -> i32 {

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::CommandExt;
 
-use crate::app::{EXIT_CONFIG, EXIT_OS, Fatal};
+use crate::exit::{EXIT_CONFIG, EXIT_OS, Fatal, fatal};
 
 /// The listening socket master hands over.
 const LISTEN_FD: usize = 4;
@@ -29,13 +29,6 @@ pub struct MasterLink {
     pub listener: TcpListener,
     /// master's pid: once we are re-parented, master is gone.
     pub parent: u32,
-}
-
-fn fatal(code: i32, message: impl Into<String>) -> Fatal {
-    Fatal {
-        code,
-        message: message.into(),
-    }
 }
 
 /// Works out how we were started. Under master, the first start re-executes this program

@@ -11,6 +11,7 @@
 //! - [`config`]: imapd.conf parsing (Cyrus rules) layered with the environment via figment;
 //! - [`observability`]: logging set-up;
 //! - [`cyrus_master`]: running as a service of Cyrus master(8) (fd handoff, status pipe);
+//! - [`exit`]: exit codes and the start-up error that carries one;
 //! - [`tls`]: rustls set-up for STARTTLS, server and client side;
 //! - [`tools`]: operator tools (dump, restore, check);
 //! - [`app`]: the composition root that wires them together.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod cyrus_master;
 pub mod cyrusdb;
+pub mod exit;
 pub mod observability;
 pub mod projection;
 pub mod protocol;

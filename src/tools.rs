@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::app::{EXIT_CONFIG, EXIT_OS, EXIT_SOFTWARE, Fatal};
 use crate::config::{self, Settings};
+use crate::exit::{EXIT_CONFIG, EXIT_OS, EXIT_SOFTWARE, Fatal, fatal};
 use crate::protocol::reply::{Reply, parse_reply};
 use crate::protocol::response;
 use crate::replication::client::{self, Credentials};
@@ -17,13 +17,6 @@ use crate::replication::slave::{OnEmpty, reconcile, replicate};
 use crate::store::{Mutation, Store, StoreError, StoreOptions};
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn fatal(code: i32, message: impl Into<String>) -> Fatal {
-    Fatal {
-        code,
-        message: message.into(),
-    }
-}
 
 fn settings(path: &Path) -> Result<Settings, Fatal> {
     config::load(path).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))
