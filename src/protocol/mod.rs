@@ -23,6 +23,7 @@ pub mod command;
 pub mod parser;
 pub mod reply;
 pub mod response;
+pub mod xupdate;
 
 pub use command::{Command, CommandKind};
 pub use parser::{Event, Limits, ParseContext, ParseErrorKind, Parser, SaslResponse};

@@ -13,6 +13,7 @@ use tokio_rustls::client::TlsStream;
 use crate::tls::{ClientTls, Transport};
 
 use crate::protocol::reply::{Reply, ReplyError, parse_reply};
+use crate::protocol::{Command, CommandKind};
 use crate::store::StoreError;
 
 /// Longest response line or literal accepted from a server.
@@ -75,8 +76,19 @@ pub struct Link {
 }
 
 impl Link {
+    /// Sends the command `kind` tagged `tag`, within the link's timeout.
+    pub async fn request(&mut self, tag: &[u8], kind: CommandKind) -> Result<(), LinkError> {
+        let mut bytes = Vec::new();
+        Command {
+            tag: tag.to_vec(),
+            kind,
+        }
+        .encode(&mut bytes);
+        self.send(&bytes).await
+    }
+
     /// Sends raw command bytes, within the link's timeout.
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
         timeout(self.send_patience, self.stream.write_all(bytes))
             .await
             .map_err(|_| LinkError::Timeout)??;
@@ -323,7 +335,7 @@ impl Link {
 
     /// STARTTLS, then the handshake, verifying the server's certificate.
     async fn start_tls(&mut self, tls: &ClientTls, patience: Duration) -> Result<(), LinkError> {
-        self.stream.write_all(b"S01 STARTTLS\r\n").await?;
+        self.request(b"S01", CommandKind::Starttls).await?;
         match self.next(patience).await? {
             Reply::Line { tag, word, .. } if tag == b"S01" && word == b"OK" => {}
             other => return Err(LinkError::Protocol(format!("{other:?} after STARTTLS"))),
@@ -352,15 +364,13 @@ pub async fn list(
     prefix: &str,
     patience: Duration,
 ) -> Result<Vec<Reply>, LinkError> {
-    let mut request = Vec::new();
-    crate::protocol::Command {
-        tag: b"D".to_vec(),
-        kind: crate::protocol::CommandKind::List {
+    link.request(
+        b"D",
+        CommandKind::List {
             prefix: Some(prefix.as_bytes().to_vec()),
         },
-    }
-    .encode(&mut request);
-    link.send(&request).await?;
+    )
+    .await?;
     let mut records = Vec::new();
     loop {
         match link.next(patience).await? {

@@ -17,7 +17,9 @@ use tracing::Instrument;
 
 use super::client::{self, Credentials, Link, LinkError};
 use crate::observability::metrics::Metrics;
+use crate::protocol::CommandKind;
 use crate::protocol::reply::Reply;
+use crate::protocol::xupdate::{DumpKind, Position};
 use crate::store::{Keeping, MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError};
 
 /// Changes applied per commit while reconciling a dump.
@@ -196,14 +198,18 @@ async fn synchronise(
     tracing::info!(master = %settings.master, "synchronizing mailbox list with master mupdate server");
     // XUPDATE resumes from where this replica stands; a Cyrus master does not know it
     // (BAD), and then a plain UPDATE does.
-    let request = match store.upstream_position()? {
-        Some((epoch, seq)) => format!("U01 XUPDATE \"{epoch}\" \"{seq}\"\r\n"),
-        None => "U01 XUPDATE\r\n".to_owned(),
+    let (epoch, seq) = match store.upstream_position()? {
+        Some((epoch, seq)) => (
+            Some(epoch.to_string().into_bytes()),
+            Some(seq.to_string().into_bytes()),
+        ),
+        None => (None, None),
     };
-    link.send(request.as_bytes()).await?;
+    link.request(b"U01", CommandKind::Xupdate { epoch, seq })
+        .await?;
     let patience = settings.retry_delay.max(Duration::from_secs(1));
     let mut tag: &[u8] = b"U01";
-    let mut delta = false;
+    let mut kind = DumpKind::Full;
     let mut position = None;
     // Records are committed while the rest of the list arrives.
     let mut resync = Resync::start(store, unseen)?;
@@ -211,15 +217,16 @@ async fn synchronise(
         // D-13: a master that stops sending in the middle of its dump is given up on.
         match link.next(patience).await? {
             Reply::Line { tag: t, word, .. } if t == b"U01" && word == b"BAD" && tag == b"U01" => {
-                link.send(b"U02 UPDATE\r\n").await?;
+                link.request(b"U02", CommandKind::Update { hosts: Vec::new() })
+                    .await?;
                 tag = b"U02";
             }
             Reply::Line { tag: t, word, .. } if t == tag && word == b"OK" => break,
             Reply::Line { tag: t, word, rest } if t == b"*" && word == b"XDUMP" => {
-                delta = rest.as_slice() == b"\"delta\"";
+                kind = DumpKind::parse(&rest);
             }
             Reply::Line { tag: t, word, rest } if t == b"*" && word == b"XSEQ" => {
-                position = parse_position(&rest);
+                position = Position::parse(&rest).map(|at| (at.epoch, at.seq));
             }
             Reply::Line { tag: t, word, rest } if t == b"*" || word != b"OK" => {
                 return Err(LinkError::Protocol(format!(
@@ -237,7 +244,8 @@ async fn synchronise(
         }
     }
     let checkpoint = position.map(|(epoch, seq)| Mutation::Checkpoint { epoch, seq });
-    let kind = if delta { "delta" } else { "full" };
+    let delta = kind == DumpKind::Delta;
+    let kind = kind.name();
     let records = resync.received();
     let span = tracing::Span::current();
     span.record("mupdate.sync.kind", kind);
@@ -251,22 +259,8 @@ async fn synchronise(
 }
 
 /// The span context of the traced command behind a change: an `XSEQ` line's third field.
-fn traced_write(rest: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
-    let text = std::str::from_utf8(rest).ok()?;
-    let traceparent = text.split_whitespace().nth(2)?.trim_matches('"');
-    crate::observability::traces::parse_traceparent(traceparent)
-}
-
-/// Reads `"epoch" "seq"`.
-fn parse_position(rest: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(rest).ok()?;
-    let mut numbers = text
-        .split_whitespace()
-        .map(|field| field.trim_matches('"').parse::<u64>());
-    match (numbers.next(), numbers.next()) {
-        (Some(Ok(epoch)), Some(Ok(seq))) => Some((epoch, seq)),
-        _ => None,
-    }
+fn traced_write(position: &Position) -> Option<opentelemetry::trace::SpanContext> {
+    crate::observability::traces::parse_traceparent(position.traceparent.as_deref()?)
 }
 
 /// What to do with a non-empty store when the new list is empty.
@@ -472,7 +466,7 @@ async fn stream(
             Err(LinkError::Timeout) => {
                 // D-13: d seconds of silence with a NOOP outstanding end the link, kicks or not.
                 if outstanding.is_some() {
-                    let _ = link.send(b"Q01 LOGOUT\r\n").await;
+                    let _ = link.request(b"Q01", CommandKind::Logout).await;
                     return Err(LinkError::Timeout);
                 }
                 outstanding = Some(send_noop(link, &mut noop).await?);
@@ -493,7 +487,7 @@ async fn stream(
                 Reply::Line { tag, word, rest } => {
                     if outstanding.as_deref() == Some(tag.as_slice()) {
                         if word != b"OK" {
-                            let _ = link.send(b"Q01 LOGOUT\r\n").await;
+                            let _ = link.request(b"Q01", CommandKind::Logout).await;
                             return Err(LinkError::Protocol(format!(
                                 "NOOP answered {} {}",
                                 String::from_utf8_lossy(&word),
@@ -503,11 +497,14 @@ async fn stream(
                         outstanding = None;
                         barrier_passed = true;
                     } else if tag == b"*" && word == b"XSEQ" {
-                        if let Some((epoch, seq)) = parse_position(&rest) {
-                            batch.push(Mutation::Checkpoint { epoch, seq });
-                            position = Some(seq);
+                        if let Some(at) = Position::parse(&rest) {
+                            batch.push(Mutation::Checkpoint {
+                                epoch: at.epoch,
+                                seq: at.seq,
+                            });
+                            position = Some(at.seq);
+                            traced_writes.extend(traced_write(&at));
                         }
-                        traced_writes.extend(traced_write(&rest));
                     } else if tag == b"*" && word == b"BYE" {
                         return Err(LinkError::Protocol(format!(
                             "* BYE {}",
@@ -542,7 +539,7 @@ async fn stream(
 async fn send_noop(link: &mut Link, counter: &mut u64) -> Result<Vec<u8>, LinkError> {
     let tag = format!("N{counter}");
     *counter += 1;
-    link.send(format!("{tag} NOOP\r\n").as_bytes()).await?;
+    link.request(tag.as_bytes(), CommandKind::Noop).await?;
     Ok(tag.into_bytes())
 }
 

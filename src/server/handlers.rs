@@ -8,13 +8,15 @@ use tokio::sync::mpsc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use super::notices::{encode_change, encode_record};
 use super::session::{Flow, SaslExchange, SaslStep, Session, Stream};
 use super::telemetry::{TelemetryCounters, TelemetryLog};
 use crate::auth::{AuthFailure, Identity, scram};
 use crate::observability::metrics::GaugeSlot;
 use crate::protocol::response::{self, Status, Text};
+use crate::protocol::xupdate::{DumpKind, Position};
 use crate::protocol::{Command, CommandKind, SaslResponse};
-use crate::store::{Change, MailboxState, Mutation, Outcome, RecordRef, Snapshot, server_of};
+use crate::store::{Mutation, Outcome, RecordRef, Snapshot, server_of};
 
 /// Bytes of dump output produced before they are handed to the socket.
 const DUMP_CHUNK: usize = 64 * 1024;
@@ -38,35 +40,6 @@ impl RecordFilter {
                 }
             }
         }
-    }
-}
-
-fn encode_record(out: &mut Vec<u8>, tag: &[u8], record: &RecordRef<'_>) {
-    match record.state {
-        MailboxState::Active => {
-            response::mailbox(out, tag, record.name, record.location, record.acl)
-        }
-        MailboxState::Reserved => response::reserve(out, tag, record.name, record.location),
-    }
-}
-
-/// The stream notice for a committed change (spec §7.2), tagged with the UPDATE tag.
-pub(super) fn encode_change(out: &mut Vec<u8>, tag: &[u8], change: &Change) {
-    match &change.record {
-        Some(record) => encode_record(out, tag, &record.as_ref()),
-        None => response::delete(out, tag, &change.name),
-    }
-}
-
-/// `* XSEQ "epoch" "seq"`: where an XUPDATE stream stands in the master's history.
-/// `* XSEQ "epoch" "seq"`, and the change's `traceparent` as a third field when the
-/// command that made it was traced (our slaves link their apply span to it).
-pub(super) fn encode_position(out: &mut Vec<u8>, epoch: u64, seq: u64, trace: Option<&str>) {
-    match trace {
-        Some(traceparent) => out.extend_from_slice(
-            format!("* XSEQ \"{epoch}\" \"{seq}\" \"{traceparent}\"\r\n").as_bytes(),
-        ),
-        None => out.extend_from_slice(format!("* XSEQ \"{epoch}\" \"{seq}\"\r\n").as_bytes()),
     }
 }
 
@@ -257,7 +230,7 @@ impl Session {
         };
         match delta {
             Some(changes) => {
-                self.out.extend_from_slice(b"* XDUMP \"delta\"\r\n");
+                DumpKind::Delta.encode(&mut self.out);
                 for change in &changes {
                     encode_change(&mut self.out, &tag, change);
                     if self.out.len() >= DUMP_CHUNK {
@@ -267,7 +240,7 @@ impl Session {
                 self.ctx.resumes.fetch_add(1, Ordering::Relaxed);
             }
             None => {
-                self.out.extend_from_slice(b"* XDUMP \"full\"\r\n");
+                DumpKind::Full.encode(&mut self.out);
                 if !self
                     .send_dump(snapshot, &tag, RecordFilter::Servers(Vec::new()))
                     .await?
@@ -278,7 +251,7 @@ impl Session {
                 self.ctx.full_dumps.fetch_add(1, Ordering::Relaxed);
             }
         }
-        encode_position(&mut self.out, our_epoch, dumped_through, None);
+        Position::encode(&mut self.out, our_epoch, dumped_through, None);
         ok(&mut self.out, &tag, "streaming starts");
         self.stream = Some(Stream {
             tag,

@@ -4,6 +4,7 @@
 pub mod compress;
 mod connection;
 mod handlers;
+mod notices;
 mod session;
 mod telemetry;
 

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::ServerContext;
 use super::connection::{Connection, ReadError};
+use crate::protocol::xupdate::Position;
 use tracing::Instrument;
 
 use crate::auth::Identity;
@@ -396,9 +397,9 @@ impl Session {
             Ok(change) => {
                 stream.last_seq = stream.last_seq.max(change.seq);
                 if change.seq > stream.dumped_through && change.concerns_any(&stream.hosts) {
-                    super::handlers::encode_change(&mut self.out, &stream.tag, &change);
+                    super::notices::encode_change(&mut self.out, &stream.tag, &change);
                     if stream.report_seq {
-                        super::handlers::encode_position(
+                        Position::encode(
                             &mut self.out,
                             self.ctx.store.epoch(),
                             change.seq,
@@ -449,9 +450,9 @@ impl Session {
             .iter()
             .filter(|c| last_of.get(c.name.as_slice()) == Some(&c.seq))
         {
-            super::handlers::encode_change(&mut self.out, &stream.tag, change);
+            super::notices::encode_change(&mut self.out, &stream.tag, change);
         }
-        super::handlers::encode_position(&mut self.out, self.ctx.store.epoch(), through, None);
+        Position::encode(&mut self.out, self.ctx.store.epoch(), through, None);
         stream.feed = feed;
         stream.dumped_through = through;
         stream.last_seq = through;
