@@ -17,8 +17,9 @@ use crate::exit::{EXIT_CANTCREAT, EXIT_CONFIG, EXIT_OS, EXIT_SOFTWARE, Fatal};
 use crate::observability::metrics::Metrics;
 use crate::observability::sidecar::{self, Readiness, SidecarLimits};
 use crate::projection::{Mapping, Projection, ProjectionOptions, TransactionLimits};
+use crate::replication::barrier::{self, BarrierRequests};
 use crate::replication::kick::{self, KickSocket};
-use crate::replication::slave::{self, BarrierRequests, SlaveSettings};
+use crate::replication::slave::SlaveSettings;
 use crate::server::{self, Role, ServerContext};
 use crate::store::{ConflictPolicy, Store, StoreError, StoreOptions};
 
@@ -372,7 +373,7 @@ pub async fn run(
     let mut link = None;
     if let Role::Slave { master } = &ctx.role {
         let settings = slave_settings(&ctx.settings, master.clone())?;
-        let (barrier, requests) = slave::barrier(&settings);
+        let (barrier, requests) = barrier::barrier(settings.retry_delay);
         let linked = barrier.clone();
         let max_lag = ctx.settings.ready_max_lag;
         if max_lag <= settings.retry_delay {

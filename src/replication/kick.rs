@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::slave::UpstreamBarrier;
+use super::barrier::UpstreamBarrier;
 use crate::projection::Projection;
 
 /// Longest a kick waits for mailboxes.db to catch up before it is answered anyway (the

@@ -20,7 +20,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::observability::metrics::Metrics;
 use crate::protocol::response::{Banner, SERVER_UNABLE};
-use crate::replication::slave::UpstreamBarrier;
+use crate::replication::barrier::UpstreamBarrier;
 use crate::store::Store;
 use connection::Connection;
 use session::Session;
