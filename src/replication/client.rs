@@ -87,8 +87,8 @@ impl Link {
         self.send(&bytes).await
     }
 
-    /// Sends raw command bytes, within the link's timeout.
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+    /// Sends raw command bytes (already encoded), within the link's timeout.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
         timeout(self.send_patience, self.stream.write_all(bytes))
             .await
             .map_err(|_| LinkError::Timeout)??;
