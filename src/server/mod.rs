@@ -1,6 +1,7 @@
 //! The MUPDATE listener: accepts connections, enforces the connection limit and runs one
 //! task per session. [`run`] takes a bound listener so tests can serve on port 0.
 
+mod auth;
 pub mod compress;
 mod connection;
 mod handlers;
