@@ -477,3 +477,23 @@ fn command_names_lists_every_command_once() {
     listed.sort_unstable();
     assert_eq!(seen, listed);
 }
+
+#[test]
+fn a_slaves_authenticate_is_spelled_as_cyrus_and_parses_back() {
+    let mut out = Vec::new();
+    super::command::encode_authenticate(&mut out, b"A01", "PLAIN", b"AG11cGRhdGUAcGFzcw==");
+    assert_eq!(
+        out,
+        b"A01 AUTHENTICATE \"PLAIN\" {20+}\r\nAG11cGRhdGUAcGFzcw==\r\n".as_slice()
+    );
+    match run(&out, ANON).as_slice() {
+        [Event::Command(command)] => assert_eq!(
+            command.kind,
+            CommandKind::Authenticate {
+                mechanism: b"PLAIN".to_vec(),
+                initial_response: Some(b"AG11cGRhdGUAcGFzcw==".to_vec()),
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -12,6 +12,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::tls::{ClientTls, Transport};
 
+use crate::protocol::command::encode_authenticate;
 use crate::protocol::reply::{Reply, ReplyError, parse_reply};
 use crate::protocol::{Command, CommandKind};
 use crate::store::StoreError;
@@ -191,11 +192,9 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
         ]
         .concat(),
     );
-    let command = format!(
-        "A01 AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{token}\r\n",
-        token.len()
-    );
-    link.stream.write_all(command.as_bytes()).await?;
+    let mut command = Vec::new();
+    encode_authenticate(&mut command, b"A01", "PLAIN", token.as_bytes());
+    link.stream.write_all(&command).await?;
     match link.next(settings.timeout).await? {
         Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => Ok(link),
         Reply::Line { rest, .. } => Err(LinkError::Login(String::from_utf8_lossy(&rest).into())),
@@ -292,12 +291,9 @@ impl Link {
         };
         let bare = format!("n={},r={nonce}", scram_name(&settings.authname));
         let first = STANDARD.encode(format!("{gs2_header}{bare}"));
-        let command = format!(
-            "A01 AUTHENTICATE \"{}\" {{{}+}}\r\n{first}\r\n",
-            scram::MECHANISM,
-            first.len()
-        );
-        self.stream.write_all(command.as_bytes()).await?;
+        let mut command = Vec::new();
+        encode_authenticate(&mut command, b"A01", scram::MECHANISM, first.as_bytes());
+        self.stream.write_all(&command).await?;
         let server_first = String::from_utf8(self.challenge(patience).await?)
             .map_err(|_| LinkError::Protocol("SCRAM server-first is not UTF-8".into()))?;
         if !server_first.starts_with(&format!("r={nonce}")) {
