@@ -397,7 +397,7 @@ pub async fn run(
     tokio::spawn(count_mailboxes(ctx.clone()));
     // The sidecar answers (503 on /readyz) until this function returns.
     let sidecar_stop = CancellationToken::new();
-    let _sidecar_guard = sidecar_stop.clone().drop_guard();
+    let sidecar_guard = sidecar_stop.clone().drop_guard();
     start_sidecar(&ctx, metrics, readiness.clone(), &stop, sidecar_stop).await?;
     match link {
         None => {
@@ -425,6 +425,8 @@ pub async fn run(
     readiness.set(true);
     tracing::info!(%address, role = ?ctx.role, db = %ctx.settings.db_path.display(), "listening on {address}");
     server::run(listener, ctx.clone()).await;
+    drop(sidecar_guard);
+    let_go_of_the_store(&ctx).await;
     let (commits, writes, commit_micros) = ctx.store.commit_stats().snapshot();
     tracing::info!(
         commits,
@@ -433,6 +435,20 @@ pub async fn run(
         "shut down"
     );
     Ok(())
+}
+
+/// Longest the end of [`run`] waits for the tasks that share the server's context.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (at most [`RELEASE_WAIT`]) until the sidecar, the mailbox counter and the other
+/// tasks that hold the context have seen the shutdown and let go of it: the database
+/// closes with its last holder, and a caller that runs the server again in this process
+/// must find it free.
+async fn let_go_of_the_store(ctx: &Arc<ServerContext>) {
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while Arc::strong_count(ctx) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// Longest a sidecar connection lives (a scraper reconnects; a slow reader is let go).
