@@ -249,7 +249,7 @@ impl Record {
         let key_offset = at as u64 + 8;
         let body = key_len
             .checked_add(value_len)
-            .map(padded)
+            .and_then(|len| len.div_ceil(8).checked_mul(8))
             .ok_or(bad("key and value lengths overflow"))?;
         let end = key_offset
             .checked_add(body)
@@ -433,6 +433,18 @@ pub fn entries(file: &[u8]) -> Result<Vec<Entry>, TwoskipError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the twoskip fuzz target: a length near 2^64 overflowed the padding.
+    #[test]
+    fn a_record_length_near_the_top_of_u64_is_an_error() {
+        let mut file = vec![b'+', 0, 0xff, 0xff, 0, 0, 0, 0];
+        file.extend_from_slice(&(u64::MAX - 2).to_be_bytes());
+        file.extend_from_slice(&0u64.to_be_bytes());
+        let crc_head = crc32fast::hash(&file);
+        file.extend_from_slice(&crc_head.to_be_bytes());
+        file.extend_from_slice(&0u32.to_be_bytes());
+        assert!(Record::read(&file, 0).is_err());
+    }
 
     #[test]
     fn blank_padding_keeps_heads_inside_a_block() {
