@@ -249,7 +249,7 @@ impl Record {
         let key_offset = at as u64 + 8;
         let body = key_len
             .checked_add(value_len)
-            .and_then(|len| len.div_ceil(8).checked_mul(8))
+            .map(padded)
             .ok_or(bad("key and value lengths overflow"))?;
         let end = key_offset
             .checked_add(body)
@@ -284,9 +284,10 @@ impl Record {
     }
 }
 
-/// Key and value lengths rounded up to the 8-byte boundary the format pads to.
+/// Key and value lengths rounded up to the 8-byte boundary the format pads to; a length
+/// read from a damaged file near 2^64 saturates (and then fails the bounds checks).
 pub fn padded(len: u64) -> u64 {
-    len.div_ceil(8) * 8
+    len.div_ceil(8).saturating_mul(8)
 }
 
 /// The whole record (head, key, value, padding) for appending; sets `record.crc_tail`
