@@ -5,9 +5,12 @@ mod auth;
 pub mod compress;
 mod connection;
 mod handlers;
+mod layers;
 mod notices;
 mod session;
+mod streams;
 mod telemetry;
+mod writes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

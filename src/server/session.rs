@@ -6,10 +6,10 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use tracing::Instrument;
+
 use super::ServerContext;
 use super::connection::{Connection, ReadError};
-use crate::protocol::xupdate::Position;
-use tracing::Instrument;
 
 use crate::auth::Identity;
 use crate::observability::metrics::{Metrics, NOT_A_COMMAND};
@@ -383,101 +383,5 @@ impl Session {
             self.out.shrink_to(64 * 1024);
         }
         result
-    }
-
-    /// Writes one stream notice; `Close` when the listener has fallen too far behind.
-    pub(super) fn deliver(
-        &mut self,
-        change: Result<Arc<Change>, broadcast::error::RecvError>,
-    ) -> Flow {
-        let Some(stream) = &mut self.stream else {
-            return Flow::Continue;
-        };
-        match change {
-            Ok(change) => {
-                stream.last_seq = stream.last_seq.max(change.seq);
-                if change.seq > stream.dumped_through && change.concerns_any(&stream.hosts) {
-                    super::notices::encode_change(&mut self.out, &stream.tag, &change);
-                    if stream.report_seq {
-                        Position::encode(
-                            &mut self.out,
-                            self.ctx.store.epoch(),
-                            change.seq,
-                            change.trace.as_deref(),
-                        );
-                    }
-                }
-                Flow::Continue
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) if stream.report_seq => self.catch_up(),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(
-                    missed,
-                    "UPDATE listener fell too far behind; disconnecting it"
-                );
-                response::bye(&mut self.out, "too far behind, reconnect");
-                Flow::Close
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                response::bye(&mut self.out, "server shutting down");
-                Flow::Close
-            }
-        }
-    }
-
-    /// A resumable listener that fell behind the live feed is served from the change log,
-    /// each mailbox once in its latest state, then goes on with the feed; a listener the
-    /// log no longer covers is dropped like a plain one.
-    fn catch_up(&mut self) -> Flow {
-        let feed = self.ctx.store.subscribe();
-        let Some(stream) = &mut self.stream else {
-            return Flow::Continue;
-        };
-        let caught = self.ctx.store.snapshot().ok().and_then(|snapshot| {
-            let changes = snapshot.changes_after(stream.last_seq).ok().flatten()?;
-            Some((snapshot.seq(), changes))
-        });
-        let Some((through, changes)) = caught else {
-            tracing::warn!("UPDATE listener fell behind the change log; disconnecting it");
-            response::bye(&mut self.out, "too far behind, reconnect");
-            return Flow::Close;
-        };
-        let mut last_of: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
-        for change in &changes {
-            last_of.insert(&change.name, change.seq);
-        }
-        for change in changes
-            .iter()
-            .filter(|c| last_of.get(c.name.as_slice()) == Some(&c.seq))
-        {
-            super::notices::encode_change(&mut self.out, &stream.tag, change);
-        }
-        Position::encode(&mut self.out, self.ctx.store.epoch(), through, None);
-        stream.feed = feed;
-        stream.dumped_through = through;
-        stream.last_seq = through;
-        Flow::Continue
-    }
-
-    /// Queues every change already published (the NOOP barrier, and batching under load).
-    pub(super) fn drain_ready_changes(&mut self) -> Flow {
-        loop {
-            let Some(stream) = &mut self.stream else {
-                return Flow::Continue;
-            };
-            let next = match stream.feed.try_recv() {
-                Ok(change) => Ok(change),
-                Err(broadcast::error::TryRecvError::Empty) => return Flow::Continue,
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    Err(broadcast::error::RecvError::Lagged(n))
-                }
-                Err(broadcast::error::TryRecvError::Closed) => {
-                    Err(broadcast::error::RecvError::Closed)
-                }
-            };
-            if self.deliver(next) == Flow::Close {
-                return Flow::Close;
-            }
-        }
     }
 }
