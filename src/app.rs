@@ -58,7 +58,8 @@ pub fn main(cli: Cli) -> i32 {
     let result = (|| {
         // First, since under master(8) this may re-execute the program.
         let launch = cyrus_master::detect()?;
-        let settings = config::load_with(&cli.config, &cli.set)
+        let environment: config::Environment = std::env::vars().collect();
+        let settings = config::load_with(&cli.config, &environment, &cli.set)
             .map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
         let telemetry = crate::observability::init(settings.log_json);
         let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -90,10 +91,12 @@ fn async_workers(configured: usize) -> usize {
 }
 
 fn print_config(path: &std::path::Path, overrides: &[String]) -> Result<i32, Fatal> {
-    let options =
-        config::effective(path, overrides).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+    let environment: config::Environment = std::env::vars().collect();
+    let options = config::effective(path, &environment, overrides)
+        .map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
     // Typed parsing too, so that a bad value is reported as the server would report it.
-    config::load_with(path, overrides).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
+    config::load_with(path, &environment, overrides)
+        .map_err(|e| fatal(EXIT_CONFIG, e.to_string()))?;
     for (key, value, origin) in options {
         println!("{key}: {value}\t# {origin}");
     }
@@ -399,16 +402,15 @@ pub async fn run(
     let sidecar_stop = CancellationToken::new();
     let sidecar_guard = sidecar_stop.clone().drop_guard();
     start_sidecar(&ctx, metrics, readiness.clone(), &stop, sidecar_stop).await?;
+    // A master answers kicks from start-up on, a slave while its link is synchronised
+    // (either once mailboxes.db, if kept, has caught up).
+    if let Err(error) = kick::serve(&kick_socket, ctx.upstream().cloned(), ctx.shutdown.clone()) {
+        tracing::warn!(path = %kick_socket.path.display(), %error, "no kick socket");
+    }
     match link {
-        None => {
-            // A master answers kicks from start-up on (once mailboxes.db, if kept, has
-            // caught up).
-            if let Err(error) = kick::serve(&kick_socket, None, ctx.shutdown.clone()) {
-                tracing::warn!(path = %kick_socket.path.display(), %error, "no kick socket");
-            }
-        }
+        None => {}
         Some((settings, requests)) => {
-            follow_master(&ctx, settings, requests, synced_tx, kick_socket);
+            follow_master(&ctx, settings, requests, synced_tx);
             // Like Cyrus, a slave serves nobody before its first sync; clients wait in the
             // listen backlog meanwhile.
             tokio::select! {
@@ -599,14 +601,12 @@ fn follow_master(
     link: SlaveSettings,
     requests: BarrierRequests,
     synced: tokio::sync::watch::Sender<bool>,
-    kick_socket: KickSocket,
 ) {
     tokio::spawn(crate::replication::slave::run(
         ctx.store.clone(),
         link,
         synced,
         requests,
-        Some(kick_socket),
         ctx.metrics.clone(),
         ctx.shutdown.clone(),
     ));

@@ -19,7 +19,8 @@ use crate::store::{Mutation, Store, StoreError, StoreOptions};
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn settings(path: &Path) -> Result<Settings, Fatal> {
-    config::load(path).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))
+    let environment: config::Environment = std::env::vars().collect();
+    config::load(path, &environment).map_err(|e| fatal(EXIT_CONFIG, e.to_string()))
 }
 
 fn credentials(settings: &Settings, server: String) -> Result<Credentials, Fatal> {

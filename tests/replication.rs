@@ -591,7 +591,11 @@ async fn in_one_process_a_slave_on_port_0_follows_its_master() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let settings = mupdate::config::load(&follow_config(dir.path(), master.addr)).unwrap();
+    let settings = mupdate::config::load(
+        &follow_config(dir.path(), master.addr),
+        &mupdate::config::Environment::default(),
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();

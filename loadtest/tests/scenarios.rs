@@ -45,7 +45,8 @@ impl Master {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let settings = mupdate::config::load(&self.conf).expect("config");
+        let settings = mupdate::config::load(&self.conf, &mupdate::config::Environment::default())
+            .expect("config");
         let stop = CancellationToken::new();
         let task = tokio::spawn(mupdate::app::run(
             settings,

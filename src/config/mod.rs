@@ -16,6 +16,7 @@ pub use imapd_conf::{ImapdConf, Origin};
 pub use values::{at_least_one, parse_count, parse_duration, parse_int, parse_list, parse_switch};
 
 use crate::protocol::Limits;
+use crate::store;
 
 /// Prefix of environment variables that override imapd.conf options.
 pub const ENV_PREFIX: &str = "IMAPD_";
@@ -240,30 +241,54 @@ fn parse_overrides(overrides: &[String]) -> Result<Vec<(String, String)>, Config
         .collect()
 }
 
-/// Environment variables `IMAPD_<KEY>` as raw strings (figment's own `Env` would parse
-/// `1` as a number and `[a]` as an array; Cyrus values are always text).
-struct RawEnv;
+/// The process environment as the configuration reads it (`IMAPD_<KEY>` overrides,
+/// `CYRUS_SERVICE`): the caller collects it, `std::env::vars().collect()`, so that the
+/// configuration never reads the process's own and a test passes exactly what it means.
+#[derive(Debug, Clone, Default)]
+pub struct Environment(BTreeMap<String, String>);
 
-impl Provider for RawEnv {
+impl FromIterator<(String, String)> for Environment {
+    fn from_iter<T: IntoIterator<Item = (String, String)>>(vars: T) -> Self {
+        Environment(vars.into_iter().collect())
+    }
+}
+
+impl Environment {
+    /// The service name Cyrus master(8) passes in `CYRUS_SERVICE`, or `mupdate`.
+    pub fn service_name(&self) -> String {
+        self.0
+            .get("CYRUS_SERVICE")
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "mupdate".into())
+    }
+
+    /// `IMAPD_<KEY>` variables (the prefix in any case) as lowercased option names and
+    /// raw strings: Cyrus values are always text, whatever they look like.
+    fn option_overrides(&self) -> Dict {
+        self.0
+            .iter()
+            .filter_map(|(name, value)| {
+                let prefix = name.get(..ENV_PREFIX.len())?;
+                let key = &name[ENV_PREFIX.len()..];
+                (prefix.eq_ignore_ascii_case(ENV_PREFIX) && !key.is_empty())
+                    .then(|| (key.to_ascii_lowercase(), Value::from(value.clone())))
+            })
+            .collect()
+    }
+}
+
+/// The environment's layer of the configuration.
+struct EnvironmentLayer<'a>(&'a Environment);
+
+impl Provider for EnvironmentLayer<'_> {
     fn metadata(&self) -> Metadata {
         Metadata::named("environment")
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let dict: Dict = figment::providers::Env::prefixed(ENV_PREFIX)
-            .iter()
-            .map(|(key, value)| (key.as_str().to_ascii_lowercase(), Value::from(value)))
-            .collect();
-        Ok(Profile::Default.collect(dict))
+        Ok(Profile::Default.collect(self.0.option_overrides()))
     }
-}
-
-/// The service name Cyrus master(8) passes, or `mupdate`.
-pub fn service_name() -> String {
-    std::env::var("CYRUS_SERVICE")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "mupdate".into())
 }
 
 /// imapd.conf under the environment, merged: the values and what each came from.
@@ -274,13 +299,17 @@ struct Layers {
     service: String,
 }
 
-fn layers(path: &Path, overrides: &[String]) -> Result<Layers, ConfigError> {
-    let service = service_name();
+fn layers(
+    path: &Path,
+    environment: &Environment,
+    overrides: &[String],
+) -> Result<Layers, ConfigError> {
+    let service = environment.service_name();
     let overrides = CommandLine(parse_overrides(overrides)?);
     let conf = ImapdConf::read(path, &service)?;
     let figment = Figment::new()
         .merge(conf.clone())
-        .merge(RawEnv)
+        .merge(EnvironmentLayer(environment))
         .merge(overrides);
     let values = figment
         .extract()
@@ -304,14 +333,18 @@ impl Layers {
     }
 }
 
-/// Loads `path` and the environment into [`Settings`].
-pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    load_with(path, &[])
+/// Loads `path` under `environment` into [`Settings`].
+pub fn load(path: &Path, environment: &Environment) -> Result<Settings, ConfigError> {
+    load_with(path, environment, &[])
 }
 
-/// Loads `path`, the environment and command-line `key=value` overrides into [`Settings`].
-pub fn load_with(path: &Path, overrides: &[String]) -> Result<Settings, ConfigError> {
-    Settings::from_values(&layers(path, overrides)?.options())
+/// Loads `path`, `environment` and command-line `key=value` overrides into [`Settings`].
+pub fn load_with(
+    path: &Path,
+    environment: &Environment,
+    overrides: &[String],
+) -> Result<Settings, ConfigError> {
+    Settings::from_values(&layers(path, environment, overrides)?.options())
 }
 
 /// Every option set in imapd.conf, the environment or on the command line, as
@@ -319,9 +352,10 @@ pub fn load_with(path: &Path, overrides: &[String]) -> Result<Settings, ConfigEr
 /// prints.
 pub fn effective(
     path: &Path,
+    environment: &Environment,
     overrides: &[String],
 ) -> Result<Vec<(String, String, String)>, ConfigError> {
-    let layers = layers(path, overrides)?;
+    let layers = layers(path, environment, overrides)?;
     let options = layers.options();
     Ok(options
         .values
@@ -418,7 +452,7 @@ impl Settings {
                 _ => Err(format!("{v:?} is not one of standard, unified, replicated")),
             }
         })?;
-        let limit = |key| o.typed(key, 131_072, parse_count);
+        let limit = |key| o.typed(key, crate::protocol::DEFAULT_LIMIT, parse_count);
         let listen = o
             .string("mupdate_listen")
             .unwrap_or_else(|| "0.0.0.0:3905".into());
@@ -524,13 +558,17 @@ impl Settings {
             idle_timeout: o.typed("mupdate_idle_timeout", Duration::from_secs(180 * 60), |v| {
                 parse_duration(v, 'm')
             })?,
-            changelog_max: o.typed("mupdate_changelog_max", 100_000u64, |v| {
+            changelog_max: o.typed("mupdate_changelog_max", store::DEFAULT_CHANGELOG_MAX, |v| {
                 parse_count(v).map(|n| n as u64)
             })?,
-            listener_queue: o.typed("mupdate_listener_queue", 16_384, parse_count)?,
+            listener_queue: o.typed(
+                "mupdate_listener_queue",
+                store::DEFAULT_FEED_CAPACITY,
+                parse_count,
+            )?,
             changelog_max_age: o.typed(
                 "mupdate_changelog_max_age",
-                Duration::from_secs(30 * 86_400),
+                store::DEFAULT_CHANGELOG_MAX_AGE,
                 |v| parse_duration(v, 'd'),
             )?,
             mupdate_authname: o.string("mupdate_authname"),
@@ -611,10 +649,18 @@ mod tests {
     use super::*;
 
     fn load_text(text: &str) -> Result<Settings, ConfigError> {
+        load_text_under(text, &[])
+    }
+
+    fn load_text_under(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("imapd.conf");
         std::fs::write(&path, text).unwrap();
-        load(&path)
+        let environment = vars
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        load(&path, &environment)
     }
 
     #[test]
@@ -678,6 +724,37 @@ mod tests {
         assert!(err.contains("configdirectory"), "{err}");
     }
 
-    // Environment overrides are tested in tests/cli.rs, in a child process, so that no test
-    // changes this process's environment.
+    #[test]
+    fn environment_overrides_imapd_conf_and_names_itself_in_errors() {
+        let conf = "configdirectory: /tmp/x\nservername: m1\nmupdate_connections_max: 7\n";
+        let s = load_text_under(
+            conf,
+            &[
+                ("IMAPD_MUPDATE_CONNECTIONS_MAX", "9"),
+                ("imapd_servername", "m2"),
+                ("HOME", "/root"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.connections_max, 9);
+        assert_eq!(s.server_name, "m2");
+        let err = load_text_under(conf, &[("IMAPD_MUPDATE_CONNECTIONS_MAX", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("environment variable IMAPD_MUPDATE_CONNECTIONS_MAX"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_service_name_comes_from_cyrus_service_and_selects_its_options() {
+        let conf = "configdirectory: /tmp/x\nmupdate_connections_max: 7\nfollower_mupdate_connections_max: 5\n";
+        assert_eq!(load_text(conf).unwrap().service_name, "mupdate");
+        let s = load_text_under(conf, &[("CYRUS_SERVICE", "follower")]).unwrap();
+        assert_eq!(s.service_name, "follower");
+        assert_eq!(s.connections_max, 5);
+        let s = load_text_under(conf, &[("CYRUS_SERVICE", "")]).unwrap();
+        assert_eq!(s.service_name, "mupdate");
+    }
 }

@@ -191,20 +191,21 @@ impl Command {
     }
 }
 
-/// `tag AUTHENTICATE "mech" {n+}` and the initial response, as Cyrus's own MUPDATE client
-/// sends it (the response as a non-synchronising literal, whatever its bytes).
+/// `tag AUTHENTICATE "mech" {n+}` and the initial response in base64, as Cyrus's own
+/// MUPDATE client sends it (a non-synchronising literal, whatever its bytes).
 pub fn encode_authenticate(
     out: &mut Vec<u8>,
     tag: &[u8],
     mechanism: &str,
     initial_response: &[u8],
 ) {
+    let mut response = Vec::new();
+    super::sasl::encode_line(&mut response, initial_response);
     out.extend_from_slice(tag);
     out.extend_from_slice(b" AUTHENTICATE ");
     encode_string_argument(mechanism.as_bytes(), out);
-    out.extend_from_slice(format!(" {{{}+}}\r\n", initial_response.len()).as_bytes());
-    out.extend_from_slice(initial_response);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(format!(" {{{}+}}\r\n", response.len() - 2).as_bytes());
+    out.extend_from_slice(&response);
 }
 
 /// Writes `value` as a quoted string if it has no CR, LF or NUL, else as a `{n+}` literal.

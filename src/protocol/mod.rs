@@ -23,10 +23,13 @@ pub mod command;
 pub mod parser;
 pub mod reply;
 pub mod response;
+pub mod sasl;
 pub mod xupdate;
 
 pub use command::{Command, CommandKind};
-pub use parser::{Event, Limits, ParseContext, ParseErrorKind, Parser, SaslResponse};
+pub use parser::{
+    DEFAULT_LIMIT, Event, Limits, ParseContext, ParseErrorKind, Parser, SaslResponse,
+};
 
 #[cfg(test)]
 mod tests;

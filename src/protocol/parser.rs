@@ -19,12 +19,15 @@ pub struct Limits {
     pub max_literal: usize,
 }
 
+/// Cyrus's default for `maxword`, `maxquoted` and `maxliteral`.
+pub const DEFAULT_LIMIT: usize = 131_072;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_word: 131_072,
-            max_quoted: 131_072,
-            max_literal: 131_072,
+            max_word: DEFAULT_LIMIT,
+            max_quoted: DEFAULT_LIMIT,
+            max_literal: DEFAULT_LIMIT,
         }
     }
 }

@@ -481,7 +481,7 @@ fn command_names_lists_every_command_once() {
 #[test]
 fn a_slaves_authenticate_is_spelled_as_cyrus_and_parses_back() {
     let mut out = Vec::new();
-    super::command::encode_authenticate(&mut out, b"A01", "PLAIN", b"AG11cGRhdGUAcGFzcw==");
+    super::command::encode_authenticate(&mut out, b"A01", "PLAIN", b"\0mupdate\0pass");
     assert_eq!(
         out,
         b"A01 AUTHENTICATE \"PLAIN\" {20+}\r\nAG11cGRhdGUAcGFzcw==\r\n".as_slice()

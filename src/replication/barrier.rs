@@ -4,10 +4,10 @@
 //! without depending on one another.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 
 /// Lets clients of a slave wait until the slave holds everything its master had committed
@@ -15,7 +15,7 @@ use tokio::time::timeout;
 #[derive(Clone)]
 pub struct UpstreamBarrier {
     requests: mpsc::Sender<oneshot::Sender<()>>,
-    connected: Arc<AtomicBool>,
+    connected: watch::Receiver<bool>,
     pub(super) status: Arc<LinkStatus>,
     patience: Duration,
 }
@@ -23,7 +23,7 @@ pub struct UpstreamBarrier {
 impl UpstreamBarrier {
     /// Waits for the next NOOP round trip with the master (bounded by the link's timeout).
     pub async fn wait(&self) {
-        if !self.connected.load(Ordering::Acquire) {
+        if !self.connected() {
             return;
         }
         // Bounded as a whole: the queue to the link may be full too.
@@ -38,7 +38,12 @@ impl UpstreamBarrier {
 
     /// Whether the slave is currently synchronised with its master.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        *self.connected.borrow()
+    }
+
+    /// Follows whether the slave is synchronised with its master.
+    pub fn connection(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
     }
 
     /// The link's freshness.
@@ -81,10 +86,10 @@ impl LinkStatus {
 /// The barrier's two ends: clients hold the [`UpstreamBarrier`], the link the receiver.
 pub fn barrier(retry_delay: Duration) -> (UpstreamBarrier, BarrierRequests) {
     let (requests, receiver) = mpsc::channel(1024);
-    let connected = Arc::new(AtomicBool::new(false));
+    let (connected, connection) = watch::channel(false);
     let handle = UpstreamBarrier {
         requests,
-        connected: connected.clone(),
+        connected: connection,
         status: Arc::new(LinkStatus::default()),
         patience: retry_delay.max(Duration::from_secs(1)) * 2,
     };
@@ -98,9 +103,10 @@ pub fn barrier(retry_delay: Duration) -> (UpstreamBarrier, BarrierRequests) {
     )
 }
 
-/// The link's end of the barrier (and a handle for the kick socket it opens).
+/// The link's end of the barrier: the requests it answers, and where it says whether it is
+/// synchronised with its master.
 pub struct BarrierRequests {
     pub(super) receiver: mpsc::Receiver<oneshot::Sender<()>>,
-    pub(super) connected: Arc<AtomicBool>,
+    pub(super) connected: watch::Sender<bool>,
     pub(super) handle: UpstreamBarrier,
 }

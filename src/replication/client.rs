@@ -14,6 +14,7 @@ use crate::tls::{ClientTls, Transport};
 
 use crate::protocol::command::encode_authenticate;
 use crate::protocol::reply::{Reply, ReplyError, parse_reply};
+use crate::protocol::sasl::{self, ServerTurn};
 use crate::protocol::{Command, CommandKind};
 use crate::store::StoreError;
 
@@ -182,18 +183,16 @@ async fn login(settings: &Credentials) -> Result<Link, LinkError> {
             "the master offers neither SCRAM-SHA-256 nor PLAIN".into(),
         ));
     }
-    let token = STANDARD.encode(
-        [
-            settings.username.as_bytes(),
-            b"\0",
-            settings.authname.as_bytes(),
-            b"\0",
-            settings.password.as_bytes(),
-        ]
-        .concat(),
-    );
+    let token = [
+        settings.username.as_bytes(),
+        b"\0",
+        settings.authname.as_bytes(),
+        b"\0",
+        settings.password.as_bytes(),
+    ]
+    .concat();
     let mut command = Vec::new();
-    encode_authenticate(&mut command, b"A01", "PLAIN", token.as_bytes());
+    encode_authenticate(&mut command, b"A01", "PLAIN", &token);
     link.stream.write_all(&command).await?;
     match link.next(settings.timeout).await? {
         Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => Ok(link),
@@ -269,12 +268,13 @@ impl Link {
     /// A SASL challenge line, decoded; a tagged line instead means the login failed.
     async fn challenge(&mut self, patience: Duration) -> Result<Vec<u8>, LinkError> {
         let line = self.raw_line(patience).await?;
-        if line.starts_with(b"A01 ") {
-            return Err(LinkError::Login(String::from_utf8_lossy(&line[4..]).into()));
+        match sasl::parse_server_turn(&line, b"A01") {
+            Ok(ServerTurn::Challenge(data)) => Ok(data),
+            Ok(ServerTurn::Answer(text)) => {
+                Err(LinkError::Login(String::from_utf8_lossy(&text).into()))
+            }
+            Err(error) => Err(LinkError::Protocol(error.to_string())),
         }
-        STANDARD
-            .decode(&line)
-            .map_err(|_| LinkError::Protocol("a SASL challenge that is not base64".into()))
     }
 
     /// SCRAM-SHA-256: the password never crosses the wire, and the master proves it holds
@@ -290,7 +290,7 @@ impl Link {
             format!("n,a={},", scram_name(&settings.username))
         };
         let bare = format!("n={},r={nonce}", scram_name(&settings.authname));
-        let first = STANDARD.encode(format!("{gs2_header}{bare}"));
+        let first = format!("{gs2_header}{bare}");
         let mut command = Vec::new();
         encode_authenticate(&mut command, b"A01", scram::MECHANISM, first.as_bytes());
         self.stream.write_all(&command).await?;
@@ -306,9 +306,9 @@ impl Link {
             settings.password.as_bytes(),
         )
         .map_err(|e| LinkError::Protocol(e.to_string()))?;
-        self.stream
-            .write_all(format!("{}\r\n", STANDARD.encode(client_final)).as_bytes())
-            .await?;
+        let mut response = Vec::new();
+        sasl::encode_line(&mut response, client_final.as_bytes());
+        self.stream.write_all(&response).await?;
         let server_final = self.challenge(patience).await?;
         if server_final != expected.as_bytes() {
             return Err(LinkError::Login(
@@ -316,7 +316,9 @@ impl Link {
                     .into(),
             ));
         }
-        self.stream.write_all(b"\r\n").await?;
+        response.clear();
+        sasl::encode_line(&mut response, b"");
+        self.stream.write_all(&response).await?;
         match self.next(patience).await? {
             Reply::Line { tag, word, .. } if tag == b"A01" && word == b"OK" => {
                 self.mechanism = scram::MECHANISM;

@@ -60,15 +60,59 @@ pub fn socket_path(config_directory: &Path) -> PathBuf {
     config_directory.join("socket").join("mupdate.target")
 }
 
-/// Binds the socket (replacing any old file, mode 0777) and answers kicks until `stop`.
-/// Once stopped, the file stays and connections are refused, as with Cyrus.
+/// Answers kicks until `stop`. A master (no `barrier`) binds the socket at once. A slave
+/// binds it each time its link is synchronised and closes it when the link ends, so that a
+/// kick is refused while the slave is cut off, as with Cyrus. Binding replaces any old file
+/// (mode 0777); once closed, the file stays and connections are refused.
 pub fn serve(
     socket: &KickSocket,
     barrier: Option<UpstreamBarrier>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let path = socket.path.as_path();
-    let projection = socket.projection.clone();
+    let Some(barrier) = barrier else {
+        let listener = bind(&socket.path)?;
+        tokio::spawn(answer(
+            listener,
+            socket.clone(),
+            None,
+            stop.cancelled_owned(),
+        ));
+        return Ok(());
+    };
+    let socket = socket.clone();
+    let mut linked = barrier.connection();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                up = linked.wait_for(|up| *up) => if up.is_err() { return },
+            }
+            let mut unlinked = linked.clone();
+            let until = {
+                let stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = unlinked.wait_for(|up| !*up) => {}
+                    }
+                }
+            };
+            match bind(&socket.path) {
+                Ok(listener) => {
+                    answer(listener, socket.clone(), Some(barrier.clone()), until).await
+                }
+                Err(error) => {
+                    tracing::warn!(path = %socket.path.display(), %error, "no kick socket while this link lasts");
+                    until.await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Binds the socket at `path`, replacing any old file, mode 0777.
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -79,54 +123,63 @@ pub fn serve(
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(listener)
+}
+
+/// Accepts kicks on `listener` until `until` completes, each answered once `barrier` (if
+/// any) and the socket's mailboxes.db (if kept) hold what the master had committed.
+async fn answer(
+    listener: UnixListener,
+    socket: KickSocket,
+    barrier: Option<UpstreamBarrier>,
+    until: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(until);
     let slots = Arc::new(Semaphore::new(socket.kicks_max));
-    tokio::spawn(async move {
-        loop {
-            // A slot first: kicks beyond the bound stay in the backlog, costing us nothing.
-            let slot = tokio::select! {
-                _ = stop.cancelled() => return,
-                slot = slots.clone().acquire_owned() => slot,
-            };
-            let Ok(slot) = slot else { return };
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let mut kick = match accepted {
-                Ok((kick, _)) => kick,
-                Err(error) => {
-                    tracing::warn!(%error, "kick socket: cannot accept");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
+    loop {
+        // A slot first: kicks beyond the bound stay in the backlog, costing us nothing.
+        let slot = tokio::select! {
+            _ = &mut until => return,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { return };
+        let accepted = tokio::select! {
+            _ = &mut until => return,
+            accepted = listener.accept() => accepted,
+        };
+        let mut kick = match accepted {
+            Ok((kick, _)) => kick,
+            Err(error) => {
+                tracing::warn!(%error, "kick socket: cannot accept");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let barrier = barrier.clone();
+        let projection = socket.projection.clone();
+        tokio::spawn(async move {
+            let answered = tokio::time::timeout(KICK_DEADLINE, async {
+                if let Some(barrier) = barrier {
+                    barrier.wait().await;
                 }
-            };
-            let barrier = barrier.clone();
-            let projection = projection.clone();
-            tokio::spawn(async move {
-                let answered = tokio::time::timeout(KICK_DEADLINE, async {
-                    if let Some(barrier) = barrier {
-                        barrier.wait().await;
-                    }
-                    if let Some(projection) = projection
-                        && !projection.wait_visible(VISIBLE_TIMEOUT).await
-                    {
-                        tracing::warn!(
-                            timeout_secs = VISIBLE_TIMEOUT.as_secs(),
-                            "kick answered before mailboxes.db caught up"
-                        );
-                    }
-                    let _ = kick.write_all(b"ok").await;
-                })
-                .await;
-                if answered.is_err() {
+                if let Some(projection) = projection
+                    && !projection.wait_visible(VISIBLE_TIMEOUT).await
+                {
                     tracing::warn!(
-                        deadline_secs = KICK_DEADLINE.as_secs(),
-                        "kick closed unanswered"
+                        timeout_secs = VISIBLE_TIMEOUT.as_secs(),
+                        "kick answered before mailboxes.db caught up"
                     );
                 }
-                drop(slot);
-            });
-        }
-    });
-    Ok(())
+                let _ = kick.write_all(b"ok").await;
+            })
+            .await;
+            if answered.is_err() {
+                tracing::warn!(
+                    deadline_secs = KICK_DEADLINE.as_secs(),
+                    "kick closed unanswered"
+                );
+            }
+            drop(slot);
+        });
+    }
 }

@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -61,16 +60,15 @@ pub async fn run(
     settings: SlaveSettings,
     synced: watch::Sender<bool>,
     mut barriers: BarrierRequests,
-    kick_socket: Option<super::kick::KickSocket>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = follow(&store, &settings, &synced, &mut barriers, kick_socket.as_ref(), &metrics, &shutdown) => result,
+            result = follow(&store, &settings, &synced, &mut barriers, &metrics) => result,
         };
-        let was_linked = barriers.connected.swap(false, Ordering::AcqRel);
+        let was_linked = barriers.connected.send_replace(false);
         metrics.link_up.set(0);
         metrics.reconnects.inc();
         let delay = reconnect_delay(settings.retry_delay);
@@ -127,9 +125,7 @@ async fn follow(
     settings: &SlaveSettings,
     synced: &watch::Sender<bool>,
     barriers: &mut BarrierRequests,
-    kick_socket: Option<&super::kick::KickSocket>,
     metrics: &Metrics,
-    shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let mut link = client::connect(&Credentials {
         server: settings.master.clone(),
@@ -163,15 +159,10 @@ async fn follow(
         .instrument(sync_span)
         .await?;
     synced.send_replace(true);
-    barriers.connected.store(true, Ordering::Release);
+    // Kicks are answered from now on, until the link ends (Cyrus: refused while cut off).
+    barriers.connected.send_replace(true);
     barriers.handle.status.confirm();
     metrics.link_up.set(1);
-    // The kick socket answers only while this link lives (Cyrus: refused while cut off).
-    let link_alive = shutdown.child_token();
-    let _kicks_stop = link_alive.clone().drop_guard();
-    if let Some(path) = kick_socket {
-        super::kick::serve(path, Some(barriers.handle.clone()), link_alive.clone())?;
-    }
     if let Some((_, seq)) = position {
         metrics.applied_seq.set(seq as i64);
     }

@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-
 use super::notices::{bad, no, ok};
 use super::session::{Flow, SaslExchange, SaslStep, Session};
 use super::telemetry::{TelemetryCounters, TelemetryLog};
 use crate::auth::{AuthFailure, Identity, scram};
 use crate::protocol::SaslResponse;
 use crate::protocol::response::{self, Status, Text};
+use crate::protocol::sasl;
 
 impl Session {
     pub(super) async fn authenticate(
@@ -64,8 +62,7 @@ impl Session {
         tag: Vec<u8>,
         step: SaslStep,
     ) -> std::io::Result<()> {
-        self.out.extend_from_slice(STANDARD.encode(data).as_bytes());
-        self.out.extend_from_slice(b"\r\n");
+        sasl::encode_line(&mut self.out, data);
         self.flush().await?;
         self.parser.expect_sasl_response();
         self.sasl = Some(SaslExchange { tag, step });
@@ -74,7 +71,7 @@ impl Session {
 
     /// SCRAM-SHA-256's client-first message (base64) arrived.
     async fn scram_first(&mut self, tag: Vec<u8>, response: &[u8]) -> std::io::Result<()> {
-        let started = match STANDARD.decode(response) {
+        let started = match sasl::decode_line(response) {
             Ok(message) => self.ctx.auth.scram_start(&message).await,
             Err(_) => Err(AuthFailure::Malformed),
         };
@@ -111,7 +108,7 @@ impl Session {
             SaslStep::Plain => self.check_login(&tag, &line).await?,
             SaslStep::ScramFirst => self.scram_first(tag, &line).await?,
             SaslStep::ScramFinal(pending) => {
-                let finished = match STANDARD.decode(&line) {
+                let finished = match sasl::decode_line(&line) {
                     Ok(message) => self.ctx.auth.scram_finish(&pending, &message),
                     Err(_) => Err(AuthFailure::Malformed),
                 };

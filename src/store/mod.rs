@@ -290,13 +290,20 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
 }
 
+/// Changes the log keeps by default (`mupdate_changelog_max`).
+pub const DEFAULT_CHANGELOG_MAX: u64 = 100_000;
+/// How long the log keeps a change by default (`mupdate_changelog_max_age`).
+pub const DEFAULT_CHANGELOG_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
+/// Changes a listener may lag behind by default (`mupdate_listener_queue`).
+pub const DEFAULT_FEED_CAPACITY: usize = 16_384;
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             policy: ConflictPolicy::Standard,
-            changelog_max: 100_000,
-            changelog_max_age: Some(Duration::from_secs(30 * 86_400)),
-            feed_capacity: 16_384,
+            changelog_max: DEFAULT_CHANGELOG_MAX,
+            changelog_max_age: Some(DEFAULT_CHANGELOG_MAX_AGE),
+            feed_capacity: DEFAULT_FEED_CAPACITY,
             cache_bytes: 16 << 20,
         }
     }

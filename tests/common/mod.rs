@@ -72,7 +72,8 @@ impl TestServer {
         write_passwd(dir.path());
         let conf = dir.path().join("imapd.conf");
         std::fs::write(&conf, format!("{}{extra}", base_config(dir.path()))).expect("write conf");
-        let settings = mupdate::config::load(&conf).expect("config");
+        let settings =
+            mupdate::config::load(&conf, &mupdate::config::Environment::default()).expect("config");
         let store = open_store(&settings.db_path, mupdate::app::store_options(&settings)).await;
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
