@@ -3,6 +3,7 @@
 //! to separate storage cost from protocol and scheduling cost.
 //! Run with `cargo bench --bench store` (`STORE_BENCH=resync` runs only the replica part).
 
+use mupdate::mailbox::MailboxWrite;
 use std::time::Instant;
 
 use mupdate::replication::slave::{OnEmpty, Resync};
@@ -27,11 +28,11 @@ fn writes_and_lookups(runtime: &tokio::runtime::Runtime, store: &Store) {
     runtime.block_on(async {
         for i in 0..n {
             store
-                .apply(Mutation::Activate {
+                .apply(Mutation::Write(MailboxWrite::Activate {
                     name: format!("user.b{i:09}").into_bytes(),
                     location: b"backend1!default".to_vec(),
                     acl: b"owner\tlrswipkxtecda\t".to_vec(),
-                })
+                }))
                 .await
                 .expect("apply");
         }

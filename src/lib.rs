@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`protocol`]: sans-I/O parser and encoder of the wire protocol;
+//! - [`mailbox`]: the mailbox write, as asked for, applied and streamed;
 //! - [`store`]: the redb mailbox list, its single group-committing writer and change feed;
 //! - [`server`]: the listener, per-connection sessions and command handlers;
 //! - [`replication`]: the slave's link to its master;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod cyrus_master;
 pub mod cyrusdb;
 pub mod exit;
+pub mod mailbox;
 pub mod observability;
 pub mod projection;
 pub mod protocol;

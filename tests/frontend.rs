@@ -4,6 +4,7 @@
 
 mod common;
 
+use mupdate::mailbox::MailboxWrite;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -248,10 +249,12 @@ async fn a_cyrus_frontend_routes_by_what_our_slave_writes() {
         assert!(Instant::now() < deadline, "no repack after {round} rounds");
         // New ACLs on mailboxes of a server nobody asks for grow the file until it repacks.
         let grow = (0..200)
-            .map(|i| Mutation::Activate {
-                name: format!("user.bulk{i}").into_bytes(),
-                location: b"elsewhere!default".to_vec(),
-                acl: format!("bulk{round}\tlrs\t").into_bytes(),
+            .map(|i| {
+                Mutation::Write(MailboxWrite::Activate {
+                    name: format!("user.bulk{i}").into_bytes(),
+                    location: b"elsewhere!default".to_vec(),
+                    acl: format!("bulk{round}\tlrs\t").into_bytes(),
+                })
             })
             .collect();
         master.ctx.store.apply_many(grow).await.expect("apply");

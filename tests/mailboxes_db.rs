@@ -9,6 +9,7 @@
 
 mod common;
 
+use mupdate::mailbox::MailboxWrite;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -218,10 +219,12 @@ async fn activate_range(
     for chunk in all.chunks(per_commit) {
         let mutations = chunk
             .iter()
-            .map(|&i| Mutation::Activate {
-                name: name(i).into_bytes(),
-                location: format!("be{}!default", i % 3).into_bytes(),
-                acl: b"admin\tlrswipkxtecda\t".to_vec(),
+            .map(|&i| {
+                Mutation::Write(MailboxWrite::Activate {
+                    name: name(i).into_bytes(),
+                    location: format!("be{}!default", i % 3).into_bytes(),
+                    acl: b"admin\tlrswipkxtecda\t".to_vec(),
+                })
             })
             .collect();
         master.ctx.store.apply_many(mutations).await.expect("load");
@@ -338,10 +341,12 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
         )
         .expect("seed the store");
         let seed = (0..SEEDED)
-            .map(|i| Mutation::Activate {
-                name: format!("user.s{i:06}").into_bytes(),
-                location: b"be9!default".to_vec(),
-                acl: b"admin\tlrs\t".to_vec(),
+            .map(|i| {
+                Mutation::Write(MailboxWrite::Activate {
+                    name: format!("user.s{i:06}").into_bytes(),
+                    location: b"be9!default".to_vec(),
+                    acl: b"admin\tlrs\t".to_vec(),
+                })
             })
             .collect();
         store.apply_many(seed).await.expect("seed");

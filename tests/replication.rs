@@ -3,6 +3,7 @@
 
 mod common;
 
+use mupdate::mailbox::MailboxWrite;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -701,10 +702,12 @@ async fn a_slave_killed_in_its_first_sync_starts_over_and_ends_complete() {
     for chunk in names.chunks(10_000) {
         let mutations = chunk
             .iter()
-            .map(|i| mupdate::store::Mutation::Activate {
-                name: format!("user.f{i:06}").into_bytes(),
-                location: b"be1!p".to_vec(),
-                acl: b"f\tlrs\t".to_vec(),
+            .map(|i| {
+                mupdate::store::Mutation::Write(MailboxWrite::Activate {
+                    name: format!("user.f{i:06}").into_bytes(),
+                    location: b"be1!p".to_vec(),
+                    acl: b"f\tlrs\t".to_vec(),
+                })
             })
             .collect();
         master.ctx.store.apply_many(mutations).await.expect("load");

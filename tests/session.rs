@@ -3,6 +3,7 @@
 
 mod common;
 
+use mupdate::mailbox::MailboxWrite;
 use std::time::Duration;
 
 use common::*;
@@ -350,10 +351,12 @@ async fn c113_activity_keeps_a_connection_open() {
 async fn shutdown_cuts_a_command_that_cannot_finish() {
     let server = TestServer::start("mupdate_write_timeout: 10m\n").await;
     let many = (0..200_000)
-        .map(|i| Mutation::Activate {
-            name: format!("user.a.long.mailbox.name.to.fill.buffers{i:07}").into_bytes(),
-            location: b"backend1!default".to_vec(),
-            acl: b"owner\tlrswipkxtecda\tanyone\tlrs\t".to_vec(),
+        .map(|i| {
+            Mutation::Write(MailboxWrite::Activate {
+                name: format!("user.a.long.mailbox.name.to.fill.buffers{i:07}").into_bytes(),
+                location: b"backend1!default".to_vec(),
+                acl: b"owner\tlrswipkxtecda\tanyone\tlrs\t".to_vec(),
+            })
         })
         .collect();
     server.ctx.store.apply_many(many).await.expect("apply");

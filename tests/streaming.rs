@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use mupdate::mailbox::MailboxWrite;
 
 #[tokio::test]
 async fn c090_initial_dump_in_list_order() {
@@ -242,17 +243,19 @@ async fn slow_listeners_catch_up_coalesced_or_are_dropped() {
     // while another thread commits (the store commits on a blocking thread, so an await
     // here would let the sessions take the changes one by one as they are published).
     let mut burst: Vec<Mutation> = (0..20)
-        .map(|i| Mutation::Activate {
-            name: format!("user.s{i:02}").into_bytes(),
-            location: b"be1!p".to_vec(),
-            acl: Vec::new(),
+        .map(|i| {
+            Mutation::Write(MailboxWrite::Activate {
+                name: format!("user.s{i:02}").into_bytes(),
+                location: b"be1!p".to_vec(),
+                acl: Vec::new(),
+            })
         })
         .collect();
-    burst.push(Mutation::Activate {
+    burst.push(Mutation::Write(MailboxWrite::Activate {
         name: b"user.s00".to_vec(),
         location: b"be2!q".to_vec(),
         acl: b"x\tl\t".to_vec(),
-    });
+    }));
     let store = server.ctx.store.clone();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()

@@ -469,14 +469,15 @@ mod tests {
 
     use super::*;
     use crate::cyrusdb::twoskip::{RandomLevels, entries};
+    use crate::mailbox::MailboxWrite;
     use crate::store::{Mutation, StoreOptions};
 
     fn activate(name: &str, location: &str) -> Mutation {
-        Mutation::Activate {
+        Mutation::Write(MailboxWrite::Activate {
             name: name.as_bytes().to_vec(),
             location: location.as_bytes().to_vec(),
             acl: b"admin\tlrs\t".to_vec(),
-        }
+        })
     }
 
     fn remote(location: &str) -> Vec<u8> {
@@ -605,9 +606,9 @@ mod tests {
         // Live changes: each committed transaction tells how far the file is complete.
         let store = &fixture.store;
         store
-            .apply(Mutation::Delete {
+            .apply(Mutation::Write(MailboxWrite::Delete {
                 name: b"user.a".to_vec(),
-            })
+            }))
             .await
             .unwrap();
         store.apply(activate("user.d", "be3!p")).await.unwrap();

@@ -1,6 +1,8 @@
 //! Parsed MUPDATE client commands and their wire encoding (used by clients and round-trip tests).
 
 /// A complete client command: its tag (echoed verbatim) and what it asks for.
+use crate::mailbox::MailboxWrite;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     /// The tag exactly as received.
@@ -19,34 +21,8 @@ pub enum CommandKind {
         /// Base64 initial response, if the client sent one.
         initial_response: Option<Vec<u8>>,
     },
-    /// `ACTIVATE name location acl`
-    Activate {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// `server!partition`.
-        location: Vec<u8>,
-        /// Cyrus ACL text.
-        acl: Vec<u8>,
-    },
-    /// `RESERVE name location`
-    Reserve {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// `server!partition`.
-        location: Vec<u8>,
-    },
-    /// `DEACTIVATE name location`
-    Deactivate {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// `server!partition`.
-        location: Vec<u8>,
-    },
-    /// `DELETE name`
-    Delete {
-        /// Mailbox name.
-        name: Vec<u8>,
-    },
+    /// `ACTIVATE`, `RESERVE`, `DEACTIVATE` or `DELETE`.
+    Write(MailboxWrite),
     /// `FIND name`
     Find {
         /// Mailbox name.
@@ -105,10 +81,7 @@ impl CommandKind {
     pub fn name(&self) -> &'static str {
         match self {
             CommandKind::Authenticate { .. } => "AUTHENTICATE",
-            CommandKind::Activate { .. } => "ACTIVATE",
-            CommandKind::Reserve { .. } => "RESERVE",
-            CommandKind::Deactivate { .. } => "DEACTIVATE",
-            CommandKind::Delete { .. } => "DELETE",
+            CommandKind::Write(write) => write.command_name(),
             CommandKind::Find { .. } => "FIND",
             CommandKind::List { .. } => "LIST",
             CommandKind::Update { .. } => "UPDATE",
@@ -123,24 +96,15 @@ impl CommandKind {
     /// The mailbox a command names, if it names one.
     pub fn mailbox(&self) -> Option<&[u8]> {
         match self {
-            CommandKind::Activate { name, .. }
-            | CommandKind::Reserve { name, .. }
-            | CommandKind::Deactivate { name, .. }
-            | CommandKind::Delete { name }
-            | CommandKind::Find { name } => Some(name),
+            CommandKind::Write(write) => Some(write.name()),
+            CommandKind::Find { name } => Some(name),
             _ => None,
         }
     }
 
     /// True for the commands that change the mailbox list (refused on a slave).
     pub fn is_write(&self) -> bool {
-        matches!(
-            self,
-            CommandKind::Activate { .. }
-                | CommandKind::Reserve { .. }
-                | CommandKind::Deactivate { .. }
-                | CommandKind::Delete { .. }
-        )
+        matches!(self, CommandKind::Write(_))
     }
 
     fn arguments(&self) -> Vec<&[u8]> {
@@ -155,16 +119,8 @@ impl CommandKind {
                 }
                 args
             }
-            CommandKind::Activate {
-                name,
-                location,
-                acl,
-            } => vec![name, location, acl],
-            CommandKind::Reserve { name, location }
-            | CommandKind::Deactivate { name, location } => {
-                vec![name, location]
-            }
-            CommandKind::Delete { name } | CommandKind::Find { name } => vec![name],
+            CommandKind::Write(write) => write.arguments(),
+            CommandKind::Find { name } => vec![name],
             CommandKind::List { prefix } => prefix.iter().map(Vec::as_slice).collect(),
             CommandKind::Update { hosts } => hosts.iter().map(Vec::as_slice).collect(),
             CommandKind::Xupdate { epoch, seq } => {

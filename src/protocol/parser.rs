@@ -7,6 +7,7 @@
 //! literal limits, and a line that is being discarded is never buffered at all.
 
 use super::command::{Command, CommandKind};
+use crate::mailbox::MailboxWrite;
 
 /// Size limits of the parser (Cyrus `maxword`, `maxquoted`, `maxliteral`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -722,22 +723,22 @@ impl Parser {
                 mechanism: take(&mut args),
                 initial_response: args.pop_front(),
             },
-            Some(Name::Activate) => CommandKind::Activate {
+            Some(Name::Activate) => CommandKind::Write(MailboxWrite::Activate {
                 name: take(&mut args),
                 location: take(&mut args),
                 acl: take(&mut args),
-            },
-            Some(Name::Reserve) => CommandKind::Reserve {
+            }),
+            Some(Name::Reserve) => CommandKind::Write(MailboxWrite::Reserve {
                 name: take(&mut args),
                 location: take(&mut args),
-            },
-            Some(Name::Deactivate) => CommandKind::Deactivate {
+            }),
+            Some(Name::Deactivate) => CommandKind::Write(MailboxWrite::Deactivate {
                 name: take(&mut args),
                 location: take(&mut args),
-            },
-            Some(Name::Delete) => CommandKind::Delete {
+            }),
+            Some(Name::Delete) => CommandKind::Write(MailboxWrite::Delete {
                 name: take(&mut args),
-            },
+            }),
             Some(Name::Find) => CommandKind::Find {
                 name: take(&mut args),
             },

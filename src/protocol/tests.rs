@@ -3,6 +3,7 @@
 use super::parser::*;
 use super::response;
 use super::{Command, CommandKind};
+use crate::mailbox::MailboxWrite;
 use proptest::prelude::*;
 
 const AUTHED: ParseContext = ParseContext {
@@ -221,7 +222,7 @@ fn strings_and_literals() {
     );
     assert_eq!(
         answers(b"A1 ACTIVATE {3}\r\nabc {5}\r\nh!p1x {0}\r\n\r\n", AUTHED),
-        "+ go ahead\r\n+ go ahead\r\n+ go ahead\r\nCMD Activate { name: [97, 98, 99], location: [104, 33, 112, 49, 120], acl: [] }\n"
+        "+ go ahead\r\n+ go ahead\r\n+ go ahead\r\nCMD Write(Activate { name: [97, 98, 99], location: [104, 33, 112, 49, 120], acl: [] })\n"
     );
 }
 
@@ -392,17 +393,19 @@ fn arb_tag() -> impl Strategy<Value = Vec<u8>> {
 fn arb_kind() -> impl Strategy<Value = CommandKind> {
     prop_oneof![
         (arb_bytes(), arb_bytes(), arb_bytes()).prop_map(|(name, location, acl)| {
-            CommandKind::Activate {
+            CommandKind::Write(MailboxWrite::Activate {
                 name,
                 location,
                 acl,
-            }
+            })
         }),
-        (arb_bytes(), arb_bytes())
-            .prop_map(|(name, location)| CommandKind::Reserve { name, location }),
-        (arb_bytes(), arb_bytes())
-            .prop_map(|(name, location)| CommandKind::Deactivate { name, location }),
-        arb_bytes().prop_map(|name| CommandKind::Delete { name }),
+        (arb_bytes(), arb_bytes()).prop_map(|(name, location)| CommandKind::Write(
+            MailboxWrite::Reserve { name, location }
+        )),
+        (arb_bytes(), arb_bytes()).prop_map(|(name, location)| CommandKind::Write(
+            MailboxWrite::Deactivate { name, location }
+        )),
+        arb_bytes().prop_map(|name| CommandKind::Write(MailboxWrite::Delete { name })),
         arb_bytes().prop_map(|name| CommandKind::Find { name }),
         proptest::option::of(arb_bytes()).prop_map(|prefix| CommandKind::List { prefix }),
         proptest::collection::vec(proptest::collection::vec(1u8..=255, 1..10), 0..=30)

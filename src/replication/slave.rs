@@ -20,7 +20,9 @@ use crate::observability::metrics::Metrics;
 use crate::protocol::CommandKind;
 use crate::protocol::reply::Reply;
 use crate::protocol::xupdate::{DumpKind, Position};
-use crate::store::{Keeping, MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError};
+use crate::store::{
+    Checkpoint, Keeping, MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError,
+};
 
 /// Changes applied per commit while reconciling a dump.
 const APPLY_CHUNK: usize = 4096;
@@ -235,7 +237,7 @@ async fn synchronise(
             }
         }
     }
-    let checkpoint = position.map(|(epoch, seq)| Mutation::Checkpoint { epoch, seq });
+    let checkpoint = position.map(|(epoch, seq)| Checkpoint { epoch, seq });
     let delta = kind == DumpKind::Delta;
     let kind = kind.name();
     let records = resync.received();
@@ -269,7 +271,7 @@ pub enum OnEmpty {
 pub async fn reconcile(
     store: &Store,
     dump: Vec<Mutation>,
-    checkpoint: Option<Mutation>,
+    checkpoint: Option<Checkpoint>,
     on_empty: OnEmpty,
 ) -> Result<(), StoreError> {
     let mut resync = Resync::start(store, false)?;
@@ -357,7 +359,7 @@ impl Resync {
         let store = self.store.clone();
         // A task of its own: the worker meanwhile reads the next part of the list.
         self.committing = Some(tokio::spawn(async move {
-            store.apply_many_kept(chunk, keeping).await
+            store.apply_replicated(chunk, None, keeping).await
         }));
         Ok(())
     }
@@ -378,7 +380,7 @@ impl Resync {
     pub async fn finish(
         mut self,
         full: bool,
-        checkpoint: Option<Mutation>,
+        checkpoint: Option<Checkpoint>,
         on_empty: OnEmpty,
     ) -> Result<(), StoreError> {
         self.committed().await?;
@@ -404,16 +406,25 @@ impl Resync {
             stale.clear();
         }
         let last = std::mem::take(&mut self.chunk);
-        let mut rest = last.into_iter().chain(stale).chain(checkpoint).peekable();
-        while rest.peek().is_some() {
+        let keeping = Keeping {
+            durable: true,
+            logged: self.logged,
+        };
+        let mut rest = last.into_iter().chain(stale).peekable();
+        loop {
             let chunk: Vec<Mutation> = rest.by_ref().take(APPLY_CHUNK).collect();
-            let keeping = Keeping {
-                durable: true,
-                logged: self.logged,
-            };
-            self.store.apply_many_kept(chunk, keeping).await?;
+            if rest.peek().is_some() {
+                self.store.apply_replicated(chunk, None, keeping).await?;
+                continue;
+            }
+            // The last commit, even with nothing else in it, carries the checkpoint.
+            if !chunk.is_empty() || checkpoint.is_some() {
+                self.store
+                    .apply_replicated(chunk, checkpoint, keeping)
+                    .await?;
+            }
+            return Ok(());
         }
-        Ok(())
     }
 }
 
@@ -470,7 +481,7 @@ async fn stream(
         quiet_since = Instant::now();
         // Apply what arrived together in one commit.
         let mut batch = Vec::new();
-        let mut position = None;
+        let mut checkpoint = None;
         let mut traced_writes = Vec::new();
         let mut barrier_passed = false;
         let mut next = Some(reply);
@@ -490,11 +501,10 @@ async fn stream(
                         barrier_passed = true;
                     } else if tag == b"*" && word == b"XSEQ" {
                         if let Some(at) = Position::parse(&rest) {
-                            batch.push(Mutation::Checkpoint {
+                            checkpoint = Some(Checkpoint {
                                 epoch: at.epoch,
                                 seq: at.seq,
                             });
-                            position = Some(at.seq);
                             traced_writes.extend(traced_write(&at));
                         }
                     } else if tag == b"*" && word == b"BYE" {
@@ -508,13 +518,16 @@ async fn stream(
             }
             next = link.buffered()?;
         }
-        if !batch.is_empty() {
+        if !batch.is_empty() || checkpoint.is_some() {
             metrics.lag_sequences.set(batch.len() as i64);
             let span = crate::observability::traces::apply_span(batch.len(), &traced_writes);
-            store.apply_many(batch).instrument(span).await?;
+            store
+                .apply_replicated(batch, checkpoint, Keeping::DURABLE)
+                .instrument(span)
+                .await?;
             metrics.lag_sequences.set(0);
         }
-        if let Some(seq) = position {
+        if let Some(Checkpoint { seq, .. }) = checkpoint {
             metrics.applied_seq.set(seq as i64);
         }
         status.confirm();

@@ -64,15 +64,12 @@ impl Session {
             }
             CommandKind::Update { hosts } => self.update(tag, hosts).await,
             CommandKind::Xupdate { epoch, seq } => self.xupdate(tag, epoch, seq).await,
-            kind @ (CommandKind::Activate { .. }
-            | CommandKind::Reserve { .. }
-            | CommandKind::Deactivate { .. }
-            | CommandKind::Delete { .. }) => {
+            CommandKind::Write(write) => {
                 if self.ctx.read_only() {
                     bad(&mut self.out, &tag, "read-only session");
                     return Ok(Flow::Continue);
                 }
-                super::writes::apply(&self.ctx.store, &tag, kind, &mut self.out).await;
+                super::writes::apply(&self.ctx.store, &tag, write, &mut self.out).await;
                 Ok(Flow::Continue)
             }
         }

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::observability::metrics::Metrics;
-use crate::protocol::response::{Banner, SERVER_UNABLE};
+use crate::protocol::response::{self, Banner, SERVER_UNABLE};
 use crate::replication::barrier::UpstreamBarrier;
 use crate::store::Store;
 use connection::Connection;
@@ -180,9 +180,6 @@ impl Drop for LoginSlot {
     }
 }
 
-/// The answer to a connection over `mupdate_unauthenticated_max`.
-const TOO_MANY_UNAUTHENTICATED: &[u8] = b"* BYE \"too many connections awaiting login\"\r\n";
-
 struct ConnectionSlot(Arc<ServerContext>);
 
 impl Drop for ConnectionSlot {
@@ -234,7 +231,9 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
             tracing::warn!(%peer, waiting, "too many connections awaiting login; refusing");
             sessions.spawn(async move {
                 let _slots = (slot, login_slot);
-                let _ = conn.send_raw(TOO_MANY_UNAUTHENTICATED).await;
+                let mut refusal = Vec::new();
+                response::bye(&mut refusal, "too many connections awaiting login");
+                let _ = conn.send_raw(&refusal).await;
                 conn.shutdown().await;
             });
             continue;

@@ -2,37 +2,21 @@
 //! its answer queued on the output once it is durable.
 
 use super::notices::{no, ok};
-use crate::protocol::CommandKind;
+use crate::mailbox::MailboxWrite;
 use crate::store::{Mutation, Outcome, Store};
 
-/// Applies the write `kind`, tagged `tag`, to `store` and queues its answer in `out`;
-/// any other command is left alone.
-pub(super) async fn apply(store: &Store, tag: &[u8], kind: CommandKind, out: &mut Vec<u8>) {
-    let mutation = match kind {
-        CommandKind::Activate {
-            name,
-            location,
-            acl,
-        } => Mutation::Activate {
-            name,
-            location,
-            acl,
-        },
-        CommandKind::Reserve { name, location } => Mutation::Reserve { name, location },
-        CommandKind::Deactivate { name, location } => Mutation::Deactivate { name, location },
-        CommandKind::Delete { name } => Mutation::Delete { name },
-        _ => return,
-    };
+/// Applies `write`, tagged `tag`, to `store` and queues its answer in `out`.
+pub(super) async fn apply(store: &Store, tag: &[u8], write: MailboxWrite, out: &mut Vec<u8>) {
     let creates = matches!(
-        mutation,
-        Mutation::Activate { .. } | Mutation::Reserve { .. }
+        write,
+        MailboxWrite::Activate { .. } | MailboxWrite::Reserve { .. }
     );
-    if creates && mutation.name().is_empty() {
+    if creates && write.name().is_empty() {
         // D-7: Cyrus accepts the empty name and corrupts its database.
         no(out, tag, "invalid mailbox name");
         return;
     }
-    match store.apply(mutation).await {
+    match store.apply(Mutation::from(write)).await {
         Ok(Outcome::Done) => ok(out, tag, "done"),
         Ok(Outcome::AlreadyExists) => no(out, tag, "mailbox already exists"),
         Ok(Outcome::NotActive) => no(out, tag, "mailbox not currently active"),

@@ -7,6 +7,7 @@ mod key;
 mod record;
 mod writer;
 
+use crate::mailbox::MailboxWrite;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -78,41 +79,8 @@ fn now_secs() -> u64 {
 /// A write request (spec §5.2-§5.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
-    /// ACTIVATE
-    Activate {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// Location.
-        location: Vec<u8>,
-        /// ACL as sent (normalised when stored).
-        acl: Vec<u8>,
-    },
-    /// RESERVE
-    Reserve {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// Location.
-        location: Vec<u8>,
-    },
-    /// DEACTIVATE
-    Deactivate {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// Location.
-        location: Vec<u8>,
-    },
-    /// DELETE
-    Delete {
-        /// Mailbox name.
-        name: Vec<u8>,
-    },
-    /// A slave's position in its master's history, committed with the changes before it.
-    Checkpoint {
-        /// The master's epoch.
-        epoch: u64,
-        /// The master's sequence number of the last change applied.
-        seq: u64,
-    },
+    /// A backend's write (or a tool's).
+    Write(MailboxWrite),
     /// A slave copying its master: make the record exactly this (`None`: remove it).
     /// Commits (and announces) nothing when the record is already so.
     Replicate {
@@ -121,6 +89,16 @@ pub enum Mutation {
         /// The master's record.
         record: Option<ReplicaRecord>,
     },
+}
+
+/// A slave's position in its master's history, committed with the changes that bring the
+/// replica there (in the same transaction, after them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The master's epoch.
+    pub epoch: u64,
+    /// The master's sequence number of the last change applied.
+    pub seq: u64,
 }
 
 /// A record as a master sent it.
@@ -138,24 +116,23 @@ impl Mutation {
     /// The mailbox the mutation is about.
     pub fn name(&self) -> &[u8] {
         match self {
-            Mutation::Activate { name, .. }
-            | Mutation::Reserve { name, .. }
-            | Mutation::Deactivate { name, .. }
-            | Mutation::Delete { name }
-            | Mutation::Replicate { name, .. } => name,
-            Mutation::Checkpoint { .. } => b"",
+            Mutation::Write(write) => write.name(),
+            Mutation::Replicate { name, .. } => name,
         }
     }
 
     /// The location given in the command, if any.
     pub fn location(&self) -> Option<&[u8]> {
         match self {
-            Mutation::Activate { location, .. }
-            | Mutation::Reserve { location, .. }
-            | Mutation::Deactivate { location, .. } => Some(location),
+            Mutation::Write(write) => write.location(),
             Mutation::Replicate { record, .. } => record.as_ref().map(|r| r.location.as_slice()),
-            Mutation::Delete { .. } | Mutation::Checkpoint { .. } => None,
         }
+    }
+}
+
+impl From<MailboxWrite> for Mutation {
+    fn from(write: MailboxWrite) -> Mutation {
+        Mutation::Write(write)
     }
 }
 
@@ -456,6 +433,7 @@ impl Store {
         let trace = crate::observability::traces::current_traceparent();
         let lead = self.queue.push(WriteRequest {
             mutations: vec![mutation],
+            checkpoint: None,
             reply,
             trace,
             keeping: Keeping::DURABLE,
@@ -470,18 +448,22 @@ impl Store {
     /// Applies many mutations in as few commits as possible (a slave's dump or a burst of
     /// its master's stream); returns once all are durable.
     pub async fn apply_many(&self, mutations: Vec<Mutation>) -> Result<Vec<Outcome>, StoreError> {
-        self.apply_many_kept(mutations, Keeping::DURABLE).await
+        self.apply_replicated(mutations, None, Keeping::DURABLE)
+            .await
     }
 
-    /// [`Store::apply_many`], kept as `keeping` says.
-    pub async fn apply_many_kept(
+    /// [`Store::apply_many`] for a slave: kept as `keeping` says, and recording
+    /// `checkpoint`, if given, in the same commit as the mutations.
+    pub async fn apply_replicated(
         &self,
         mutations: Vec<Mutation>,
+        checkpoint: Option<Checkpoint>,
         keeping: Keeping,
     ) -> Result<Vec<Outcome>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let lead = self.queue.push(WriteRequest {
             mutations,
+            checkpoint,
             reply,
             trace: None,
             keeping,

@@ -1,5 +1,6 @@
 //! Store tests: the state machine of spec §6, the change feed and persistence.
 
+use crate::mailbox::MailboxWrite;
 use std::future::Future;
 
 use super::*;
@@ -16,29 +17,29 @@ fn open(dir: &tempfile::TempDir, policy: ConflictPolicy) -> Store {
 }
 
 fn activate(name: &str, location: &str, acl: &str) -> Mutation {
-    Mutation::Activate {
+    Mutation::Write(MailboxWrite::Activate {
         name: name.into(),
         location: location.into(),
         acl: acl.into(),
-    }
+    })
 }
 
 fn reserve(name: &str, location: &str) -> Mutation {
-    Mutation::Reserve {
+    Mutation::Write(MailboxWrite::Reserve {
         name: name.into(),
         location: location.into(),
-    }
+    })
 }
 
 fn deactivate(name: &str, location: &str) -> Mutation {
-    Mutation::Deactivate {
+    Mutation::Write(MailboxWrite::Deactivate {
         name: name.into(),
         location: location.into(),
-    }
+    })
 }
 
 fn delete(name: &str) -> Mutation {
-    Mutation::Delete { name: name.into() }
+    Mutation::Write(MailboxWrite::Delete { name: name.into() })
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! and made durable by one commit (group commit); only then are their callers answered and
 //! their changes published.
 
+use crate::mailbox::MailboxWrite;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,7 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::key::row_key;
 use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
 use super::{
-    CHANGES, Change, ConflictPolicy, Keeping, MAILBOXES, META, META_UPSTREAM_EPOCH,
+    CHANGES, Change, Checkpoint, ConflictPolicy, Keeping, MAILBOXES, META, META_UPSTREAM_EPOCH,
     META_UPSTREAM_SEQ, Mutation, Outcome, StoreError,
 };
 
@@ -24,6 +25,8 @@ const TRIM_STEP: u64 = 1024;
 /// One caller's mutations, applied in order in one commit and answered together.
 pub(crate) struct WriteRequest {
     pub(crate) mutations: Vec<Mutation>,
+    /// Recorded after the mutations, in the same commit.
+    pub(crate) checkpoint: Option<Checkpoint>,
     pub(crate) reply: Reply,
     /// The requesting command's `traceparent`, when it is traced.
     pub(crate) trace: Option<Arc<str>>,
@@ -126,15 +129,6 @@ impl Committer {
             for request in batch {
                 let mut answers = Vec::with_capacity(request.mutations.len());
                 for mutation in &request.mutations {
-                    if let Mutation::Checkpoint { epoch, seq } = *mutation {
-                        let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
-                        meta.insert(META_UPSTREAM_EPOCH, epoch)
-                            .map_err(StoreError::from_redb)?;
-                        meta.insert(META_UPSTREAM_SEQ, seq)
-                            .map_err(StoreError::from_redb)?;
-                        answers.push(Outcome::Done);
-                        continue;
-                    }
                     let (outcome, change) = apply(&mut mailboxes, mutation, self.policy)?;
                     answers.push(outcome);
                     let Some(mut change) = change else { continue };
@@ -151,6 +145,13 @@ impl Committer {
                         unlogged_last = Some(entry);
                     }
                     changes.push(change);
+                }
+                if let Some(Checkpoint { epoch, seq }) = request.checkpoint {
+                    let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+                    meta.insert(META_UPSTREAM_EPOCH, epoch)
+                        .map_err(StoreError::from_redb)?;
+                    meta.insert(META_UPSTREAM_SEQ, seq)
+                        .map_err(StoreError::from_redb)?;
                 }
                 outcomes.push(answers);
             }
@@ -251,7 +252,7 @@ fn apply(
         acl,
     };
     let (outcome, next) = match (mutation, &existing) {
-        (Mutation::Activate { location, acl, .. }, _) => (
+        (Mutation::Write(MailboxWrite::Activate { location, acl, .. }), _) => (
             Outcome::Done,
             Some(Some(new_record(
                 MailboxState::Active,
@@ -259,12 +260,12 @@ fn apply(
                 normalize_acl(acl),
             ))),
         ),
-        (Mutation::Reserve { location, .. }, Some(current))
+        (Mutation::Write(MailboxWrite::Reserve { location, .. }), Some(current))
             if current.location != *location && policy == ConflictPolicy::Standard =>
         {
             (Outcome::AlreadyExists, None)
         }
-        (Mutation::Reserve { location, .. }, _) => (
+        (Mutation::Write(MailboxWrite::Reserve { location, .. }), _) => (
             Outcome::Done,
             Some(Some(new_record(
                 MailboxState::Reserved,
@@ -272,11 +273,13 @@ fn apply(
                 Vec::new(),
             ))),
         ),
-        (Mutation::Deactivate { .. }, None) => (Outcome::DoesNotExist, None),
-        (Mutation::Deactivate { .. }, Some(current)) if current.state == MailboxState::Reserved => {
+        (Mutation::Write(MailboxWrite::Deactivate { .. }), None) => (Outcome::DoesNotExist, None),
+        (Mutation::Write(MailboxWrite::Deactivate { .. }), Some(current))
+            if current.state == MailboxState::Reserved =>
+        {
             (Outcome::NotActive, None)
         }
-        (Mutation::Deactivate { location, .. }, Some(_)) => (
+        (Mutation::Write(MailboxWrite::Deactivate { location, .. }), Some(_)) => (
             Outcome::Done,
             Some(Some(new_record(
                 MailboxState::Reserved,
@@ -284,11 +287,12 @@ fn apply(
                 Vec::new(),
             ))),
         ),
-        (Mutation::Delete { .. }, None) if policy == ConflictPolicy::Standard => {
+        (Mutation::Write(MailboxWrite::Delete { .. }), None)
+            if policy == ConflictPolicy::Standard =>
+        {
             (Outcome::DoesNotExist, None)
         }
-        (Mutation::Delete { .. }, _) => (Outcome::Done, Some(None)),
-        (Mutation::Checkpoint { .. }, _) => (Outcome::Done, None),
+        (Mutation::Write(MailboxWrite::Delete { .. }), _) => (Outcome::Done, Some(None)),
         (Mutation::Replicate { record: None, .. }, None) => (Outcome::Done, None),
         (Mutation::Replicate { record: None, .. }, Some(_)) => (Outcome::Done, Some(None)),
         (
