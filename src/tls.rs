@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -37,11 +36,12 @@ pub enum TlsError {
     NoCaFile,
 }
 
-/// A socket in clear, or under TLS (`S`: the server or client side's TLS stream).
+/// A byte stream (`IO`: a TCP socket, or an in-memory pipe in tests) in clear, or under TLS
+/// (`S`: the server or client side's TLS stream over it).
 #[derive(Debug)]
-pub enum Transport<S> {
+pub enum Transport<IO, S> {
     /// Before STARTTLS, or without it.
-    Plain(TcpStream),
+    Plain(IO),
     /// After a successful handshake.
     Tls(Box<S>),
     /// Only while a handshake is under way, or after one failed.
@@ -52,7 +52,7 @@ fn closed() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Transport<S> {
+impl<IO: AsyncRead + Unpin, S: AsyncRead + Unpin> AsyncRead for Transport<IO, S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -66,7 +66,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Transport<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Transport<S> {
+impl<IO: AsyncWrite + Unpin, S: AsyncWrite + Unpin> AsyncWrite for Transport<IO, S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -68,7 +68,7 @@ pub enum LinkError {
 pub struct Link {
     /// The SASL mechanism the login used.
     pub mechanism: &'static str,
-    stream: Transport<TlsStream<TcpStream>>,
+    stream: Transport<TcpStream, TlsStream<TcpStream>>,
     buffer: Vec<u8>,
     /// Bytes of `buffer` already parsed: dropping each reply from the front at once would
     /// move the rest of the buffer for every record of a dump.

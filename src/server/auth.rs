@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::connection::ClientStream;
 use super::notices::{bad, no, ok};
 use super::session::{Flow, SaslExchange, SaslStep, Session};
 use super::telemetry::{TelemetryCounters, TelemetryLog};
@@ -11,7 +12,7 @@ use crate::protocol::SaslResponse;
 use crate::protocol::response::{self, Status, Text};
 use crate::protocol::sasl;
 
-impl Session {
+impl<IO: ClientStream> Session<IO> {
     pub(super) async fn authenticate(
         &mut self,
         tag: Vec<u8>,

@@ -1,7 +1,7 @@
 //! The byte pipe of one client: socket (TLS after STARTTLS), optional COMPRESS layer and
 //! telemetry log. Everything above it sees plain MUPDATE bytes.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -31,10 +31,15 @@ pub enum ReadError {
 /// How long a STARTTLS handshake may take (Cyrus: 180 s).
 const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
 
+/// What a client connection runs over: a TCP socket, or an in-memory pipe in tests.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
+
 /// One client connection.
 #[derive(Debug)]
-pub struct Connection {
-    stream: Transport<TlsStream<TcpStream>>,
+pub struct Connection<IO = TcpStream> {
+    stream: Transport<IO, TlsStream<IO>>,
     raw: Vec<u8>,
     deflate: Option<Deflate>,
     telemetry: Option<TelemetryLog>,
@@ -42,10 +47,9 @@ pub struct Connection {
     write_timeout: std::time::Duration,
 }
 
-impl Connection {
-    /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream, write_timeout: std::time::Duration) -> Connection {
-        let _ = stream.set_nodelay(true);
+impl<IO: ClientStream> Connection<IO> {
+    /// Wraps an accepted stream.
+    pub fn new(stream: IO, write_timeout: std::time::Duration) -> Connection<IO> {
         Connection {
             stream: Transport::Plain(stream),
             // Only COMPRESS sessions use it.
@@ -143,10 +147,10 @@ impl Connection {
     /// Runs the server side of a TLS handshake on the socket (after `OK Begin TLS
     /// negotiation now` went out in clear). On failure the connection is closed.
     pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> std::io::Result<()> {
-        let Transport::Plain(tcp) = std::mem::replace(&mut self.stream, Transport::Closed) else {
+        let Transport::Plain(plain) = std::mem::replace(&mut self.stream, Transport::Closed) else {
             return Err(std::io::Error::other("TLS is already active"));
         };
-        let tls = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp))
+        let tls = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(plain))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
         self.stream = Transport::Tls(Box::new(tls));

@@ -1,12 +1,13 @@
 //! Command dispatch: which handler runs a command, and the simplest ones (LOGOUT, NOOP,
 //! FIND, LIST) in place.
 
+use super::connection::ClientStream;
 use super::notices::{bad, encode_record, no, ok};
 use super::session::{Flow, Session};
 use super::streams::RecordFilter;
 use crate::protocol::{Command, CommandKind};
 
-impl Session {
+impl<IO: ClientStream> Session<IO> {
     pub(super) async fn execute(&mut self, command: Command) -> std::io::Result<Flow> {
         let Command { tag, kind } = command;
         let streaming = self.stream.is_some();

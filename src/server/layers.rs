@@ -1,11 +1,12 @@
 //! STARTTLS and COMPRESS: the checks before a layer goes under the protocol, in Cyrus's
 //! order and words; the session switches the connection once the OK is out.
 
+use super::connection::ClientStream;
 use super::notices::bad;
 use super::session::{Flow, Session};
 use crate::protocol::response::{self, Status, Text};
 
-impl Session {
+impl<IO: ClientStream> Session<IO> {
     /// STARTTLS (spec §5.10): whatever the client pipelined behind it is dropped in every
     /// case; then Cyrus's checks, in its order and words.
     pub(super) fn starttls(&mut self, tag: &[u8]) -> Flow {

@@ -12,6 +12,9 @@ mod streams;
 mod telemetry;
 mod writes;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,7 +29,7 @@ use crate::observability::metrics::Metrics;
 use crate::protocol::response::{self, Banner, SERVER_UNABLE};
 use crate::replication::barrier::UpstreamBarrier;
 use crate::store::Store;
-use connection::Connection;
+use connection::{ClientStream, Connection};
 use session::Session;
 use tokio_rustls::TlsAcceptor;
 
@@ -189,6 +192,56 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Takes one connection over any stream: counts it at once against the connection and
+/// login limits, and returns what serves it: Cyrus's refusal beyond a limit, else a
+/// session until it ends.
+pub(crate) fn admit<IO: ClientStream>(
+    ctx: &Arc<ServerContext>,
+    stream: IO,
+    peer: Option<std::net::SocketAddr>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut conn = Connection::new(stream, ctx.settings.write_timeout);
+    let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.connections_open.inc();
+    let slot = ConnectionSlot(ctx.clone());
+    let admitted = if open >= ctx.settings.connections_max {
+        ctx.metrics.connections_refused.inc();
+        tracing::warn!(?peer, open, "connection limit reached; refusing");
+        Err((SERVER_UNABLE.to_vec(), None))
+    } else {
+        let waiting = ctx.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        let login_slot = LoginSlot(ctx.clone());
+        if waiting >= ctx.settings.unauthenticated_max {
+            ctx.metrics.connections_refused.inc();
+            tracing::warn!(
+                ?peer,
+                waiting,
+                "too many connections awaiting login; refusing"
+            );
+            let mut bye = Vec::new();
+            response::bye(&mut bye, "too many connections awaiting login");
+            Err((bye, Some(login_slot)))
+        } else {
+            ctx.metrics.connections_accepted.inc();
+            Ok(login_slot)
+        }
+    };
+    let ctx = ctx.clone();
+    async move {
+        let _slot = slot;
+        match admitted {
+            Ok(login_slot) => {
+                tracing::debug!(?peer, "connection");
+                Session::new(ctx, conn, peer, login_slot).run().await;
+            }
+            Err((refusal, _login_slot)) => {
+                let _ = conn.send_raw(&refusal).await;
+                conn.shutdown().await;
+            }
+        }
+    }
+}
+
 /// How long sessions get to finish after shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -210,41 +263,8 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerContext>) {
                 continue;
             }
         };
-        let mut conn = Connection::new(stream, ctx.settings.write_timeout);
-        let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.connections_open.inc();
-        let slot = ConnectionSlot(ctx.clone());
-        if open >= ctx.settings.connections_max {
-            ctx.metrics.connections_refused.inc();
-            tracing::warn!(%peer, open, "connection limit reached; refusing");
-            sessions.spawn(async move {
-                let _slot = slot;
-                let _ = conn.send_raw(SERVER_UNABLE).await;
-                conn.shutdown().await;
-            });
-            continue;
-        }
-        let waiting = ctx.unauthenticated.fetch_add(1, Ordering::Relaxed);
-        let login_slot = LoginSlot(ctx.clone());
-        if waiting >= ctx.settings.unauthenticated_max {
-            ctx.metrics.connections_refused.inc();
-            tracing::warn!(%peer, waiting, "too many connections awaiting login; refusing");
-            sessions.spawn(async move {
-                let _slots = (slot, login_slot);
-                let mut refusal = Vec::new();
-                response::bye(&mut refusal, "too many connections awaiting login");
-                let _ = conn.send_raw(&refusal).await;
-                conn.shutdown().await;
-            });
-            continue;
-        }
-        ctx.metrics.connections_accepted.inc();
-        let session = Session::new(ctx.clone(), conn, Some(peer), login_slot);
-        sessions.spawn(async move {
-            let _slot = slot;
-            tracing::debug!(%peer, "connection");
-            session.run().await;
-        });
+        let _ = stream.set_nodelay(true);
+        sessions.spawn(admit(&ctx, stream, Some(peer)));
     }
     drop(listener);
     sessions.close();

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::ServerContext;
-use super::connection::{Connection, ReadError};
+use super::connection::{ClientStream, Connection, ReadError};
 
 use crate::auth::Identity;
 use crate::observability::metrics::{Metrics, NOT_A_COMMAND};
@@ -67,10 +67,10 @@ pub(super) struct Stream {
     pub(super) _counted: crate::observability::metrics::GaugeSlot,
 }
 
-/// The state of one connection.
-pub(super) struct Session {
+/// The state of one connection, over any [`ClientStream`] (a TCP socket when served).
+pub(super) struct Session<IO = tokio::net::TcpStream> {
     pub(super) ctx: Arc<ServerContext>,
-    pub(super) conn: Connection,
+    pub(super) conn: Connection<IO>,
     pub(super) parser: Parser,
     input: Vec<u8>,
     pub(super) out: Vec<u8>,
@@ -119,13 +119,13 @@ async fn next_change(
     }
 }
 
-impl Session {
+impl<IO: ClientStream> Session<IO> {
     pub(super) fn new(
         ctx: Arc<ServerContext>,
-        conn: Connection,
+        conn: Connection<IO>,
         peer: Option<std::net::SocketAddr>,
         login_slot: super::LoginSlot,
-    ) -> Session {
+    ) -> Session<IO> {
         let parser = Parser::new(ctx.settings.limits);
         Session {
             ctx,

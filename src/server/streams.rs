@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{broadcast, mpsc};
 
+use super::connection::ClientStream;
 use super::notices::{encode_change, encode_record, no, ok};
 use super::session::{Flow, Session, Stream};
 use crate::observability::metrics::GaugeSlot;
@@ -39,7 +40,7 @@ impl RecordFilter {
     }
 }
 
-impl Session {
+impl<IO: ClientStream> Session<IO> {
     pub(super) async fn update(
         &mut self,
         tag: Vec<u8>,
