@@ -3,6 +3,7 @@
 //! response format (`D MAILBOX {n+}…`, `D RESERVE …`), so it is byte-exact for any name,
 //! location or ACL, and any MUPDATE server, Cyrus's included, can be dumped.
 
+use crate::mailbox::MailboxWrite;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -69,13 +70,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
 fn encode(records: &[Reply], out: &mut Vec<u8>) {
     for record in records {
         match record {
-            Reply::Mailbox {
+            Reply::Record(MailboxWrite::Activate {
                 name,
                 location,
                 acl,
-            } => response::mailbox(out, b"D", name, location, acl),
-            Reply::Reserve { name, location } => response::reserve(out, b"D", name, location),
-            Reply::Delete { .. } | Reply::Line { .. } => {}
+            }) => response::mailbox(out, b"D", name, location, acl),
+            Reply::Record(
+                MailboxWrite::Reserve { name, location }
+                | MailboxWrite::Deactivate { name, location },
+            ) => response::reserve(out, b"D", name, location),
+            Reply::Record(MailboxWrite::Delete { .. }) | Reply::Line { .. } => {}
         }
     }
 }
@@ -117,7 +121,8 @@ fn read_dump(path: &Path) -> Result<Vec<Mutation>, Fatal> {
             .ok_or_else(|| fatal(EXIT_CONFIG, format!("{}: truncated dump", path.display())))?;
         rest = &rest[used..];
         match reply {
-            Reply::Mailbox { .. } | Reply::Reserve { .. } => mutations.extend(replicate(reply)),
+            Reply::Record(MailboxWrite::Activate { .. })
+            | Reply::Record(MailboxWrite::Reserve { .. }) => mutations.extend(replicate(reply)),
             other => {
                 return Err(fatal(
                     EXIT_CONFIG,
@@ -170,9 +175,8 @@ pub fn check(config: &Path, master: String, slave: String) -> Result<bool, Fatal
         records
             .into_iter()
             .filter_map(|r| match &r {
-                Reply::Mailbox { name, .. } | Reply::Reserve { name, .. } => {
-                    Some((name.clone(), r))
-                }
+                Reply::Record(MailboxWrite::Activate { name, .. })
+                | Reply::Record(MailboxWrite::Reserve { name, .. }) => Some((name.clone(), r)),
                 _ => None,
             })
             .collect()

@@ -2,6 +2,7 @@
 //! knows it, else UPDATE, as our slave does), keeps a view of every mailbox of the ledger,
 //! times every change it is sent, and reconnects and resumes when the server goes away.
 
+use mupdate::mailbox::MailboxWrite;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -289,17 +290,18 @@ fn parse_position(rest: &[u8]) -> Position {
 /// Applies a record to the view; a live change (`timed`) seen for the first time is timed.
 fn apply(ledger: &Ledger, state: &ListenerState, record: &Reply, timed: bool) {
     let (name, op) = match record {
-        Reply::Mailbox { name, location, .. } | Reply::Reserve { name, location } => {
-            (name, ledger.op_of_location(location))
-        }
-        Reply::Delete { name } => (name, None),
+        // A DELETE gives no location.
+        Reply::Record(write) => (
+            write.name(),
+            write.location().and_then(|l| ledger.op_of_location(l)),
+        ),
         Reply::Line { .. } => return,
     };
     let Some(base) = ledger.base_of_name(name) else {
         return;
     };
     let op = match (record, op) {
-        (Reply::Delete { .. }, _) => ledger.delete_of(base),
+        (Reply::Record(MailboxWrite::Delete { .. }), _) => ledger.delete_of(base),
         (_, op) => op,
     };
     let Some(op) = op else {

@@ -4,6 +4,7 @@
 //! acknowledged state, or exactly the state the one unanswered write would have made (that
 //! write may or may not have become durable). Anything else is a lost or half-applied write.
 
+use mupdate::mailbox::MailboxWrite;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -244,18 +245,18 @@ async fn list(addr: SocketAddr) -> Result<BTreeMap<String, State>> {
     let mut states = BTreeMap::new();
     for reply in client::list(&mut link, "", Duration::from_secs(60)).await? {
         let (name, state) = match reply {
-            Reply::Mailbox {
+            Reply::Record(MailboxWrite::Activate {
                 name,
                 location,
                 acl,
-            } => (
+            }) => (
                 name,
                 State::Active {
                     location: String::from_utf8_lossy(&location).into(),
                     acl: String::from_utf8_lossy(&acl).into(),
                 },
             ),
-            Reply::Reserve { name, location } => (
+            Reply::Record(MailboxWrite::Reserve { name, location }) => (
                 name,
                 State::Reserved {
                     location: String::from_utf8_lossy(&location).into(),

@@ -3,30 +3,14 @@
 //! with string arguments (literals or quoted), tagged `OK`/`NO`/`BAD` completions and
 //! untagged `*` lines.
 
+use crate::mailbox::MailboxWrite;
+
 /// One server response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// `tag MAILBOX name location acl`
-    Mailbox {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// Location.
-        location: Vec<u8>,
-        /// ACL.
-        acl: Vec<u8>,
-    },
-    /// `tag RESERVE name location`
-    Reserve {
-        /// Mailbox name.
-        name: Vec<u8>,
-        /// Location.
-        location: Vec<u8>,
-    },
-    /// `tag DELETE name`
-    Delete {
-        /// Mailbox name.
-        name: Vec<u8>,
-    },
+    /// `tag MAILBOX name location acl` (an activation), `tag RESERVE name location` or
+    /// `tag DELETE name`: what the master's list says of one mailbox.
+    Record(MailboxWrite),
     /// A completion (`OK`, `NO`, `BAD`) or any other line, with its tag (`*` for untagged).
     Line {
         /// The tag.
@@ -84,16 +68,16 @@ pub fn parse_reply(input: &[u8], limit: usize) -> Result<Option<(Reply, usize)>,
             let mut args = args.into_iter();
             let mut next = || args.next().unwrap_or_default();
             match word.as_slice() {
-                b"MAILBOX" => Reply::Mailbox {
+                b"MAILBOX" => Reply::Record(MailboxWrite::Activate {
                     name: next(),
                     location: next(),
                     acl: next(),
-                },
-                b"RESERVE" => Reply::Reserve {
+                }),
+                b"RESERVE" => Reply::Record(MailboxWrite::Reserve {
                     name: next(),
                     location: next(),
-                },
-                _ => Reply::Delete { name: next() },
+                }),
+                _ => Reply::Record(MailboxWrite::Delete { name: next() }),
             }
         }
         _ => match cursor.rest_of_line()? {
@@ -271,18 +255,18 @@ mod tests {
             response::Text::Quoted("streaming starts"),
         );
         let expected = vec![
-            Reply::Mailbox {
+            Reply::Record(MailboxWrite::Activate {
                 name: b"user.bob".to_vec(),
                 location: b"be1!default".to_vec(),
                 acl: b"bob\tlrs\t".to_vec(),
-            },
-            Reply::Reserve {
+            }),
+            Reply::Record(MailboxWrite::Reserve {
                 name: b"user.x".to_vec(),
                 location: b"be2!p".to_vec(),
-            },
-            Reply::Delete {
+            }),
+            Reply::Record(MailboxWrite::Delete {
                 name: b"user.y".to_vec(),
-            },
+            }),
             Reply::Line {
                 tag: b"U01".to_vec(),
                 word: b"OK".to_vec(),
@@ -317,11 +301,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             reply,
-            Reply::Mailbox {
+            Reply::Record(MailboxWrite::Activate {
                 name: b"a\"b".to_vec(),
                 location: b"h!p".to_vec(),
                 acl: vec![]
-            }
+            })
         );
         assert_eq!(used, 28);
         let (reply, _) = parse_reply(b"* BYE \"idle\"\r\n", 100).unwrap().unwrap();

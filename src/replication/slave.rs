@@ -4,6 +4,7 @@
 //! whenever the link fails. Every change the slave applies, the dump's included, reaches
 //! the slave's own UPDATE listeners (D-9).
 
+use crate::mailbox::MailboxWrite;
 use std::collections::HashSet;
 
 use std::sync::Arc;
@@ -93,14 +94,16 @@ pub async fn run(
     }
 }
 
-/// The store mutation that copies a master's MAILBOX, RESERVE or DELETE response.
+/// The store mutation that copies a master's MAILBOX, RESERVE or DELETE response: the
+/// record the line describes (a master sends no DEACTIVATE; were one to come, its
+/// mailbox is reserved at that location).
 pub fn replicate(reply: Reply) -> Option<Mutation> {
     match reply {
-        Reply::Mailbox {
+        Reply::Record(MailboxWrite::Activate {
             name,
             location,
             acl,
-        } => Some(Mutation::Replicate {
+        }) => Some(Mutation::Replicate {
             name,
             record: Some(ReplicaRecord {
                 state: MailboxState::Active,
@@ -108,7 +111,9 @@ pub fn replicate(reply: Reply) -> Option<Mutation> {
                 acl,
             }),
         }),
-        Reply::Reserve { name, location } => Some(Mutation::Replicate {
+        Reply::Record(
+            MailboxWrite::Reserve { name, location } | MailboxWrite::Deactivate { name, location },
+        ) => Some(Mutation::Replicate {
             name,
             record: Some(ReplicaRecord {
                 state: MailboxState::Reserved,
@@ -116,7 +121,9 @@ pub fn replicate(reply: Reply) -> Option<Mutation> {
                 acl: Vec::new(),
             }),
         }),
-        Reply::Delete { name } => Some(Mutation::Replicate { name, record: None }),
+        Reply::Record(MailboxWrite::Delete { name }) => {
+            Some(Mutation::Replicate { name, record: None })
+        }
         Reply::Line { .. } => None,
     }
 }
