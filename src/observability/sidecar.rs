@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
@@ -130,6 +131,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let open = Arc::new(Mutex::new(Open::default()));
+    // A descriptor per connection is held until its task has dropped the socket: closing the
+    // oldest is asynchronous, and without this an accept loop that outruns the closing tasks
+    // would hold more than the cap.
+    let slots = Arc::new(Semaphore::new(limits.connections_max.max(1)));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -147,26 +152,36 @@ pub async fn serve(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .admit(limits.connections_max);
+        // Beyond the cap, the oldest was just told to close: wait until it has.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { return };
         let service = service(metrics.clone(), readiness.clone(), refresh.clone());
         let open = open.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let expired = tokio::select! {
-                _ = connection.as_mut() => false,
-                _ = close.cancelled() => false,
-                _ = shutdown.cancelled() => false,
-                _ = tokio::time::sleep(limits.lifetime) => true,
-            };
-            if expired {
-                // A request under way is answered; then the connection closes.
-                connection.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(GRACE, connection).await;
+            {
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let expired = tokio::select! {
+                    _ = connection.as_mut() => false,
+                    _ = close.cancelled() => false,
+                    _ = shutdown.cancelled() => false,
+                    _ = tokio::time::sleep(limits.lifetime) => true,
+                };
+                if expired {
+                    // A request under way is answered; then the connection closes.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GRACE, connection).await;
+                }
             }
+            // The socket is closed (dropped with the connection above): free the slot.
+            drop(slot);
             open.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .connections
