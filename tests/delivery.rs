@@ -85,10 +85,7 @@ async fn the_image_command_line_and_default_config_serve_a_master() {
     );
     let mut client = logged_in(server.addr).await;
     client
-        .exchange(
-            b"A1 ACTIVATE \"user.image\" \"be1!default\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.image\" \"be1!default\" \"\"\r\n")
         .await;
     let log = server.stderr.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(log.lines().all(|l| l.starts_with('{')), "JSON logs: {log}");
@@ -382,10 +379,7 @@ async fn rendered_statefulset_replicates(values: &str, tls: bool) {
 
     let mut master = logged_in(master_address).await;
     master
-        .exchange(
-            b"A1 ACTIVATE \"user.chart\" \"be1!default\" \"chart\tlrs\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.chart\" \"be1!default\" \"chart\tlrs\t\"\r\n")
         .await;
     for pod in &pods[1..] {
         let mut slave = logged_in(pod.addr).await;

@@ -83,9 +83,7 @@ async fn acknowledged_writes_survive(signal: nix::sys::signal::Signal, rounds: u
             task.await.unwrap();
         }
         let server = ServerProcess::start(&conf, &["-m"], &[]);
-        let mut client = Client::connect(server.addr).await;
-        client.read_banner().await;
-        client.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
+        let mut client = logged_in(server.addr).await;
         client.send(b"L1 LIST\r\n").await;
         let answer = client.read_until(b"L1 OK \"list complete\"\r\n").await;
         let present = listed_names(&answer);

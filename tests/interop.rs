@@ -199,11 +199,8 @@ async fn scenario2_scenario3_cyrus_backend_pushes_to_our_master() {
     let master = TestServer::start("").await;
     let mut ours = master.admin().await;
     // A stale entry the backend does not have: ctl_mboxlist -m must remove it.
-    ours.exchange(
-        b"S1 ACTIVATE \"user.stale\" \"be1!default\" \"stale\tlrs\t\"\r\n",
-        b"S1 OK \"done\"\r\n",
-    )
-    .await;
+    ours.done(b"S1 ACTIVATE \"user.stale\" \"be1!default\" \"stale\tlrs\t\"\r\n")
+        .await;
     let mupdate = master.addr.to_string();
     let backend = tokio::task::spawn_blocking(move || {
         Cyrus::start(Service::Backend { mupdate: &mupdate }, "be1", "")
@@ -329,10 +326,7 @@ async fn scenario5_cyrus_master_runs_our_server() {
     );
     client.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
     client
-        .exchange(
-            b"A1 ACTIVATE \"user.m8\" \"be1!default\" \"m\tlrs\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.m8\" \"be1!default\" \"m\tlrs\t\"\r\n")
         .await;
     drop(client);
 

@@ -20,36 +20,24 @@ async fn c067_to_c071_reserve_activate_find() {
         b"F1 OK \"Search completed\"\r\n",
     )
     .await;
-    c.exchange(
-        b"R1 RESERVE \"user.bob\" \"be1!default\"\r\n",
-        b"R1 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"R1 RESERVE \"user.bob\" \"be1!default\"\r\n").await;
     c.exchange(
         b"F2 FIND \"user.bob\"\r\n",
         b"F2 RESERVE {8+}\r\nuser.bob {11+}\r\nbe1!default\r\nF2 OK \"Search completed\"\r\n",
     )
     .await;
-    c.exchange(
+    c.done(
         b"A1 ACTIVATE \"user.bob\" \"be1!default\" \"bob\\tlrswipkxtecda\\tanyone\\tlrs\\t\"\r\n",
-        b"A1 OK \"done\"\r\n",
     )
     .await;
     // The quoted string above escapes `t`, which is just `t`: send real TABs instead.
-    c.exchange(
-        b"A1 ACTIVATE \"user.bob\" \"be1!default\" \"bob\tlrswipkxtecda\tanyone\tlrs\t\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"A1 ACTIVATE \"user.bob\" \"be1!default\" \"bob\tlrswipkxtecda\tanyone\tlrs\t\"\r\n")
+        .await;
     let mut expected = b"F3 MAILBOX {8+}\r\nuser.bob {11+}\r\nbe1!default {29+}\r\n".to_vec();
     expected.extend_from_slice(BOB_ACL);
     expected.extend_from_slice(b"\r\nF3 OK \"Search completed\"\r\n");
     c.exchange(b"F3 FIND \"user.bob\"\r\n", &expected).await;
-    c.exchange(
-        b"R2 RESERVE \"user.bob\" \"be1!default\"\r\n",
-        b"R2 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"R2 RESERVE \"user.bob\" \"be1!default\"\r\n").await;
     c.exchange(
         b"F4 FIND \"user.bob\"\r\n",
         b"F4 RESERVE {8+}\r\nuser.bob {11+}\r\nbe1!default\r\nF4 OK \"Search completed\"\r\n",
@@ -65,16 +53,9 @@ async fn c067_to_c071_reserve_activate_find() {
 #[tokio::test]
 async fn c072_to_c075_deactivate() {
     let (_server, mut c) = admin().await;
-    c.exchange(
-        b"A1 ACTIVATE \"m1\" \"be1!p1\" \"anyone\tlrs\t\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
-    c.exchange(
-        b"D1 DEACTIVATE \"m1\" \"be9!p9\"\r\n",
-        b"D1 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"A1 ACTIVATE \"m1\" \"be1!p1\" \"anyone\tlrs\t\"\r\n")
+        .await;
+    c.done(b"D1 DEACTIVATE \"m1\" \"be9!p9\"\r\n").await;
     c.exchange(
         b"F1 FIND \"m1\"\r\n",
         b"F1 RESERVE {2+}\r\nm1 {6+}\r\nbe9!p9\r\nF1 OK \"Search completed\"\r\n",
@@ -102,13 +83,8 @@ async fn c072_to_c075_deactivate() {
 #[tokio::test]
 async fn c076_c077_delete() {
     let (_server, mut c) = admin().await;
-    c.exchange(
-        b"A1 ACTIVATE \"user.bob\" \"be1!d\" \"\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
-    c.exchange(b"X1 DELETE \"user.bob\"\r\n", b"X1 OK \"done\"\r\n")
-        .await;
+    c.done(b"A1 ACTIVATE \"user.bob\" \"be1!d\" \"\"\r\n").await;
+    c.done(b"X1 DELETE \"user.bob\"\r\n").await;
     c.exchange(
         b"F1 FIND \"user.bob\"\r\n",
         b"F1 OK \"Search completed\"\r\n",
@@ -131,15 +107,9 @@ async fn c078_replicated_master() {
     )
     .await;
     let mut c = server.admin().await;
-    c.exchange(b"X1 DELETE \"nosuch\"\r\n", b"X1 OK \"done\"\r\n")
-        .await;
-    c.exchange(
-        b"A1 ACTIVATE \"m2\" \"h1!p\" \"a\tl\t\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
-    c.exchange(b"R1 RESERVE \"m2\" \"h2!q\"\r\n", b"R1 OK \"done\"\r\n")
-        .await;
+    c.done(b"X1 DELETE \"nosuch\"\r\n").await;
+    c.done(b"A1 ACTIVATE \"m2\" \"h1!p\" \"a\tl\t\"\r\n").await;
+    c.done(b"R1 RESERVE \"m2\" \"h2!q\"\r\n").await;
     c.exchange(
         b"F1 FIND \"m2\"\r\n",
         b"F1 RESERVE {2+}\r\nm2 {4+}\r\nh2!q\r\nF1 OK \"Search completed\"\r\n",
@@ -222,11 +192,8 @@ async fn c084_c085_c086_list_order_prefix_and_everything() {
         )
         .await;
     }
-    c.exchange(
-        b"A9 ACTIVATE \"elsewhere\" \"be2!p\" \"\"\r\n",
-        b"A9 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"A9 ACTIVATE \"elsewhere\" \"be2!p\" \"\"\r\n")
+        .await;
     let mut expected = Vec::new();
     for name in order {
         expected.extend(mailbox("L1", name, "h!p", ""));
@@ -269,21 +236,9 @@ async fn c087_c088_list_argument_errors() {
 #[tokio::test]
 async fn c089_list_prefix_is_a_plain_byte_prefix() {
     let (_server, mut c) = admin().await;
-    c.exchange(
-        b"A1 ACTIVATE \"a\" \"be1!default\" \"\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
-    c.exchange(
-        b"A2 ACTIVATE \"b\" \"be10!x\" \"\"\r\n",
-        b"A2 OK \"done\"\r\n",
-    )
-    .await;
-    c.exchange(
-        b"A3 ACTIVATE \"c\" \"be2!x\" \"\"\r\n",
-        b"A3 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"A1 ACTIVATE \"a\" \"be1!default\" \"\"\r\n").await;
+    c.done(b"A2 ACTIVATE \"b\" \"be10!x\" \"\"\r\n").await;
+    c.done(b"A3 ACTIVATE \"c\" \"be2!x\" \"\"\r\n").await;
     let mut expected = mailbox("L2", "a", "be1!default", "");
     expected.extend(mailbox("L2", "b", "be10!x", ""));
     expected.extend_from_slice(b"L2 OK \"list complete\"\r\n");
@@ -294,11 +249,8 @@ async fn c089_list_prefix_is_a_plain_byte_prefix() {
 async fn c114_committed_changes_survive_a_restart() {
     let server = TestServer::start("").await;
     let mut c = server.admin().await;
-    c.exchange(
-        b"A1 ACTIVATE \"user.keep\" \"be1!p\" \"k\tl\t\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"A1 ACTIVATE \"user.keep\" \"be1!p\" \"k\tl\t\"\r\n")
+        .await;
     let mut other = server.admin().await;
     other
         .exchange(
@@ -347,11 +299,8 @@ async fn transcripts_22_crash_inputs_leave_everyone_else_working() {
         b"X02 NO \"mailbox doesn't exist\"\r\n",
     )
     .await;
-    c.exchange(
-        b"X03a RESERVE \"user.resv\" \"backend1!default\"\r\n",
-        b"X03a OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"X03a RESERVE \"user.resv\" \"backend1!default\"\r\n")
+        .await;
     c.exchange(
         b"X03 DEACTIVATE \"user.resv\" \"backend1!default\"\r\n",
         b"X03 NO \"mailbox not currently active\"\r\n",
@@ -393,11 +342,8 @@ async fn transcripts_22_crash_inputs_leave_everyone_else_working() {
         victim.send(&input).await;
         victim.expect_close_after(answer).await;
     }
-    c.exchange(
-        b"A1 ACTIVATE \"user.after\" \"backend1!default\" \"z\tl\t\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
+    c.done(b"A1 ACTIVATE \"user.after\" \"backend1!default\" \"z\tl\t\"\r\n")
+        .await;
     listener
         .expect(b"U1 MAILBOX {10+}\r\nuser.after {16+}\r\nbackend1!default {4+}\r\nz\tl\t\r\n")
         .await;

@@ -24,12 +24,7 @@ async fn slave_follows_master_and_resyncs_after_master_restart() {
             )
             .await;
     }
-    writer
-        .exchange(
-            b"R1 RESERVE \"user.r\" \"be2!p\"\r\n",
-            b"R1 OK \"done\"\r\n",
-        )
-        .await;
+    writer.done(b"R1 RESERVE \"user.r\" \"be2!p\"\r\n").await;
 
     let slave_dir = tempfile::tempdir().unwrap();
     let conf = follow_config(slave_dir.path(), master.addr);
@@ -54,22 +49,13 @@ async fn slave_follows_master_and_resyncs_after_master_restart() {
         .await;
 
     // Live changes reach the slave and the slave's own listeners.
-    let mut listener = Client::connect(slave.addr).await;
-    listener.read_banner().await;
-    listener
-        .exchange(AUTH, b"A0 OK \"Authenticated\"\r\n")
-        .await;
+    let mut listener = logged_in(slave.addr).await;
     listener.send(b"U1 UPDATE \"be3\"\r\n").await;
     listener.read_until(b"U1 OK \"streaming starts\"\r\n").await;
     writer
-        .exchange(
-            b"A9 ACTIVATE \"user.new\" \"be3!p\" \"n\tl\t\"\r\n",
-            b"A9 OK \"done\"\r\n",
-        )
+        .done(b"A9 ACTIVATE \"user.new\" \"be3!p\" \"n\tl\t\"\r\n")
         .await;
-    writer
-        .exchange(b"X1 DELETE \"user.b-x\"\r\n", b"X1 OK \"done\"\r\n")
-        .await;
+    writer.done(b"X1 DELETE \"user.b-x\"\r\n").await;
     listener
         .expect(&mailbox("U1", "user.new", "be3!p", "n\tl\t"))
         .await;
@@ -87,14 +73,9 @@ async fn slave_follows_master_and_resyncs_after_master_restart() {
     // slave's full resync picks up the new record and the deletion.
     let master = TestServer::start_at(dir, "", port).await;
     let mut writer = master.admin().await;
+    writer.done(b"X2 DELETE \"user.a.Sent\"\r\n").await;
     writer
-        .exchange(b"X2 DELETE \"user.a.Sent\"\r\n", b"X2 OK \"done\"\r\n")
-        .await;
-    writer
-        .exchange(
-            b"A3 ACTIVATE \"user.later\" \"be3!q\" \"\"\r\n",
-            b"A3 OK \"done\"\r\n",
-        )
+        .done(b"A3 ACTIVATE \"user.later\" \"be3!q\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
     // The resync was announced to the slave's listener (D-9), which saw the link drop as
@@ -110,10 +91,7 @@ async fn a_slave_of_a_slave_follows_too() {
     let master = TestServer::start("").await;
     let mut writer = master.admin().await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.tree\" \"be1!p\" \"t\tl\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.tree\" \"be1!p\" \"t\tl\t\"\r\n")
         .await;
     let first_dir = tempfile::tempdir().unwrap();
     let first = ServerProcess::start(&follow_config(first_dir.path(), master.addr), &[], &[]);
@@ -121,10 +99,7 @@ async fn a_slave_of_a_slave_follows_too() {
     let second = ServerProcess::start(&follow_config(second_dir.path(), first.addr), &[], &[]);
     let mut reader = logged_in(second.addr).await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"user.leaf\" \"be2!p\" \"\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"user.leaf\" \"be2!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
 }
@@ -153,10 +128,7 @@ async fn c101_c105_kicks_and_streaming_noops_wait_for_the_master() {
     // A change committed on the master, then a kick on the slave: once `ok` arrives, the
     // slave has the change.
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.kicked\" \"be1!p\" \"k\tl\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.kicked\" \"be1!p\" \"k\tl\t\"\r\n")
         .await;
     assert_eq!(kick(&slave_kick).await.expect("slave kick"), b"ok");
     reader
@@ -171,18 +143,11 @@ async fn c101_c105_kicks_and_streaming_noops_wait_for_the_master() {
         .await;
 
     // 101: a streaming client's NOOP on the slave sees every change the master committed.
-    let mut listener = Client::connect(slave.addr).await;
-    listener.read_banner().await;
-    listener
-        .exchange(AUTH, b"A0 OK \"Authenticated\"\r\n")
-        .await;
+    let mut listener = logged_in(slave.addr).await;
     listener.send(b"U1 UPDATE \"be7\"\r\n").await;
     listener.read_until(b"U1 OK \"streaming starts\"\r\n").await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"user.seven\" \"be7!p\" \"\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"user.seven\" \"be7!p\" \"\"\r\n")
         .await;
     listener
         .exchange(
@@ -347,16 +312,10 @@ async fn dump_restore_and_check() {
         String::from_utf8_lossy(&out.stdout)
     );
     writer
-        .exchange(
-            b"P1 ACTIVATE \"user.planted\" \"be1!p\" \"\"\r\n",
-            b"P1 OK \"done\"\r\n",
-        )
+        .done(b"P1 ACTIVATE \"user.planted\" \"be1!p\" \"\"\r\n")
         .await;
     writer
-        .exchange(
-            b"P2 ACTIVATE \"user.a\" \"be9!p\" \"\"\r\n",
-            b"P2 OK \"done\"\r\n",
-        )
+        .done(b"P2 ACTIVATE \"user.a\" \"be9!p\" \"\"\r\n")
         .await;
     let out = check(source.addr, target.addr);
     let report = String::from_utf8_lossy(&out.stdout);
@@ -376,19 +335,13 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
     let port = master.addr.port();
     let mut writer = master.admin().await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.one\" \"be1!p\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.one\" \"be1!p\" \"\"\r\n")
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
     let mut reader = logged_in(slave.addr).await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"user.two\" \"be1!p\" \"\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"user.two\" \"be1!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(
@@ -401,14 +354,9 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
     let dir = master.stop().await;
     let master = TestServer::start_at(dir, "", port).await;
     let mut writer = master.admin().await;
+    writer.done(b"X1 DELETE \"user.one\"\r\n").await;
     writer
-        .exchange(b"X1 DELETE \"user.one\"\r\n", b"X1 OK \"done\"\r\n")
-        .await;
-    writer
-        .exchange(
-            b"A3 ACTIVATE \"user.three\" \"be2!p\" \"t\tl\t\"\r\n",
-            b"A3 OK \"done\"\r\n",
-        )
+        .done(b"A3 ACTIVATE \"user.three\" \"be2!p\" \"t\tl\t\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(
@@ -429,19 +377,14 @@ async fn a_slave_behind_the_trimmed_log_falls_back_to_a_full_dump() {
     let master = TestServer::start("mupdate_changelog_max: 10\n").await;
     let mut writer = master.admin().await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.gone\" \"be1!p\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.gone\" \"be1!p\" \"\"\r\n")
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let conf = follow_config(slave_dir.path(), master.addr);
     let slave = ServerProcess::start(&conf, &[], &[]);
     drop(slave);
     // While the slave is away, more than the log keeps.
-    writer
-        .exchange(b"X1 DELETE \"user.gone\"\r\n", b"X1 OK \"done\"\r\n")
-        .await;
+    writer.done(b"X1 DELETE \"user.gone\"\r\n").await;
     let mut burst = Vec::new();
     for i in 0..1_100 {
         burst.extend_from_slice(
@@ -464,10 +407,7 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
     let port = master.addr.port();
     let mut writer = master.admin().await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n")
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
@@ -526,10 +466,7 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
     let master = TestServer::start_at(master_dir, "", port).await;
     let mut writer = master.admin().await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(master.ctx.full_dumps.load(Ordering::Relaxed), 0);
@@ -553,10 +490,7 @@ async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
         ServerProcess::start(&master_conf, &["-m"], &[("IMAPD_MUPDATE_LISTEN", &listen)]);
     let mut writer = logged_in(master.addr).await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.before\" \"be1!p\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.before\" \"be1!p\" \"\"\r\n")
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
@@ -567,10 +501,7 @@ async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
     let master = ServerProcess::start(&master_conf, &["-m"], &[("IMAPD_MUPDATE_LISTEN", &listen)]);
     let mut writer = logged_in(master.addr).await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
     let log = slave.log_once_it_holds("mailbox list synchronization complete (delta resync)");
@@ -586,10 +517,7 @@ async fn in_one_process_a_slave_on_port_0_follows_its_master() {
     let master = TestServer::start("").await;
     let mut writer = master.admin().await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.here\" \"be1!p\" \"h\tl\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.here\" \"be1!p\" \"h\tl\t\"\r\n")
         .await;
     let dir = tempfile::tempdir().unwrap();
     let settings = mupdate::config::load(
@@ -609,11 +537,7 @@ async fn in_one_process_a_slave_on_port_0_follows_its_master() {
         shutdown.clone(),
     ));
     let mut reader = logged_in(addr).await;
-    let mut listener = Client::connect(addr).await;
-    listener.read_banner().await;
-    listener
-        .exchange(AUTH, b"A0 OK \"Authenticated\"\r\n")
-        .await;
+    let mut listener = logged_in(addr).await;
     listener
         .exchange(
             b"U1 UPDATE\r\n",
@@ -625,10 +549,7 @@ async fn in_one_process_a_slave_on_port_0_follows_its_master() {
         )
         .await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"user.there\" \"be2!p\" \"\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"user.there\" \"be2!p\" \"\"\r\n")
         .await;
     listener
         .expect(&mailbox("U1", "user.there", "be2!p", ""))
@@ -643,10 +564,7 @@ async fn check_finds_a_difference_planted_in_a_slave() {
     let master = TestServer::start("").await;
     let mut writer = master.admin().await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.real\" \"be1!p\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.real\" \"be1!p\" \"\"\r\n")
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave_conf = follow_config(slave_dir.path(), master.addr);

@@ -168,8 +168,7 @@ async fn c111_disconnect_mid_literal_disturbs_nobody() {
     broken.send(b"A4 ACTIVATE {5+}\r\nab").await;
     drop(broken);
     let mut c = server.admin().await;
-    c.exchange(b"A5 ACTIVATE \"n\" \"h!p\" \"\"\r\n", b"A5 OK \"done\"\r\n")
-        .await;
+    c.done(b"A5 ACTIVATE \"n\" \"h!p\" \"\"\r\n").await;
     listener
         .expect(b"U1 MAILBOX {1+}\r\nn {3+}\r\nh!p {0+}\r\n\r\n")
         .await;

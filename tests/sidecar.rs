@@ -70,17 +70,9 @@ async fn store_stream_and_telemetry_metrics_follow_what_happens() {
     listener.read_until(b"U1 OK \"streaming starts\"\r\n").await;
     let mut writer = logged_in(server.addr).await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"shared.a\" \"be1!p\" \"anyone\tlrs\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"shared.a\" \"be1!p\" \"anyone\tlrs\t\"\r\n")
         .await;
-    writer
-        .exchange(
-            b"R1 RESERVE \"shared.b\" \"be1!p\"\r\n",
-            b"R1 OK \"done\"\r\n",
-        )
-        .await;
+    writer.done(b"R1 RESERVE \"shared.b\" \"be1!p\"\r\n").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let metrics = loop {
         let (_, metrics) = http_get(&http, "/metrics");
@@ -335,10 +327,7 @@ async fn a_real_prometheus_scrapes_a_master_and_a_slave() {
     };
     let mut writer = logged_in(master.addr).await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.scraped\" \"be1!p\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.scraped\" \"be1!p\" \"\"\r\n")
         .await;
     assert!(prometheus.wait_until_up(2), "both targets scraped");
     let deadline = Instant::now() + Duration::from_secs(60);

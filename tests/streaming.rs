@@ -11,13 +11,8 @@ use mupdate::mailbox::MailboxWrite;
 async fn c090_initial_dump_in_list_order() {
     let server = TestServer::start("").await;
     let mut w = server.admin().await;
-    w.exchange(
-        b"A1 ACTIVATE \"abc\" \"h!p1x\" \"\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
-    w.exchange(b"R1 RESERVE \"m1\" \"be9!p9\"\r\n", b"R1 OK \"done\"\r\n")
-        .await;
+    w.done(b"A1 ACTIVATE \"abc\" \"h!p1x\" \"\"\r\n").await;
+    w.done(b"R1 RESERVE \"m1\" \"be9!p9\"\r\n").await;
     let mut a = server.admin().await;
     let mut expected = mailbox("U1", "abc", "h!p1x", "");
     expected.extend(reserve("U1", "m1", "be9!p9"));
@@ -32,16 +27,9 @@ async fn c091_c095_changes_arrive_without_asking() {
     a.exchange(b"U1 UPDATE\r\n", b"U1 OK \"streaming starts\"\r\n")
         .await;
     let mut b = server.admin().await;
-    b.exchange(
-        b"R1 RESERVE \"user.zed\" \"be2!p\"\r\n",
-        b"R1 OK \"done\"\r\n",
-    )
-    .await;
-    b.exchange(
-        b"A1 ACTIVATE \"user.zed\" \"be2!p\" \"zed\tlrs\t\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
+    b.done(b"R1 RESERVE \"user.zed\" \"be2!p\"\r\n").await;
+    b.done(b"A1 ACTIVATE \"user.zed\" \"be2!p\" \"zed\tlrs\t\"\r\n")
+        .await;
     // No NOOP from A: live fan-out delivers each change as committed.
     let mut expected = reserve("U1", "user.zed", "be2!p");
     expected.extend(mailbox("U1", "user.zed", "be2!p", "zed\tlrs\t"));
@@ -55,13 +43,8 @@ async fn c092_noop_is_a_barrier() {
     a.exchange(b"U1 UPDATE\r\n", b"U1 OK \"streaming starts\"\r\n")
         .await;
     let mut b = server.admin().await;
-    b.exchange(
-        b"A1 ACTIVATE \"user.zed\" \"be2!p\" \"\"\r\n",
-        b"A1 OK \"done\"\r\n",
-    )
-    .await;
-    b.exchange(b"X1 DELETE \"user.zed\"\r\n", b"X1 OK \"done\"\r\n")
-        .await;
+    b.done(b"A1 ACTIVATE \"user.zed\" \"be2!p\" \"\"\r\n").await;
+    b.done(b"X1 DELETE \"user.zed\"\r\n").await;
     let mut expected = mailbox("U1", "user.zed", "be2!p", "");
     expected.extend(delete("U1", "user.zed"));
     expected.extend_from_slice(b"N1 OK \"Noop done\"\r\n");
@@ -142,16 +125,8 @@ async fn c097_badly_formed_update_arguments() {
 async fn c098_partial_update_filter_uses_old_and_given_servers() {
     let server = TestServer::start("").await;
     let mut w = server.admin().await;
-    w.exchange(
-        b"A0 ACTIVATE \"seen\" \"be9!q\" \"\"\r\n",
-        b"A0 OK \"done\"\r\n",
-    )
-    .await;
-    w.exchange(
-        b"A0 ACTIVATE \"unseen\" \"be2!q\" \"\"\r\n",
-        b"A0 OK \"done\"\r\n",
-    )
-    .await;
+    w.done(b"A0 ACTIVATE \"seen\" \"be9!q\" \"\"\r\n").await;
+    w.done(b"A0 ACTIVATE \"unseen\" \"be2!q\" \"\"\r\n").await;
     let mut a = server.admin().await;
     let mut dump = mailbox("U1", "seen", "be9!q", "");
     dump.extend_from_slice(b"U1 OK \"streaming starts\"\r\n");

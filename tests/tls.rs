@@ -353,10 +353,7 @@ async fn a_slave_follows_its_master_over_starttls_and_refuses_what_it_cannot_ver
     let (master, _pki) = tls_master(dir.path(), &[]);
     let mut writer = logged_in(master.addr).await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"user.secure\" \"be1!p\" \"\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.secure\" \"be1!p\" \"\"\r\n")
         .await;
     let slave_dir = tempfile::tempdir().unwrap();
     let slave = ServerProcess::start(
@@ -366,10 +363,7 @@ async fn a_slave_follows_its_master_over_starttls_and_refuses_what_it_cannot_ver
     );
     let mut reader = logged_in(slave.addr).await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"user.secure2\" \"be1!p\" \"\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"user.secure2\" \"be1!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
 

@@ -117,16 +117,10 @@ async fn run_master(receiver: &Receiver, env: &[(&str, &str)], finds: usize) {
     let mut server = ServerProcess::start(&conf, &["-m"], &all_env);
     let mut client = logged_in(server.addr).await;
     client
-        .exchange(
-            b"A1 ACTIVATE \"user.alice\" \"be1!default\" \"alice\tlrswipkxtecda\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"user.alice\" \"be1!default\" \"alice\tlrswipkxtecda\t\"\r\n")
         .await;
     client
-        .exchange(
-            b"A2 ACTIVATE \"shared.news\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"shared.news\" \"be1!default\" \"anyone\tlrs\t\"\r\n")
         .await;
     client
         .exchange(
@@ -354,10 +348,7 @@ async fn a_slave_traces_its_sync() {
     let master = TestServer::start("").await;
     let mut writer = logged_in(master.addr).await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"shared.a\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"shared.a\" \"be1!default\" \"anyone\tlrs\t\"\r\n")
         .await;
     let dir = tempfile::tempdir().unwrap();
     let conf = follow_config(dir.path(), master.addr);
@@ -371,10 +362,7 @@ async fn a_slave_traces_its_sync() {
     );
     let mut reader = logged_in(slave.addr).await;
     writer
-        .exchange(
-            b"A2 ACTIVATE \"shared.b\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
-            b"A2 OK \"done\"\r\n",
-        )
+        .done(b"A2 ACTIVATE \"shared.b\" \"be1!default\" \"anyone\tlrs\t\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
     drop(reader);
@@ -425,10 +413,7 @@ async fn a_slave_links_its_apply_to_the_masters_traced_write() {
     let mut writer = logged_in(master.addr).await;
     let mut reader = logged_in(slave.addr).await;
     writer
-        .exchange(
-            b"A1 ACTIVATE \"shared.linked\" \"be1!default\" \"anyone\tlrs\t\"\r\n",
-            b"A1 OK \"done\"\r\n",
-        )
+        .done(b"A1 ACTIVATE \"shared.linked\" \"be1!default\" \"anyone\tlrs\t\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
     drop((reader, writer));

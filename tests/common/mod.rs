@@ -212,6 +212,14 @@ impl Client {
         self.expect(expected).await;
     }
 
+    /// Sends a write and asserts it is answered `OK "done"` under its tag.
+    pub async fn done(&mut self, request: &[u8]) {
+        let tag = request.split(|&b| b == b' ').next().unwrap_or_default();
+        let mut expected = tag.to_vec();
+        expected.extend_from_slice(b" OK \"done\"\r\n");
+        self.exchange(request, &expected).await;
+    }
+
     /// Asserts the next bytes are exactly `expected`.
     pub async fn expect(&mut self, expected: &[u8]) {
         let got = self.read_exact(expected.len()).await;
