@@ -7,6 +7,7 @@
 # Both servers commit every write durably before answering (Cyrus: twoskip with fsync;
 # ours: redb Durability::Immediate). Needs root and Cyrus (scripts/install-test-deps.sh);
 # installs nothing itself. Usage: loadtest/bench.sh [result.json]
+# MUPDATE_BIN runs another build of ours (an older commit's, to compare).
 # With PIN=1 both servers run on CPU 0 and the client on CPU 1 (needs 2 CPUs), so both pay
 # the same cross-CPU wake-up per round trip; unpinned, the scheduler decides placement, and
 # on a VM a cross-CPU wake-up costs about 40 us, more than our whole FIND.
@@ -16,6 +17,7 @@ source loadtest/ours.sh
 out=${1:-}
 cargo build --release -q -p mupdate -p loadtest
 load=$PWD/target/release/mupdate-load
+ours_bin=${MUPDATE_BIN:-$PWD/target/release/mupdate}
 work=$(mktemp -d)
 chmod 755 "$work"
 ours_pid=
@@ -33,7 +35,7 @@ cyrus_pid=$("${server_cpu[@]}" loadtest/cyrus-master.sh start "$work/cyrus" "$cp
 
 write_ours_conf "$work/ours" mupdate-master "mupdate_connections_max: 256" \
     "mupdate_http_listen: 127.0.0.1:0"
-RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" target/release/mupdate -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
+RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" "$ours_bin" -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
 ours_pid=$!
 oport=$(ours_port "$work/ours")
 

@@ -2,6 +2,7 @@
 //! closed sets (command names, results, roles): never a mailbox, user or peer address.
 
 use crate::protocol::command::COMMAND_NAMES;
+use crate::protocol::response::Status;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -396,17 +397,11 @@ impl Metrics {
 
     /// The result label of the last response line in `out` (`ok`, `no`, `bad`, `other`).
     pub fn result_of(out: &[u8]) -> &'static str {
-        let body = out.strip_suffix(b"\r\n").unwrap_or(out);
-        let line = match body.iter().rposition(|&b| b == b'\n') {
-            Some(at) => &body[at + 1..],
-            None => body,
-        };
-        let mut words = line.split(|&b| b == b' ').skip(1);
-        match words.next() {
-            Some(b"OK") => "ok",
-            Some(b"NO") => "no",
-            Some(b"BAD") => "bad",
-            _ => "other",
+        match Status::of_last_line(out) {
+            Some(Status::Ok) => "ok",
+            Some(Status::No) => "no",
+            Some(Status::Bad) => "bad",
+            None => "other",
         }
     }
 

@@ -14,6 +14,21 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status of the last response line in `out` (`None`: no OK, NO or BAD there).
+    pub fn of_last_line(out: &[u8]) -> Option<Status> {
+        let body = out.strip_suffix(b"\r\n").unwrap_or(out);
+        let line = match body.iter().rposition(|&b| b == b'\n') {
+            Some(at) => &body[at + 1..],
+            None => body,
+        };
+        match line.split(|&b| b == b' ').nth(1) {
+            Some(b"OK") => Some(Status::Ok),
+            Some(b"NO") => Some(Status::No),
+            Some(b"BAD") => Some(Status::Bad),
+            _ => None,
+        }
+    }
+
     fn word(self) -> &'static [u8] {
         match self {
             Status::Ok => b"OK",

@@ -10,6 +10,12 @@ use base64::engine::general_purpose::STANDARD;
 #[error("a SASL line that is not base64")]
 pub struct NotBase64;
 
+/// The first whole line of `input`, without its CRLF, and how many bytes it took.
+pub fn split_line(input: &[u8]) -> Option<(&[u8], usize)> {
+    let end = input.windows(2).position(|w| w == b"\r\n")?;
+    Some((&input[..end], end + 2))
+}
+
 /// Appends `data` as one SASL line: base64 and CRLF (an empty line for no data).
 pub fn encode_line(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(STANDARD.encode(data).as_bytes());
@@ -44,6 +50,13 @@ pub fn parse_server_turn(line: &[u8], tag: &[u8]) -> Result<ServerTurn, NotBase6
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_line_is_split_at_its_crlf_only() {
+        assert_eq!(split_line(b"abc\r\nrest"), Some((&b"abc"[..], 5)));
+        assert_eq!(split_line(b"\r\n"), Some((&b""[..], 2)));
+        assert_eq!(split_line(b"a\rb\nc"), None);
+    }
 
     #[test]
     fn an_empty_challenge_is_a_bare_line_end() {

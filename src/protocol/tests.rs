@@ -500,3 +500,18 @@ fn a_slaves_authenticate_is_spelled_as_cyrus_and_parses_back() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_status_of_the_last_answer_line() {
+    use super::response::Status;
+    let found = b"F1 MAILBOX {1+}\r\nx {1+}\r\ny {0+}\r\n\r\nF1 OK \"Search completed\"\r\n";
+    assert_eq!(Status::of_last_line(found), Some(Status::Ok));
+    let refused = b"A1 NO \"mailbox already exists\"\r\n";
+    assert_eq!(Status::of_last_line(refused), Some(Status::No));
+    assert_eq!(
+        Status::of_last_line(b"* BAD \"Need command\"\r\n"),
+        Some(Status::Bad)
+    );
+    assert_eq!(Status::of_last_line(b"+ go ahead\r\n"), None);
+    assert_eq!(Status::of_last_line(b""), None);
+}

@@ -250,12 +250,9 @@ impl Link {
     /// The next raw line (a SASL challenge is bare base64, not a reply), without its CRLF.
     async fn raw_line(&mut self, patience: Duration) -> Result<Vec<u8>, LinkError> {
         loop {
-            if let Some(end) = self.buffer[self.start..]
-                .windows(2)
-                .position(|w| w == b"\r\n")
-            {
-                let line = self.buffer[self.start..self.start + end].to_vec();
-                self.start += end + 2;
+            if let Some((line, used)) = sasl::split_line(&self.buffer[self.start..]) {
+                let line = line.to_vec();
+                self.start += used;
                 return Ok(line);
             }
             if self.buffer.len() - self.start > MAX_REPLY {
