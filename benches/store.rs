@@ -3,9 +3,9 @@
 //! to separate storage cost from protocol and scheduling cost.
 //! Run with `cargo bench --bench store` (`STORE_BENCH=resync` runs only the replica part).
 
-use mupdate::mailbox::MailboxWrite;
 use std::time::Instant;
 
+use mupdate::mailbox::MailboxWrite;
 use mupdate::replication::slave::{OnEmpty, Resync};
 use mupdate::store::{MailboxState, Mutation, ReplicaRecord, Store, StoreOptions};
 

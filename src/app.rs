@@ -407,16 +407,13 @@ pub async fn run(
     if let Err(error) = kick::serve(&kick_socket, ctx.upstream().cloned(), ctx.shutdown.clone()) {
         tracing::warn!(path = %kick_socket.path.display(), %error, "no kick socket");
     }
-    match link {
-        None => {}
-        Some((settings, requests)) => {
-            follow_master(&ctx, settings, requests, synced_tx);
-            // Like Cyrus, a slave serves nobody before its first sync; clients wait in the
-            // listen backlog meanwhile.
-            tokio::select! {
-                _ = ctx.shutdown.cancelled() => return Ok(()),
-                _ = wait_until_synced(synced) => {}
-            }
+    if let Some((settings, requests)) = link {
+        follow_master(&ctx, settings, requests, synced_tx);
+        // Like Cyrus, a slave serves nobody before its first sync; clients wait in the
+        // listen backlog meanwhile.
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = wait_until_synced(synced) => {}
         }
     }
     if !ctx.auth.has_password_source() {

@@ -3,7 +3,6 @@
 //! response format (`D MAILBOX {n+}…`, `D RESERVE …`), so it is byte-exact for any name,
 //! location or ACL, and any MUPDATE server, Cyrus's included, can be dumped.
 
-use crate::mailbox::MailboxWrite;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +10,7 @@ use std::time::Duration;
 
 use crate::config::{self, Settings};
 use crate::exit::{EXIT_CONFIG, EXIT_OS, EXIT_SOFTWARE, Fatal, fatal};
+use crate::mailbox::MailboxWrite;
 use crate::protocol::reply::{Reply, parse_reply};
 use crate::protocol::response;
 use crate::replication::client::{self, Credentials};

@@ -4,7 +4,6 @@
 
 mod common;
 
-use mupdate::mailbox::MailboxWrite;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use common::cyrus::{self, Cyrus, LocalMupdate, Service};
 use common::murder::*;
 use common::*;
 use mupdate::cyrusdb::twoskip::Header;
+use mupdate::mailbox::MailboxWrite;
 use mupdate::store::Mutation;
 
 /// Backends named by their address (so the frontend can reach them), pushing to `mupdate`;

@@ -9,7 +9,6 @@
 
 mod common;
 
-use mupdate::mailbox::MailboxWrite;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use mupdate::mailbox::MailboxWrite;
 use mupdate::store::Mutation;
 
 const CYR_DBTOOL: &str = "/usr/lib/cyrus/bin/cyr_dbtool";

@@ -3,10 +3,10 @@
 
 mod common;
 
-use mupdate::mailbox::MailboxWrite;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mupdate::mailbox::MailboxWrite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slave_follows_master_and_resyncs_after_master_restart() {

@@ -3,11 +3,11 @@
 
 mod common;
 
-use mupdate::mailbox::MailboxWrite;
 use std::time::Duration;
 
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use mupdate::mailbox::MailboxWrite;
 use mupdate::store::Mutation;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

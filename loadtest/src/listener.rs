@@ -2,7 +2,6 @@
 //! knows it, else UPDATE, as our slave does), keeps a view of every mailbox of the ledger,
 //! times every change it is sent, and reconnects and resumes when the server goes away.
 
-use mupdate::mailbox::MailboxWrite;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -10,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
+use mupdate::mailbox::MailboxWrite;
 use mupdate::protocol::reply::{Reply, parse_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -4,7 +4,6 @@
 //! acknowledged state, or exactly the state the one unanswered write would have made (that
 //! write may or may not have become durable). Anything else is a lost or half-applied write.
 
-use mupdate::mailbox::MailboxWrite;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -13,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use mupdate::mailbox::MailboxWrite;
 use mupdate::protocol::reply::Reply;
 use mupdate::replication::client::{self, Credentials, Link, LinkError};
 

@@ -4,7 +4,6 @@
 //! whenever the link fails. Every change the slave applies, the dump's included, reaches
 //! the slave's own UPDATE listeners (D-9).
 
-use crate::mailbox::MailboxWrite;
 use std::collections::HashSet;
 
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use tracing::Instrument;
 
 use super::barrier::{BarrierRequests, LinkStatus};
 use super::client::{self, Credentials, Link, LinkError};
+use crate::mailbox::MailboxWrite;
 use crate::observability::metrics::Metrics;
 use crate::protocol::CommandKind;
 use crate::protocol::reply::Reply;

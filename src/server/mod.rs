@@ -206,7 +206,11 @@ pub(crate) fn admit<IO: ClientStream>(
     let slot = ConnectionSlot(ctx.clone());
     let admitted = if open >= ctx.settings.connections_max {
         ctx.metrics.connections_refused.inc();
-        tracing::warn!(?peer, open, "connection limit reached; refusing");
+        tracing::warn!(
+            peer = peer.map(tracing::field::display),
+            open,
+            "connection limit reached; refusing"
+        );
         Err((SERVER_UNABLE.to_vec(), None))
     } else {
         let waiting = ctx.unauthenticated.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +218,7 @@ pub(crate) fn admit<IO: ClientStream>(
         if waiting >= ctx.settings.unauthenticated_max {
             ctx.metrics.connections_refused.inc();
             tracing::warn!(
-                ?peer,
+                peer = peer.map(tracing::field::display),
                 waiting,
                 "too many connections awaiting login; refusing"
             );
@@ -231,7 +235,7 @@ pub(crate) fn admit<IO: ClientStream>(
         let _slot = slot;
         match admitted {
             Ok(login_slot) => {
-                tracing::debug!(?peer, "connection");
+                tracing::debug!(peer = peer.map(tracing::field::display), "connection");
                 Session::new(ctx, conn, peer, login_slot).run().await;
             }
             Err((refusal, _login_slot)) => {

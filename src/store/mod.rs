@@ -7,7 +7,6 @@ mod key;
 mod record;
 mod writer;
 
-use crate::mailbox::MailboxWrite;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -15,6 +14,8 @@ use std::time::Duration;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
+
+use crate::mailbox::MailboxWrite;
 
 pub use key::{name_of, row_key};
 pub use record::{MailboxRecord, MailboxState, normalize_acl, server_of};

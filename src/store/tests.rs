@@ -1,9 +1,9 @@
 //! Store tests: the state machine of spec §6, the change feed and persistence.
 
-use crate::mailbox::MailboxWrite;
 use std::future::Future;
 
 use super::*;
+use crate::mailbox::MailboxWrite;
 
 fn open(dir: &tempfile::TempDir, policy: ConflictPolicy) -> Store {
     Store::open(

@@ -2,7 +2,6 @@
 //! and made durable by one commit (group commit); only then are their callers answered and
 //! their changes published.
 
-use crate::mailbox::MailboxWrite;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,6 +17,7 @@ use super::{
     CHANGES, Change, Checkpoint, ConflictPolicy, Keeping, MAILBOXES, META, META_UPSTREAM_EPOCH,
     META_UPSTREAM_SEQ, Mutation, Outcome, StoreError,
 };
+use crate::mailbox::MailboxWrite;
 
 /// The change log may exceed its count bound by this much before it is trimmed.
 const TRIM_STEP: u64 = 1024;
