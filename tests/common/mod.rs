@@ -660,11 +660,31 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let chunked = head
+        .lines()
+        .any(|line| line.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     (status, body)
+}
+
+/// A chunked body's content: Go's servers (Prometheus) chunk any answer past 2 KiB.
+fn dechunk(mut body: &str) -> String {
+    let mut content = String::new();
+    while let Some((size_line, rest)) = body.split_once("\r\n") {
+        let size = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        content.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").expect("chunk end");
+    }
+    content
 }
 
 /// The sidecar address a server process logged.
@@ -677,7 +697,7 @@ pub struct Prometheus {
     child: std::process::Child,
     /// Its HTTP API, `host:port`.
     pub web: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Prometheus {
@@ -707,21 +727,15 @@ impl Prometheus {
             .arg(format!("--web.listen-address={web}"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("its log"))
             .spawn()
             .expect("start prometheus");
-        Some(Prometheus {
-            child,
-            web,
-            _dir: dir,
-        })
+        Some(Prometheus { child, web, dir })
     }
 
-    /// The API's answer to an instant query (JSON), or null before it listens.
+    /// The API's answer to an instant query (JSON). When Prometheus gives none (not listening,
+    /// or not JSON) after three tries, an object saying what it gave, with the tail of its log.
     pub fn query(&self, query: &str) -> serde_json::Value {
-        if std::net::TcpStream::connect(&self.web).is_err() {
-            return serde_json::Value::Null;
-        }
         let encoded: String = query
             .bytes()
             .map(|b| match b {
@@ -729,8 +743,24 @@ impl Prometheus {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let (_, body) = http_get(&self.web, &format!("/api/v1/query?query={encoded}"));
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+        let mut failure = serde_json::Value::Null;
+        for _ in 0..3 {
+            if std::net::TcpStream::connect(&self.web).is_err() {
+                failure = serde_json::json!({"status": "not listening"});
+            } else {
+                let (code, body) = http_get(&self.web, &format!("/api/v1/query?query={encoded}"));
+                match serde_json::from_str(&body) {
+                    Ok(answer) => return answer,
+                    Err(_) => failure = serde_json::json!({"status": code, "body": body}),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let log =
+            std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        failure["log"] = serde_json::json!(tail);
+        failure
     }
 
     /// Waits (60 s at most) until every target is scraped and up.
