@@ -11,23 +11,12 @@ use mupdate::mailbox::MailboxWrite;
 use mupdate::store::Mutation;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
-async fn c106_compress_refusals() {
-    let server = TestServer::start("").await;
-    let mut c = server.client().await;
-    c.exchange(
-        b"C1 COMPRESS \"GZIP\"\r\n",
-        b"C1 NO Unknown COMPRESS algorithm: GZIP\r\n",
-    )
-    .await;
-    c.exchange(
-        b"C2 COMPRESS DEFLATE\r\n",
-        b"C2 BAD \"Extra arguments\"\r\n",
-    )
-    .await;
-    c.exchange(b"C3 COMPRESS\r\n", b"C3 BAD \"Missing arguments\"\r\n")
-        .await;
-}
+transcripts!("session":
+    c106_compress_refusals,
+    c109_starttls_without_tls_discards_pipelined_input,
+    c111_disconnect_mid_literal_disturbs_nobody,
+    c113_c113a_idle_connections_get_bye,
+);
 
 struct Deflated {
     client: Client,
@@ -118,19 +107,6 @@ async fn c107_garbage_after_compress_ends_only_that_session() {
 }
 
 #[tokio::test]
-async fn c109_starttls_without_tls_discards_pipelined_input() {
-    let server = TestServer::start("").await;
-    let mut c = server.client().await;
-    c.exchange(
-        b"S1 STARTTLS\r\nN1 NOOP\r\nN2 NOOP\r\n",
-        b"S1 BAD \"Unrecognized command\"\r\n",
-    )
-    .await;
-    c.exchange(b"N3 XYZZY\r\n", b"N3 BAD \"Unrecognized command\"\r\n")
-        .await;
-}
-
-#[tokio::test]
 async fn c110_connection_limit() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir, "mupdate_connections_max: 2\n").await;
@@ -155,23 +131,6 @@ async fn c110_connection_limit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(again.is_some(), "no slot after a client left");
-}
-
-#[tokio::test]
-async fn c111_disconnect_mid_literal_disturbs_nobody() {
-    let server = TestServer::start("").await;
-    let mut listener = server.admin().await;
-    listener
-        .exchange(b"U1 UPDATE\r\n", b"U1 OK \"streaming starts\"\r\n")
-        .await;
-    let mut broken = server.admin().await;
-    broken.send(b"A4 ACTIVATE {5+}\r\nab").await;
-    drop(broken);
-    let mut c = server.admin().await;
-    c.done(b"A5 ACTIVATE \"n\" \"h!p\" \"\"\r\n").await;
-    listener
-        .expect(b"U1 MAILBOX {1+}\r\nn {3+}\r\nh!p {0+}\r\n\r\n")
-        .await;
 }
 
 fn only_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -301,35 +260,6 @@ async fn c112b_long_answers_are_logged_in_4096_byte_records() {
     );
     // Each '>' record carries at most 4096 bytes of payload (plus its 12-byte marker).
     assert!(sizes.iter().all(|&s| s <= 4096 + 12 + 24), "{sizes:?}");
-}
-
-#[tokio::test]
-async fn c113_c113a_idle_connections_get_bye() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_in(dir, "mupdate_idle_timeout: 1s\n").await;
-    let mut idle = server.client().await;
-    let mut streaming = server.admin().await;
-    streaming
-        .exchange(b"U1 UPDATE\r\n", b"U1 OK \"streaming starts\"\r\n")
-        .await;
-    let mut half = server.admin().await;
-    half.send(b"A1 FIND ").await;
-    let mut fi = server.admin().await;
-    fi.send(b"A1 FI").await;
-    let mut sasl = server.client().await;
-    sasl.exchange(b"X6 AUTHENTICATE \"PLAIN\"\r\n", b"\r\n")
-        .await;
-    idle.expect_eof(b"* BYE \"idle for too long\"\r\n").await;
-    streaming
-        .expect_eof(b"* BYE \"idle for too long\"\r\n")
-        .await;
-    half.expect_eof(b"A1 BAD \"Extra arguments\"\r\n* BYE \"idle for too long\"\r\n")
-        .await;
-    fi.expect_eof(b"* BYE \"idle for too long\"\r\n").await;
-    sasl.expect_eof(
-        b"X6 NO Error reading client response: idle for too long\r\n* BYE \"idle for too long\"\r\n",
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod cyrus;
 pub mod murder;
+pub mod transcript;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
