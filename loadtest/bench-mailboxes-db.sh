@@ -15,11 +15,7 @@ source loadtest/ours.sh
 count=${COUNT:-100000}
 masters=${MASTERS:-cyrus ours}
 rounds=${ROUNDS:-3}
-cargo build --release -q -p mupdate -p loadtest
-load=$PWD/target/release/mupdate-load
-bin=$PWD/target/release/mupdate
-work=$(mktemp -d)
-chmod 755 "$work"
+bench_setup
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

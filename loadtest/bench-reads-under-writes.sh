@@ -18,11 +18,7 @@ readers=${READERS:-4}
 writers=${WRITERS:-4}
 seconds=${SECONDS_EACH:-10}
 rounds=${ROUNDS:-3}
-cargo build --release -q -p mupdate -p loadtest
-load=$PWD/target/release/mupdate-load
-ours_bin=${MUPDATE_BIN:-$PWD/target/release/mupdate}
-work=$(mktemp -d)
-chmod 755 "$work"
+bench_setup
 ours_pid=
 writer_pid=
 cleanup() {
@@ -37,7 +33,7 @@ pin_cpus
 cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cyrus_pid=$("${server_cpu[@]}" loadtest/cyrus-master.sh start "$work/cyrus" "$cport")
 write_ours_conf "$work/ours" mupdate-master "mupdate_connections_max: 256"
-RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" "$ours_bin" -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
+RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" "$bin" -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
 ours_pid=$!
 oport=$(ours_port "$work/ours")
 

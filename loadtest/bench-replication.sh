@@ -9,11 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/ours.sh
-cargo build --release -q -p mupdate -p loadtest
-load=$PWD/target/release/mupdate-load
-bin=$PWD/target/release/mupdate
-work=$(mktemp -d)
-chmod 755 "$work"
+bench_setup
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -26,11 +26,7 @@ out=$(cd "$out" && pwd)
 pin_cpus
 q=1
 [ "${QUICK:-0}" = 1 ] && q=10
-cargo build --release -q -p mupdate -p loadtest
-load=$PWD/target/release/mupdate-load
-bin=$PWD/target/release/mupdate
-work=$(mktemp -d)
-chmod 755 "$work"
+bench_setup
 # mupdate-load and the server each raise their soft open-file limit to the hard one.
 ours_pid=
 cyrus_dir=

@@ -15,11 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source loadtest/ours.sh
 out=${1:-}
-cargo build --release -q -p mupdate -p loadtest
-load=$PWD/target/release/mupdate-load
-ours_bin=${MUPDATE_BIN:-$PWD/target/release/mupdate}
-work=$(mktemp -d)
-chmod 755 "$work"
+bench_setup
 ours_pid=
 cleanup() {
     [ -n "$ours_pid" ] && kill -TERM "$ours_pid" 2>/dev/null && wait "$ours_pid" 2>/dev/null
@@ -35,7 +31,7 @@ cyrus_pid=$("${server_cpu[@]}" loadtest/cyrus-master.sh start "$work/cyrus" "$cp
 
 write_ours_conf "$work/ours" mupdate-master "mupdate_connections_max: 256" \
     "mupdate_http_listen: 127.0.0.1:0"
-RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" "$ours_bin" -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
+RUST_LOG=warn,mupdate::app=info "${server_cpu[@]}" "$bin" -C "$work/ours/imapd.conf" -m 2> "$work/ours/log" &
 ours_pid=$!
 oport=$(ours_port "$work/ours")
 

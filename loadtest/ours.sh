@@ -42,3 +42,14 @@ ours_port() {
     cat "$dir/log" >&2
     return 1
 }
+
+# bench_setup: builds ours and the load client (release), and sets load (the client), bin
+# (our server, or MUPDATE_BIN: another build, e.g. an older commit's, to compare) and work (a
+# scratch directory, readable by Cyrus's user).
+bench_setup() {
+    cargo build --release -q -p mupdate -p loadtest
+    load=$PWD/target/release/mupdate-load
+    bin=${MUPDATE_BIN:-$PWD/target/release/mupdate}
+    work=$(mktemp -d)
+    chmod 755 "$work"
+}

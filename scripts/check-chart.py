@@ -23,6 +23,17 @@ CHART = pathlib.Path(__file__).resolve().parent.parent / "charts" / "mupdate"
 CRD_GROUPS = ("monitoring.coreos.com/",)
 
 
+
+def validate(label, manifests):
+    """Fails unless kubernetes-validate accepts every manifest, strictly."""
+    result = subprocess.run(
+        ["kubernetes-validate", "--strict", "--quiet", *manifests],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        fail(f"kubernetes-validate ({label}):\n{result.stdout}{result.stderr}")
+
 def fail(message):
     print(f"FAIL {message}")
     sys.exit(1)
@@ -102,26 +113,14 @@ def main():
                 manifests.append(str(path))
             if not manifests:
                 fail(f"nothing rendered ({label})")
-            result = subprocess.run(
-                ["kubernetes-validate", "--strict", "--quiet", *manifests],
-                capture_output=True,
-                text=True,
-            )
-            if result.returncode != 0:
-                fail(f"kubernetes-validate ({label}):\n{result.stdout}{result.stderr}")
+            validate(label, manifests)
             print(
                 f"ok {label}: lint clean, {len(manifests)} manifests valid, "
                 f"{custom} custom resources checked"
             )
     examples = sorted(str(p) for p in (pathlib.Path(CHART) / "examples").glob("*.yaml"))
     if examples:
-        result = subprocess.run(
-            ["kubernetes-validate", "--strict", "--quiet", *examples],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            fail(f"kubernetes-validate (examples):\n{result.stdout}{result.stderr}")
+        validate("examples", examples)
         print(f"ok examples: {len(examples)} manifests valid")
 
 

@@ -197,37 +197,37 @@ impl Cli {
     }
 }
 
+/// A closed-loop run: `count` requests over `conns` connections, on names `<prefix><n>`.
+#[derive(clap::Args)]
+struct ClosedLoop {
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    #[arg(long, default_value_t = 20_000)]
+    count: usize,
+    /// Name prefix; names are `<prefix><n>`.
+    #[arg(long)]
+    prefix: String,
+    /// Stop after this many seconds (or `count`, whichever comes first).
+    #[arg(long)]
+    seconds: Option<f64>,
+}
+
 #[derive(Subcommand)]
 enum Run {
     /// Durable writes: ACTIVATE `count` new mailboxes over `conns` connections.
     Activate {
-        #[arg(long, default_value_t = 1)]
-        conns: usize,
-        #[arg(long, default_value_t = 20_000)]
-        count: usize,
-        /// Name prefix; names are `<prefix><n>`.
-        #[arg(long)]
-        prefix: String,
+        #[command(flatten)]
+        load: ClosedLoop,
         /// First n.
         #[arg(long, default_value_t = 0)]
         start: usize,
-        /// Stop after this many seconds (or `count`, whichever comes first).
-        #[arg(long)]
-        seconds: Option<f64>,
     },
     /// FIND random existing mailboxes `<prefix><n>` with n below `existing`.
     Find {
-        #[arg(long, default_value_t = 1)]
-        conns: usize,
-        #[arg(long, default_value_t = 20_000)]
-        count: usize,
-        #[arg(long)]
-        prefix: String,
+        #[command(flatten)]
+        load: ClosedLoop,
         #[arg(long)]
         existing: usize,
-        /// Stop after this many seconds (or `count`, whichever comes first).
-        #[arg(long)]
-        seconds: Option<f64>,
     },
     /// Full UPDATE dump to a new client, until `OK "streaming starts"`.
     Dump {
@@ -530,15 +530,9 @@ fn rss_kib(pid: u32) -> Result<u64> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.run {
-        Run::Activate {
-            conns,
-            count,
-            prefix,
-            start,
-            seconds,
-        } => {
-            let (prefix, start) = (prefix.clone(), *start);
-            closed_loop(&cli, *conns, *count, *seconds, move |_, i| {
+        Run::Activate { load, start } => {
+            let (prefix, start) = (load.prefix.clone(), *start);
+            closed_loop(&cli, load.conns, load.count, load.seconds, move |_, i| {
                 let tag = format!("X{i}");
                 let request = format!(
                     "{tag} ACTIVATE \"{prefix}{:09}\" \"backend1!default\" \"owner\tlrswipkxtecda\t\"\r\n",
@@ -548,15 +542,9 @@ async fn main() -> Result<()> {
             })
             .await
         }
-        Run::Find {
-            conns,
-            count,
-            prefix,
-            existing,
-            seconds,
-        } => {
-            let (prefix, existing) = (prefix.clone(), (*existing).max(1));
-            closed_loop(&cli, *conns, *count, *seconds, move |c, i| {
+        Run::Find { load, existing } => {
+            let (prefix, existing) = (load.prefix.clone(), (*existing).max(1));
+            closed_loop(&cli, load.conns, load.count, load.seconds, move |c, i| {
                 let mut state = 42 + (c as u64) * 7919 + i as u64 * 104_729;
                 let n = next_random(&mut state) as usize % existing;
                 let tag = format!("F{i}");

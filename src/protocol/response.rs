@@ -142,41 +142,34 @@ pub fn parse_error(out: &mut Vec<u8>, tag: Option<&[u8]>, kind: ParseErrorKind) 
     }
 }
 
-fn literal(out: &mut Vec<u8>, value: &[u8]) {
-    out.push(b'{');
-    out.extend_from_slice(value.len().to_string().as_bytes());
-    out.extend_from_slice(b"+}\r\n");
-    out.extend_from_slice(value);
+/// `tag KIND {n+}\r\nfield {n+}\r\nfield...\r\n`: every field a non-synchronising literal.
+fn record(out: &mut Vec<u8>, tag: &[u8], kind: &[u8], fields: &[&[u8]]) {
+    out.extend_from_slice(tag);
+    out.push(b' ');
+    out.extend_from_slice(kind);
+    for field in fields {
+        out.push(b' ');
+        out.push(b'{');
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.extend_from_slice(b"+}\r\n");
+        out.extend_from_slice(field);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `tag MAILBOX {n+}\r\nname {n+}\r\nlocation {n+}\r\nacl\r\n`
 pub fn mailbox(out: &mut Vec<u8>, tag: &[u8], name: &[u8], location: &[u8], acl: &[u8]) {
-    out.extend_from_slice(tag);
-    out.extend_from_slice(b" MAILBOX ");
-    literal(out, name);
-    out.push(b' ');
-    literal(out, location);
-    out.push(b' ');
-    literal(out, acl);
-    out.extend_from_slice(b"\r\n");
+    record(out, tag, b"MAILBOX", &[name, location, acl]);
 }
 
 /// `tag RESERVE {n+}\r\nname {n+}\r\nlocation\r\n`
 pub fn reserve(out: &mut Vec<u8>, tag: &[u8], name: &[u8], location: &[u8]) {
-    out.extend_from_slice(tag);
-    out.extend_from_slice(b" RESERVE ");
-    literal(out, name);
-    out.push(b' ');
-    literal(out, location);
-    out.extend_from_slice(b"\r\n");
+    record(out, tag, b"RESERVE", &[name, location]);
 }
 
 /// `tag DELETE {n+}\r\nname\r\n`
 pub fn delete(out: &mut Vec<u8>, tag: &[u8], name: &[u8]) {
-    out.extend_from_slice(tag);
-    out.extend_from_slice(b" DELETE ");
-    literal(out, name);
-    out.extend_from_slice(b"\r\n");
+    record(out, tag, b"DELETE", &[name]);
 }
 
 /// The continuation a synchronising literal asks for.
