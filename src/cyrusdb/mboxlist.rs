@@ -417,14 +417,19 @@ mod tests {
             }
             .value(1)
         };
-        assert_eq!(odd(b"be1!"), b"%(T erz P \"\" S be1 M 1 A %())");
-        assert_eq!(odd(b"be3"), b"%(T erz S be3 M 1 A %())");
-        assert_eq!(odd(b""), b"%(T erz S \"\" M 1 A %())");
-        assert_eq!(odd(b"a!b!c"), b"%(T erz P b!c S a M 1 A %())");
-        assert_eq!(odd(b"x!pa%rt"), b"%(T erz P {5+}\r\npa%rt S x M 1 A %())");
+        let locations: [&'static [u8]; 6] =
+            [b"be1!", b"be3", b"", b"a!b!c", b"x!pa%rt", b"be(1)!NIL"];
+        let values = locations.map(|location| String::from_utf8(odd(location)).unwrap());
         assert_eq!(
-            odd(b"be(1)!NIL"),
-            b"%(T erz P \"NIL\" S \"be(1)\" M 1 A %())"
+            values,
+            [
+                "%(T erz P \"\" S be1 M 1 A %())",
+                "%(T erz S be3 M 1 A %())",
+                "%(T erz S \"\" M 1 A %())",
+                "%(T erz P b!c S a M 1 A %())",
+                "%(T erz P {5+}\r\npa%rt S x M 1 A %())",
+                "%(T erz P \"NIL\" S \"be(1)\" M 1 A %())",
+            ]
         );
     }
 
