@@ -146,16 +146,7 @@ async fn saslauthd_login() {
     let mut c = server.client().await;
     c.exchange(AUTH, b"A0 OK \"Authenticated\"\r\n").await;
     let mut bob = server.client().await;
-    bob.exchange(
-        format!("X1 AUTHENTICATE \"PLAIN\" \"{B64_BOB}\"\r\n").as_bytes(),
-        b"X1 NO \"undefined error!\"\r\n",
-    )
-    .await;
+    bob.login_refused("X1", B64_BOB).await;
     let mut wrong = server.client().await;
-    wrong
-        .exchange(
-            format!("X2 AUTHENTICATE \"PLAIN\" \"{B64_BAD}\"\r\n").as_bytes(),
-            b"X2 NO \"undefined error!\"\r\n",
-        )
-        .await;
+    wrong.login_refused("X2", B64_BAD).await;
 }

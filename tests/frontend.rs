@@ -11,8 +11,6 @@ use common::cyrus::{self, Cyrus, LocalMupdate, Service};
 use common::murder::*;
 use common::*;
 use mupdate::cyrusdb::twoskip::Header;
-use mupdate::mailbox::MailboxWrite;
-use mupdate::store::Mutation;
 
 /// Backends named by their address (so the frontend can reach them), pushing to `mupdate`;
 /// each may move users to the other (XFER), logging in there as an administrator.
@@ -250,11 +248,11 @@ async fn a_cyrus_frontend_routes_by_what_our_slave_writes() {
         // New ACLs on mailboxes of a server nobody asks for grow the file until it repacks.
         let grow = (0..200)
             .map(|i| {
-                Mutation::Write(MailboxWrite::Activate {
-                    name: format!("user.bulk{i}").into_bytes(),
-                    location: b"elsewhere!default".to_vec(),
-                    acl: format!("bulk{round}\tlrs\t").into_bytes(),
-                })
+                activation(
+                    format!("user.bulk{i}"),
+                    "elsewhere!default",
+                    &format!("bulk{round}\tlrs\t"),
+                )
             })
             .collect();
         master.ctx.store.apply_many(grow).await.expect("apply");

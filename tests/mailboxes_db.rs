@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mupdate::mailbox::MailboxWrite;
-use mupdate::store::Mutation;
 
 const CYR_DBTOOL: &str = "/usr/lib/cyrus/bin/cyr_dbtool";
 const MAILBOXES: usize = 100_000;
@@ -79,23 +77,15 @@ fn key(i: usize) -> Vec<u8> {
     format!("Nuser\x1fm{i:06}").into_bytes()
 }
 
-/// Records of the file, read through Cyrus's own `show` on a copy.
+/// Records of the file, read through Cyrus's own `show` on a copy that Cyrus finds consistent.
 fn cyrus_records(conf: &Path, db: &Path, scratch: &Path) -> usize {
-    let copy = scratch.join("show-copy.db");
-    std::fs::copy(db, &copy).expect("copy");
-    chown_cyrus(&copy);
-    let consistent = cyr_dbtool(conf, &copy, &[b"consistent"]);
+    let records = shown(conf, db, scratch).len();
+    let consistent = cyr_dbtool(conf, &scratch.join("show-copy.db"), &[b"consistent"]);
     assert_eq!(
         String::from_utf8_lossy(&consistent.stdout).trim(),
         "Yes, consistent"
     );
-    let shown = cyr_dbtool(conf, &copy, &[b"show"]);
-    assert!(shown.status.success());
-    shown
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count()
+    records
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,11 +210,11 @@ async fn activate_range(
         let mutations = chunk
             .iter()
             .map(|&i| {
-                Mutation::Write(MailboxWrite::Activate {
-                    name: name(i).into_bytes(),
-                    location: format!("be{}!default", i % 3).into_bytes(),
-                    acl: b"admin\tlrswipkxtecda\t".to_vec(),
-                })
+                activation(
+                    name(i),
+                    &format!("be{}!default", i % 3),
+                    "admin\tlrswipkxtecda\t",
+                )
             })
             .collect();
         master.ctx.store.apply_many(mutations).await.expect("load");
@@ -298,7 +288,7 @@ fn write_until_killed(addr: std::net::SocketAddr, round: usize) {
 
 /// `key TAB value` lines of Cyrus's `show`, as (key, value) pairs.
 fn shown(conf: &Path, db: &Path, scratch: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let copy = scratch.join("soak-copy.db");
+    let copy = scratch.join("show-copy.db");
     std::fs::copy(db, &copy).expect("copy");
     chown_cyrus(&copy);
     let shown = cyr_dbtool(conf, &copy, &[b"show"]);
@@ -341,13 +331,7 @@ async fn kill_9_during_writes_and_resyncs_leaves_a_file_cyrus_recovers() {
         )
         .expect("seed the store");
         let seed = (0..SEEDED)
-            .map(|i| {
-                Mutation::Write(MailboxWrite::Activate {
-                    name: format!("user.s{i:06}").into_bytes(),
-                    location: b"be9!default".to_vec(),
-                    acl: b"admin\tlrs\t".to_vec(),
-                })
-            })
+            .map(|i| activation(format!("user.s{i:06}"), "be9!default", "admin\tlrs\t"))
             .collect();
         store.apply_many(seed).await.expect("seed");
     }

@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mupdate::mailbox::MailboxWrite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slave_follows_master_and_resyncs_after_master_restart() {
@@ -18,10 +17,7 @@ async fn slave_follows_master_and_resyncs_after_master_restart() {
         .enumerate()
     {
         writer
-            .exchange(
-                format!("A{i} ACTIVATE \"{name}\" \"be1!default\" \"u\tlrs\t\"\r\n").as_bytes(),
-                format!("A{i} OK \"done\"\r\n").as_bytes(),
-            )
+            .done(format!("A{i} ACTIVATE \"{name}\" \"be1!default\" \"u\tlrs\t\"\r\n").as_bytes())
             .await;
     }
     writer.done(b"R1 RESERVE \"user.r\" \"be2!p\"\r\n").await;
@@ -251,12 +247,7 @@ async fn dump_restore_and_check() {
     .iter()
     .enumerate()
     {
-        writer
-            .exchange(
-                format!("W{i} {command}\r\n").as_bytes(),
-                format!("W{i} OK \"done\"\r\n").as_bytes(),
-            )
-            .await;
+        writer.done(format!("W{i} {command}\r\n").as_bytes()).await;
     }
     let dump = source_dir.path().join("list.dump");
     let out = tool(&[
@@ -620,13 +611,7 @@ async fn a_slave_killed_in_its_first_sync_starts_over_and_ends_complete() {
     for chunk in names.chunks(10_000) {
         let mutations = chunk
             .iter()
-            .map(|i| {
-                mupdate::store::Mutation::Write(MailboxWrite::Activate {
-                    name: format!("user.f{i:06}").into_bytes(),
-                    location: b"be1!p".to_vec(),
-                    acl: b"f\tlrs\t".to_vec(),
-                })
-            })
+            .map(|i| activation(format!("user.f{i:06}"), "be1!p", "f\tlrs\t"))
             .collect();
         master.ctx.store.apply_many(mutations).await.expect("load");
     }

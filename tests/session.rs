@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use mupdate::mailbox::MailboxWrite;
-use mupdate::store::Mutation;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 transcripts!("session":
@@ -206,12 +204,7 @@ async fn c112a_telemetry_goes_to_the_authorisation_identity() {
     std::fs::create_dir_all(&bob_dir).unwrap();
     std::fs::create_dir_all(&admin_dir).unwrap();
     let mut failed = server.client().await;
-    failed
-        .exchange(
-            format!("X1 AUTHENTICATE \"PLAIN\" \"{B64_BAD}\"\r\n").as_bytes(),
-            b"X1 NO \"undefined error!\"\r\n",
-        )
-        .await;
+    failed.login_refused("X1", B64_BAD).await;
     let mut c = server.client().await;
     c.exchange(
         b"A1 AUTHENTICATE \"PLAIN\" \"Ym9iAG11cGRhdGUAbXVwZGF0ZXBhc3M=\"\r\n",
@@ -230,11 +223,7 @@ async fn c112b_long_answers_are_logged_in_4096_byte_records() {
     let log_dir = server.path().join("log/mupdate");
     let mut c = server.admin().await;
     for i in 0..100 {
-        c.exchange(
-            format!("A{i} ACTIVATE \"user.long{i:03}\" \"backend1!default\" \"owner\tlrswipkxtecda\t\"\r\n").as_bytes(),
-            format!("A{i} OK \"done\"\r\n").as_bytes(),
-        )
-        .await;
+        c.done(format!("A{i} ACTIVATE \"user.long{i:03}\" \"backend1!default\" \"owner\tlrswipkxtecda\t\"\r\n").as_bytes()).await;
     }
     std::fs::create_dir_all(&log_dir).unwrap();
     let mut c = server.admin().await;
@@ -281,11 +270,11 @@ async fn shutdown_cuts_a_command_that_cannot_finish() {
     let server = TestServer::start("mupdate_write_timeout: 10m\n").await;
     let many = (0..200_000)
         .map(|i| {
-            Mutation::Write(MailboxWrite::Activate {
-                name: format!("user.a.long.mailbox.name.to.fill.buffers{i:07}").into_bytes(),
-                location: b"backend1!default".to_vec(),
-                acl: b"owner\tlrswipkxtecda\tanyone\tlrs\t".to_vec(),
-            })
+            activation(
+                format!("user.a.long.mailbox.name.to.fill.buffers{i:07}"),
+                "backend1!default",
+                "owner\tlrswipkxtecda\tanyone\tlrs\t",
+            )
         })
         .collect();
     server.ctx.store.apply_many(many).await.expect("apply");

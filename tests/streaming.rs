@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use mupdate::mailbox::MailboxWrite;
 
 transcripts!("streaming":
     c090_initial_dump_in_list_order,
@@ -33,11 +32,8 @@ async fn streaming_many_listeners_all_get_every_change() {
     }
     let mut w = server.admin().await;
     for n in 0..20 {
-        w.exchange(
-            format!("A{n} ACTIVATE \"user.n{n}\" \"be1!p\" \"\"\r\n").as_bytes(),
-            format!("A{n} OK \"done\"\r\n").as_bytes(),
-        )
-        .await;
+        w.done(format!("A{n} ACTIVATE \"user.n{n}\" \"be1!p\" \"\"\r\n").as_bytes())
+            .await;
     }
     for (i, l) in listeners.iter_mut() {
         let mut expected = Vec::new();
@@ -71,19 +67,9 @@ async fn slow_listeners_catch_up_coalesced_or_are_dropped() {
     // while another thread commits (the store commits on a blocking thread, so an await
     // here would let the sessions take the changes one by one as they are published).
     let mut burst: Vec<Mutation> = (0..20)
-        .map(|i| {
-            Mutation::Write(MailboxWrite::Activate {
-                name: format!("user.s{i:02}").into_bytes(),
-                location: b"be1!p".to_vec(),
-                acl: Vec::new(),
-            })
-        })
+        .map(|i| activation(format!("user.s{i:02}"), "be1!p", ""))
         .collect();
-    burst.push(Mutation::Write(MailboxWrite::Activate {
-        name: b"user.s00".to_vec(),
-        location: b"be2!q".to_vec(),
-        acl: b"x\tl\t".to_vec(),
-    }));
+    burst.push(activation("user.s00", "be2!q", "x\tl\t"));
     let store = server.ctx.store.clone();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()

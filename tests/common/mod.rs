@@ -221,6 +221,15 @@ impl Client {
         self.exchange(request, &expected).await;
     }
 
+    /// Sends `tag AUTHENTICATE "PLAIN" "<token>"` and asserts Cyrus's refusal.
+    pub async fn login_refused(&mut self, tag: &str, token: &str) {
+        self.exchange(
+            format!("{tag} AUTHENTICATE \"PLAIN\" \"{token}\"\r\n").as_bytes(),
+            format!("{tag} NO \"undefined error!\"\r\n").as_bytes(),
+        )
+        .await;
+    }
+
     /// Asserts the next bytes are exactly `expected`.
     pub async fn expect(&mut self, expected: &[u8]) {
         let got = self.read_exact(expected.len()).await;
@@ -268,6 +277,15 @@ impl Client {
             String::from_utf8_lossy(&got)
         );
     }
+}
+
+/// The store mutation that activates `name` at `location` with `acl`.
+pub fn activation(name: impl Into<Vec<u8>>, location: &str, acl: &str) -> mupdate::store::Mutation {
+    mupdate::store::Mutation::Write(mupdate::mailbox::MailboxWrite::Activate {
+        name: name.into(),
+        location: location.as_bytes().to_vec(),
+        acl: acl.as_bytes().to_vec(),
+    })
 }
 
 /// The expected `MAILBOX` response bytes.
