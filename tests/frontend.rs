@@ -114,13 +114,7 @@ async fn routed_through_the_frontend(
     let mut imap2 = Imap::login(be2.addr).await;
     let mut fe = Imap::login(fe_host.addr).await;
 
-    // Mailboxes on either backend are reachable through the frontend.
-    let selected = fe.ok_eventually("SELECT user.bob").await;
-    assert!(selected.contains("EXISTS"), "{selected}");
-    fe.append("user.carol", "Subject: through the murder\r\n\r\nhello")
-        .await;
-    let on_be2 = imap2.ok_with("SELECT user.carol").await;
-    assert!(on_be2.contains("* 1 EXISTS"), "APPEND not on be2: {on_be2}");
+    both_backends_reachable(&mut fe, &mut imap2).await;
 
     // CREATE then SELECT at once: the frontend kicks its local mupdate, whose answer means
     // the new mailbox is in mailboxes.db.

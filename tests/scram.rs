@@ -175,7 +175,5 @@ async fn our_slave_logs_in_to_its_master_with_scram() {
     let slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
     master.log_once_it_holds("mupdate SCRAM-SHA-256 User logged in");
     let mut reader = logged_in(slave.addr).await;
-    reader
-        .exchange(b"N1 NOOP\r\n", b"N1 OK \"Noop done\"\r\n")
-        .await;
+    reader.expect_quiet().await;
 }

@@ -159,3 +159,15 @@ pub async fn push_backend_list(backend: &Cyrus) {
         String::from_utf8_lossy(&push.stderr)
     );
 }
+
+/// Through the frontend `fe`, user.bob (on the first backend) can be selected, and an
+/// APPEND to user.carol lands on the second backend, as `be2` sees it. The frontend greets
+/// before its local slave has synchronised, so the first SELECT is retried.
+pub async fn both_backends_reachable(fe: &mut Imap, be2: &mut Imap) {
+    let selected = fe.ok_eventually("SELECT user.bob").await;
+    assert!(selected.contains("EXISTS"), "{selected}");
+    fe.append("user.carol", "Subject: through the murder\r\n\r\nhello")
+        .await;
+    let on_be2 = be2.ok_with("SELECT user.carol").await;
+    assert!(on_be2.contains("* 1 EXISTS"), "APPEND not on be2: {on_be2}");
+}
