@@ -81,10 +81,7 @@ fn environment_overrides_the_file_and_reports_its_own_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("environment variable IMAPD_FAILEDLOGINPAUSE"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "environment variable IMAPD_FAILEDLOGINPAUSE");
 }
 
 #[test]
@@ -187,15 +184,15 @@ fn config_prints_effective_options_with_origins_and_masks_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("servername: from-env\t# environment variable IMAPD_SERVERNAME"),
-        "{text}"
+    assert_contains(
+        &text,
+        "servername: from-env\t# environment variable IMAPD_SERVERNAME",
     );
     assert!(
         text.contains(&format!("admins: mupdate\t# {}:3", conf.display())),
         "{text}"
     );
-    assert!(text.contains("mupdate_password: ********"), "{text}");
+    assert_contains(&text, "mupdate_password: ********");
     assert!(!text.contains("hunter2"), "{text}");
 }
 
@@ -241,17 +238,11 @@ fn the_command_line_overrides_the_environment_which_overrides_imapd_conf() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains("maxquoted: 3000\t# command line --set maxquoted"),
-        "{text}"
-    );
-    assert!(
-        text.contains("maxword: 2000\t# environment variable IMAPD_MAXWORD"),
-        "{text}"
-    );
-    assert!(
-        text.contains("mupdate_ready_max_lag: 90\t# command line --set mupdate_ready_max_lag"),
-        "{text}"
+    assert_contains(&text, "maxquoted: 3000\t# command line --set maxquoted");
+    assert_contains(&text, "maxword: 2000\t# environment variable IMAPD_MAXWORD");
+    assert_contains(
+        &text,
+        "mupdate_ready_max_lag: 90\t# command line --set mupdate_ready_max_lag",
     );
 
     // A bad value on the command line is reported as coming from there, exit 78.
@@ -263,10 +254,7 @@ fn the_command_line_overrides_the_environment_which_overrides_imapd_conf() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("command line --set mupdate_ready_max_lag"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "command line --set mupdate_ready_max_lag");
     let out = mupdate()
         .args(["-m", "-C"])
         .arg(&conf)

@@ -61,11 +61,11 @@ async fn scenario6_mupdatetest_scripted_session() {
         .collect();
     assert!(output.status.success(), "mupdatetest failed: {stdout}");
     let expected = "S: A01 OK \"Authenticated\"\nAuthenticated.\n";
-    assert!(stdout.contains(expected), "{stdout}");
+    assert_contains(&stdout, expected);
     let answers = "T1 MAILBOX {8+}\nuser.bob {16+}\nbackend1!default {18+}\nbob\tlrswipkxtecda\t\nT1 OK \"Search completed\"\n\
                    T2 RESERVE {10+}\nuser.alice {14+}\nbackend2!part2\nT2 OK \"list complete\"\n\
                    T3 OK \"done\"\nT4 OK \"Noop done\"\nT5 OK \"bye-bye\"\n";
-    assert!(stdout.contains(answers), "{stdout}");
+    assert_contains(&stdout, answers);
     let mut check = server.admin().await;
     check
         .exchange(

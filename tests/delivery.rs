@@ -123,11 +123,11 @@ fn the_helm_chart_lints_renders_and_validates() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("ok default values"), "{stdout}");
+    assert_contains(&stdout, "ok default values");
     // The ServiceMonitor and the PrometheusRule (its rules through promtool).
-    assert!(
-        stdout.contains("ok tls-servicemonitor-3.yaml: lint clean, 6 manifests valid, 2 custom"),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        "ok tls-servicemonitor-3.yaml: lint clean, 6 manifests valid, 2 custom",
     );
 }
 

@@ -7,40 +7,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cyrus::{self, Cyrus, LocalMupdate, Service};
+use common::cyrus::{self, Cyrus, LocalMupdate};
 use common::murder::*;
 use common::*;
 use mupdate::cyrusdb::twoskip::Header;
-
-/// Backends named by their address (so the frontend can reach them), pushing to `mupdate`;
-/// each may move users to the other (XFER), logging in there as an administrator.
-async fn two_backends(mupdate: String) -> (Cyrus, Cyrus) {
-    const XFER: &str = "allowusermoves: yes\nproxy_authname: admin\nproxy_password: adminpass\n";
-    tokio::task::spawn_blocking(move || {
-        (
-            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", XFER),
-            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", XFER),
-        )
-    })
-    .await
-    .expect("start the backends")
-}
-
-async fn frontend(mupdate: String, backends: String, local: LocalMupdate) -> Cyrus {
-    tokio::task::spawn_blocking(move || {
-        Cyrus::start(
-            Service::Frontend {
-                mupdate: &mupdate,
-                backends: &backends,
-                local,
-            },
-            "fe",
-            "",
-        )
-    })
-    .await
-    .expect("start the frontend")
-}
 
 /// One mailbox as both sides list it: name, type, `server!partition`, sorted ACL pairs.
 type Row = (String, String, String, Vec<(String, String)>);
@@ -120,7 +90,7 @@ async fn routed_through_the_frontend(
     // the new mailbox is in mailboxes.db.
     fe.ok("CREATE user.bob.fromfe").await;
     let selected = fe.ok_with("SELECT user.bob.fromfe").await;
-    assert!(selected.contains("EXISTS"), "{selected}");
+    assert_contains(&selected, "EXISTS");
     let created = find_record(&mut ours, "user.bob.fromfe")
         .await
         .expect("on the master");
@@ -168,7 +138,7 @@ async fn routed_through_the_frontend(
     }
     frontend_matches_master(fe_host, &mut ours).await;
     let selected = fe.ok_with("SELECT user.carol").await;
-    assert!(selected.contains("* 1 EXISTS"), "{selected}");
+    assert_contains(&selected, "* 1 EXISTS");
     let there = imap1.ok_with("SELECT user.carol").await;
     assert!(there.contains("* 1 EXISTS"), "not moved to be1: {there}");
 
@@ -194,16 +164,6 @@ async fn routed_through_the_frontend(
         String::from_utf8_lossy(&check.stdout).trim(),
         "Yes, consistent"
     );
-}
-
-/// Creates user.bob on be1 and user.carol on be2, each administrable by `admin`.
-async fn seed(be1: &Cyrus, be2: &Cyrus) {
-    let mut imap1 = Imap::login(be1.addr).await;
-    imap1.ok("CREATE user.bob").await;
-    imap1.ok("SETACL user.bob admin lrswipkxtecda").await;
-    let mut imap2 = Imap::login(be2.addr).await;
-    imap2.ok("CREATE user.carol").await;
-    imap2.ok("SETACL user.carol admin lrswipkxtecda").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +213,7 @@ async fn a_cyrus_frontend_routes_by_what_our_slave_writes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let selected = session.ok_with("SELECT user.carol").await;
-    assert!(selected.contains("* 1 EXISTS"), "{selected}");
+    assert_contains(&selected, "* 1 EXISTS");
     session.ok("CREATE user.bob.afterrepack").await;
     session.ok_with("SELECT user.bob.afterrepack").await;
 }

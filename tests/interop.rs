@@ -395,40 +395,12 @@ async fn scenario4_a_whole_murder_around_our_master() {
     }
     let master = TestServer::start("").await;
     let mupdate = master.addr.to_string();
-    // Two backends, named by their address so that the frontend can reach them.
-    let (be1, be2) = {
-        let mupdate = mupdate.clone();
-        tokio::task::spawn_blocking(move || {
-            (
-                Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
-                Cyrus::start(Service::Backend { mupdate: &mupdate }, "", ""),
-            )
-        })
-        .await
-        .expect("start the backends")
-    };
-    let mut imap1 = Imap::login(be1.addr).await;
-    imap1.ok("CREATE user.bob").await;
-    imap1.ok("SETACL user.bob admin lrswipkxtecda").await;
+    let (be1, be2) = two_backends(mupdate.clone()).await;
+    seed(&be1, &be2).await;
     let mut imap2 = Imap::login(be2.addr).await;
-    imap2.ok("CREATE user.carol").await;
-    imap2.ok("SETACL user.carol admin lrswipkxtecda").await;
-
     // The frontend's local Cyrus slave replicates from our master; its imapd proxies.
     let backends = format!("{} {}", be1.addr, be2.addr);
-    let frontend = tokio::task::spawn_blocking(move || {
-        Cyrus::start(
-            Service::Frontend {
-                mupdate: &mupdate,
-                backends: &backends,
-                local: cyrus::LocalMupdate::Cyrus,
-            },
-            "fe",
-            "",
-        )
-    })
-    .await
-    .expect("start the frontend");
+    let frontend = frontend(mupdate, backends, cyrus::LocalMupdate::Cyrus).await;
     let mut fe = Imap::login(frontend.addr).await;
 
     both_backends_reachable(&mut fe, &mut imap2).await;
@@ -587,9 +559,9 @@ async fn scram_sha_256_between_cyrus_and_us_both_ways() {
     .await
     .expect("start our slave");
     let log = slave.stderr.lock().map(|l| l.clone()).unwrap_or_default();
-    assert!(
-        log.contains("successful mupdate connection to the master (SCRAM-SHA-256)"),
-        "{log}"
+    assert_contains(
+        &log,
+        "successful mupdate connection to the master (SCRAM-SHA-256)",
     );
 }
 

@@ -309,12 +309,9 @@ async fn dump_restore_and_check() {
     let out = check(source.addr, target.addr);
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");
-    assert!(
-        report.contains("missing on slave: user.planted"),
-        "{report}"
-    );
-    assert!(report.contains("differs: user.a"), "{report}");
-    assert!(report.contains("2 differences"), "{report}");
+    assert_contains(&report, "missing on slave: user.planted");
+    assert_contains(&report, "differs: user.a");
+    assert_contains(&report, "2 differences");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,8 +589,8 @@ async fn check_finds_a_difference_planted_in_a_slave() {
     ]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");
-    assert!(report.contains("only on slave: user.drift"), "{report}");
-    assert!(report.contains("1 differences"), "{report}");
+    assert_contains(&report, "only on slave: user.drift");
+    assert_contains(&report, "1 differences");
 }
 
 /// Before its first sync a slave serves nobody, so it commits the master's list without
@@ -636,7 +633,7 @@ async fn a_slave_killed_in_its_first_sync_starts_over_and_ends_complete() {
 
     let second = ServerProcess::start_with(&args, &env);
     let log = second.log_once_it_holds("synchronization complete");
-    assert!(log.contains("(full resync)"), "{log}");
+    assert_contains(&log, "(full resync)");
     let mut reader = logged_in(second.addr).await;
     let mut writer = master.admin().await;
     assert_eq!(list(&mut reader).await, list(&mut writer).await);

@@ -30,14 +30,8 @@ async fn master_health_and_metrics() {
     }
     assert_eq!(http_get(&http, "/nope").0, 404);
     let (_, metrics) = http_get(&http, "/metrics");
-    assert!(
-        metrics.contains("mupdate_connections_open{role=\"master\"} 0"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("process_resident_memory_bytes"),
-        "{metrics}"
-    );
+    assert_contains(&metrics, "mupdate_connections_open{role=\"master\"} 0");
+    assert_contains(&metrics, "process_resident_memory_bytes");
     drop(server);
 }
 
@@ -139,35 +133,30 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     let http = sidecar_of(&slave);
     assert_eq!(http_get(&http, "/readyz").0, 200);
     let mut client = logged_in(slave.addr).await;
-    client
-        .exchange(
-            b"F1 FIND \"nothing\"\r\n",
-            b"F1 OK \"Search completed\"\r\n",
-        )
-        .await;
+    client.finds_nothing("nothing").await;
     client
         .exchange(b"W1 DELETE \"x\"\r\n", b"W1 BAD \"read-only session\"\r\n")
         .await;
     let (_, metrics) = http_get(&http, "/metrics");
-    assert!(
-        metrics.contains("mupdate_commands_total{command=\"FIND\",result=\"ok\"} 1"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "mupdate_commands_total{command=\"FIND\",result=\"ok\"} 1",
     );
-    assert!(
-        metrics.contains("mupdate_commands_total{command=\"DELETE\",result=\"bad\"} 1"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "mupdate_commands_total{command=\"DELETE\",result=\"bad\"} 1",
     );
-    assert!(
-        metrics.contains("mupdate_commands_total{command=\"AUTHENTICATE\",result=\"ok\"} 1"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "mupdate_commands_total{command=\"AUTHENTICATE\",result=\"ok\"} 1",
     );
-    assert!(
-        metrics.contains("mupdate_replication_resyncs_total{kind=\"full\"} 1"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "mupdate_replication_resyncs_total{kind=\"full\"} 1",
     );
-    assert!(
-        metrics.contains("mupdate_command_duration_seconds_count{command=\"FIND\"} 1"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "mupdate_command_duration_seconds_count{command=\"FIND\"} 1",
     );
     // The master goes away: the slave is no longer ready, but still alive.
     let port = master.addr.port();
@@ -180,10 +169,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
     );
     assert_eq!(http_get(&http, "/livez").0, 200);
     let (_, metrics) = http_get(&http, "/metrics");
-    assert!(
-        metrics.contains("mupdate_replication_link_up 0"),
-        "{metrics}"
-    );
+    assert_contains(&metrics, "mupdate_replication_link_up 0");
     // It comes back where the slave looks for it: ready again once resynchronised.
     let master = TestServer::start_at(dir, "", port).await;
     wait_for_status(
@@ -193,10 +179,7 @@ async fn commands_are_counted_and_a_slave_is_ready_only_when_synchronised() {
         "slave not ready after its master came back",
     );
     let (_, metrics) = http_get(&http, "/metrics");
-    assert!(
-        metrics.contains("mupdate_replication_link_up 1"),
-        "{metrics}"
-    );
+    assert_contains(&metrics, "mupdate_replication_link_up 1");
     assert!(
         metrics.contains("mupdate_replication_resyncs_total{kind=\"full\"} 1")
             && metrics.contains("mupdate_replication_resyncs_total{kind=\"delta\"} 1"),

@@ -253,7 +253,7 @@ async fn a_bad_certificate_file_is_a_configuration_error() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cert.pem"), "{stderr}");
+    assert_contains(&stderr, "cert.pem");
 
     // A slave asked to use TLS with nothing to verify its master against.
     let slave_dir = tempfile::tempdir().unwrap();
@@ -266,7 +266,7 @@ async fn a_bad_certificate_file_is_a_configuration_error() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("mupdate_tls_ca_file"), "{stderr}");
+    assert_contains(&stderr, "mupdate_tls_ca_file");
 }
 
 /// Runs the Python client (Python's ssl and zlib) against `server`; with `ca`, over STARTTLS.
@@ -375,7 +375,7 @@ async fn a_slave_follows_its_master_over_starttls_and_refuses_what_it_cannot_ver
         ),
         "TLS with the master",
     );
-    assert!(line.contains("retrying"), "{line}");
+    assert_contains(&line, "retrying");
 
     // Nor one whose master does not offer STARTTLS (no silent downgrade).
     let plain_master = TestServer::start("").await;

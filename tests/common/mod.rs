@@ -221,6 +221,15 @@ impl Client {
         self.exchange(request, &expected).await;
     }
 
+    /// Sends `F1 FIND "<name>"` and asserts that no such mailbox is found.
+    pub async fn finds_nothing(&mut self, name: &str) {
+        self.exchange(
+            format!("F1 FIND \"{name}\"\r\n").as_bytes(),
+            b"F1 OK \"Search completed\"\r\n",
+        )
+        .await;
+    }
+
     /// Sends `tag AUTHENTICATE "PLAIN" "<token>"` and asserts Cyrus's refusal.
     pub async fn login_refused(&mut self, tag: &str, token: &str) {
         self.exchange(
@@ -704,6 +713,11 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].strip_prefix("\r\n").expect("chunk end");
     }
     content
+}
+
+/// Asserts that `text` (a metrics page, a log) contains `needle`, showing it when not.
+pub fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "no {needle:?} in:\n{text}");
 }
 
 /// The sidecar address a server process logged.

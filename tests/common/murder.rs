@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::cyrus::Cyrus;
+use super::cyrus::{Cyrus, LocalMupdate, Service};
 use super::{Client, Listed, parse_records};
 
 /// `id TAB rights TAB` pairs of a Cyrus ACL, sorted (mailboxes.db keeps them as a map).
@@ -170,4 +170,45 @@ pub async fn both_backends_reachable(fe: &mut Imap, be2: &mut Imap) {
         .await;
     let on_be2 = be2.ok_with("SELECT user.carol").await;
     assert!(on_be2.contains("* 1 EXISTS"), "APPEND not on be2: {on_be2}");
+}
+
+/// Backends named by their address (so the frontend can reach them), pushing to `mupdate`;
+/// each may move users to the other (XFER), logging in there as an administrator.
+pub async fn two_backends(mupdate: String) -> (Cyrus, Cyrus) {
+    const XFER: &str = "allowusermoves: yes\nproxy_authname: admin\nproxy_password: adminpass\n";
+    tokio::task::spawn_blocking(move || {
+        (
+            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", XFER),
+            Cyrus::start(Service::Backend { mupdate: &mupdate }, "", XFER),
+        )
+    })
+    .await
+    .expect("start the backends")
+}
+
+/// A Cyrus frontend of `backends`, following `mupdate` through `local`.
+pub async fn frontend(mupdate: String, backends: String, local: LocalMupdate) -> Cyrus {
+    tokio::task::spawn_blocking(move || {
+        Cyrus::start(
+            Service::Frontend {
+                mupdate: &mupdate,
+                backends: &backends,
+                local,
+            },
+            "fe",
+            "",
+        )
+    })
+    .await
+    .expect("start the frontend")
+}
+
+/// Creates user.bob on be1 and user.carol on be2, each administrable by `admin`.
+pub async fn seed(be1: &Cyrus, be2: &Cyrus) {
+    let mut imap1 = Imap::login(be1.addr).await;
+    imap1.ok("CREATE user.bob").await;
+    imap1.ok("SETACL user.bob admin lrswipkxtecda").await;
+    let mut imap2 = Imap::login(be2.addr).await;
+    imap2.ok("CREATE user.carol").await;
+    imap2.ok("SETACL user.carol admin lrswipkxtecda").await;
 }
