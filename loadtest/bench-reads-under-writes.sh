@@ -22,8 +22,8 @@ bench_setup
 ours_pid=
 writer_pid=
 cleanup() {
-    [ -n "$writer_pid" ] && kill -TERM "$writer_pid" 2>/dev/null && wait "$writer_pid" 2>/dev/null
-    [ -n "$ours_pid" ] && kill -TERM "$ours_pid" 2>/dev/null && wait "$ours_pid" 2>/dev/null
+    stop_pid "$writer_pid"
+    stop_pid "$ours_pid"
     loadtest/cyrus-master.sh stop "$work/cyrus" || true
     rm -rf "$work"
 }

@@ -25,8 +25,8 @@ work=$(mktemp -d)
 server_pid=
 sink_pid=
 cleanup() {
-    [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-    [ -n "$sink_pid" ] && kill -TERM "$sink_pid" 2>/dev/null && wait "$sink_pid" 2>/dev/null
+    stop_pid "$server_pid"
+    stop_pid "$sink_pid"
     rm -rf "$work"
 }
 trap cleanup EXIT

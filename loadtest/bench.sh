@@ -18,7 +18,7 @@ out=${1:-}
 bench_setup
 ours_pid=
 cleanup() {
-    [ -n "$ours_pid" ] && kill -TERM "$ours_pid" 2>/dev/null && wait "$ours_pid" 2>/dev/null
+    stop_pid "$ours_pid"
     loadtest/cyrus-master.sh stop "$work/cyrus" || true
     rm -rf "$work"
 }

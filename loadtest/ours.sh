@@ -53,3 +53,11 @@ bench_setup() {
     work=$(mktemp -d)
     chmod 755 "$work"
 }
+
+# stop_pid PID: stops a process this script started (TERM, then waits for it), if any;
+# never fails, so that a cleanup trap under `set -e` runs to its end.
+stop_pid() {
+    [ -n "${1:-}" ] || return 0
+    kill -TERM "$1" 2>/dev/null || return 0
+    wait "$1" 2>/dev/null || true
+}
