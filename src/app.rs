@@ -126,6 +126,14 @@ fn hash_password(user: &str, scheme: crate::auth::passwd_file::Scheme) -> i32 {
 /// The role from `-m`, or from `-a` and whether `mupdate_server` names `listening`, the
 /// address this instance accepts clients on.
 fn choose_role(cli: &Cli, settings: &Settings, listening: SocketAddr) -> Result<Role, Fatal> {
+    if settings.ha.is_some() {
+        // The election (crate::failover) is built and tested; the server does not yet
+        // change roles with it, so an HA configuration is refused rather than ignored.
+        return Err(fatal(
+            EXIT_CONFIG,
+            "mupdate_ha_etcd_endpoints: this version elects no master through etcd yet; unset the mupdate_ha_* options and choose the role with -m or -a",
+        ));
+    }
     let master = cli.master
         || (cli.autoselect
             && settings

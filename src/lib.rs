@@ -13,6 +13,7 @@
 //! - [`observability`]: logging set-up;
 //! - [`cyrus_master`]: running as a service of Cyrus master(8) (fd handoff, status pipe);
 //! - [`exit`]: exit codes and the start-up error that carries one;
+//! - [`failover`]: master election through etcd, terms and the write fence;
 //! - [`tls`]: rustls set-up for STARTTLS, server and client side;
 //! - [`tools`]: operator tools (dump, restore, check);
 //! - [`app`]: the composition root that wires them together.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod cyrus_master;
 pub mod cyrusdb;
 pub mod exit;
+pub mod failover;
 pub mod mailbox;
 pub mod observability;
 pub mod projection;

@@ -74,6 +74,24 @@ pub enum MailboxesDb {
     Off,
 }
 
+/// Master failover through etcd (`mupdate_ha_*`), on when `mupdate_ha_etcd_endpoints` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaSettings {
+    /// `mupdate_ha_etcd_endpoints`: etcd's client endpoints (`host:port` or URLs)
+    pub etcd_endpoints: Vec<String>,
+    /// `mupdate_ha_cluster` (default `mupdate`): this cluster's keys are under
+    /// `/mupdate/<cluster>/`
+    pub cluster: String,
+    /// `mupdate_ha_advertise`: the `host:port` other instances and clients reach this one at
+    pub advertise: String,
+    /// `mupdate_ha_lease_ttl` (default 10 s): how long a master that stops renewing its
+    /// lease stays master; a failover takes about this long
+    pub lease_ttl: Duration,
+    /// `mupdate_sync_replicas` (default 1): followers that must hold a write durably before
+    /// the master acknowledges it
+    pub sync_replicas: usize,
+}
+
 /// Every setting the server reads, typed.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -191,6 +209,8 @@ pub struct Settings {
     pub default_domain: Option<String>,
     /// `deletedprefix` (default `DELETED`)
     pub deleted_prefix: String,
+    /// Master failover, if configured.
+    pub ha: Option<HaSettings>,
 }
 
 /// `--set key=value` options from the command line, the last and strongest layer.
@@ -419,6 +439,57 @@ impl Options<'_> {
     }
 }
 
+/// `mupdate_ha_*`: none without etcd endpoints; with them, where this instance is reached
+/// must be said too.
+fn ha_settings(o: &Options<'_>) -> Result<Option<HaSettings>, ConfigError> {
+    let Some(endpoints) = o.get("mupdate_ha_etcd_endpoints").map(parse_list) else {
+        return Ok(None);
+    };
+    let value_error = |key: &str, message: String| ConfigError::Value {
+        origin: o.origin(key),
+        key: key.into(),
+        message,
+    };
+    if endpoints.is_empty() {
+        return Err(value_error(
+            "mupdate_ha_etcd_endpoints",
+            "names no endpoint".into(),
+        ));
+    }
+    let advertise = o.string("mupdate_ha_advertise").ok_or_else(|| {
+        ConfigError::Missing("mupdate_ha_advertise (needed with mupdate_ha_etcd_endpoints)".into())
+    })?;
+    if !advertise.contains(':') {
+        return Err(value_error(
+            "mupdate_ha_advertise",
+            format!("{advertise:?} is not host:port"),
+        ));
+    }
+    let cluster = o
+        .string("mupdate_ha_cluster")
+        .unwrap_or_else(|| "mupdate".into());
+    if cluster.is_empty() || cluster.contains('/') {
+        return Err(value_error(
+            "mupdate_ha_cluster",
+            format!("{cluster:?} is not a name without '/'"),
+        ));
+    }
+    Ok(Some(HaSettings {
+        etcd_endpoints: endpoints,
+        cluster,
+        advertise,
+        // etcd counts a lease in whole seconds (as these durations are); below 2, a renewal
+        // every third of it would leave no time to spare.
+        lease_ttl: o.typed("mupdate_ha_lease_ttl", Duration::from_secs(10), |v| {
+            match parse_duration(v, 's')? {
+                ttl if ttl >= Duration::from_secs(2) => Ok(ttl),
+                _ => Err(format!("{v:?} is less than 2 seconds")),
+            }
+        })?,
+        sync_replicas: o.typed("mupdate_sync_replicas", 1, parse_count)?,
+    }))
+}
+
 /// A `tls_*` file option: unset, or `disabled` (Cyrus's word for off), is none.
 fn tls_path(value: Option<&str>) -> Option<PathBuf> {
     value
@@ -492,7 +563,9 @@ impl Settings {
             (MailboxesDb::On, Some(error)) => return Err(error),
             (_, unsupported) => unsupported.map(|error| error.to_string()),
         };
+        let ha = ha_settings(o)?;
         Ok(Settings {
+            ha,
             mailboxes_db,
             mboxlist_db_unsupported,
             mboxlist_db_path: o
@@ -684,6 +757,50 @@ mod tests {
             Ok(Some(Path::new("/tmp/x/mailboxes.db")))
         );
         assert_eq!(s.deleted_prefix, "DELETED");
+    }
+
+    #[test]
+    fn failover_is_off_without_etcd_and_needs_an_advertised_address_with_it() {
+        let base = "configdirectory: /tmp/x\n";
+        assert_eq!(load_text(base).unwrap().ha, None);
+        let on = format!(
+            "{base}mupdate_ha_etcd_endpoints: 10.0.0.9:2379, 10.0.0.10:2379\nmupdate_ha_advertise: mupdate-0.mupdate:3905\n"
+        );
+        assert_eq!(
+            load_text(&on).unwrap().ha,
+            Some(HaSettings {
+                etcd_endpoints: vec!["10.0.0.9:2379".into(), "10.0.0.10:2379".into()],
+                cluster: "mupdate".into(),
+                advertise: "mupdate-0.mupdate:3905".into(),
+                lease_ttl: Duration::from_secs(10),
+                sync_replicas: 1,
+            })
+        );
+        let tuned = format!(
+            "{on}mupdate_ha_cluster: murder1\nmupdate_ha_lease_ttl: 3\nmupdate_sync_replicas: 0\n"
+        );
+        let ha = load_text(&tuned).unwrap().ha.unwrap();
+        assert_eq!(
+            (ha.cluster.as_str(), ha.lease_ttl, ha.sync_replicas),
+            ("murder1", Duration::from_secs(3), 0)
+        );
+        let missing = load_text(&format!("{base}mupdate_ha_etcd_endpoints: e:2379\n"));
+        assert!(
+            missing
+                .unwrap_err()
+                .to_string()
+                .contains("mupdate_ha_advertise"),
+            "the missing option is named"
+        );
+        for (bad, key) in [
+            ("mupdate_ha_lease_ttl: 1\n", "mupdate_ha_lease_ttl"),
+            ("mupdate_ha_lease_ttl: 2500ms\n", "mupdate_ha_lease_ttl"),
+            ("mupdate_ha_cluster: a/b\n", "mupdate_ha_cluster"),
+            ("mupdate_sync_replicas: -1\n", "mupdate_sync_replicas"),
+        ] {
+            let error = load_text(&format!("{on}{bad}")).unwrap_err().to_string();
+            assert!(error.contains(key), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cyrus;
+pub mod etcd;
 pub mod murder;
 pub mod transcript;
 

@@ -1,0 +1,164 @@
+//! Issue 16: the election through a real etcd. One of several instances is master, the
+//! others follow it; a master that resigns is succeeded at once; a master cut off from etcd
+//! closes its write fence before any successor can open one.
+#![cfg(feature = "ha")]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::etcd::{Etcd, Severable};
+use mupdate::config::HaSettings;
+use mupdate::failover::etcd::Elector;
+use mupdate::failover::{Fence, HaRole};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn settings(endpoint: &str, advertise: &str) -> HaSettings {
+    HaSettings {
+        etcd_endpoints: vec![endpoint.to_owned()],
+        cluster: "test".into(),
+        advertise: advertise.into(),
+        lease_ttl: TTL,
+        sync_replicas: 1,
+    }
+}
+
+/// An elector running until its token is cancelled.
+struct Instance {
+    role: watch::Receiver<HaRole>,
+    fence: Fence,
+    stop: CancellationToken,
+}
+
+async fn instance(endpoint: &str, advertise: &str) -> Instance {
+    let elector = Elector::connect(&settings(endpoint, advertise))
+        .await
+        .expect("connect to etcd");
+    let stop = CancellationToken::new();
+    let instance = Instance {
+        role: elector.role(),
+        fence: elector.fence(),
+        stop: stop.clone(),
+    };
+    tokio::spawn(elector.run(stop));
+    instance
+}
+
+/// Waits (20 s at most) until `instance`'s role satisfies `wanted`.
+async fn role_becomes(instance: &mut Instance, wanted: impl Fn(&HaRole) -> bool) -> HaRole {
+    let last = instance.role.clone();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(20),
+        instance.role.wait_for(|r| wanted(r)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("role stayed {:?}", *last.borrow()));
+    seen.expect("the elector is running").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_master_the_others_follow_and_a_resignation_hands_over_at_once() {
+    let Some(etcd) = Etcd::start() else { return };
+    let mut first = instance(&etcd.endpoint, "10.0.0.1:3905").await;
+    let led = role_becomes(&mut first, |r| matches!(r, HaRole::Leader { .. })).await;
+    assert_eq!(led, HaRole::Leader { term: 1 });
+    assert!(first.fence.is_open(), "a master's fence is open");
+    let mut second = instance(&etcd.endpoint, "10.0.0.2:3905").await;
+    let mut third = instance(&etcd.endpoint, "10.0.0.3:3905").await;
+    for follower in [&mut second, &mut third] {
+        let followed = role_becomes(follower, |r| matches!(r, HaRole::Follower { .. })).await;
+        assert_eq!(
+            followed,
+            HaRole::Follower {
+                term: 1,
+                leader: "10.0.0.1:3905".into()
+            }
+        );
+        assert!(!follower.fence.is_open(), "a follower's fence is closed");
+    }
+
+    // The master resigns (its lease revoked): a successor well within one lease.
+    let resigned = Instant::now();
+    first.stop.cancel();
+    let successor = tokio::select! {
+        role = role_becomes(&mut second, |r| matches!(r, HaRole::Leader { .. })) => role,
+        role = role_becomes(&mut third, |r| matches!(r, HaRole::Leader { .. })) => role,
+    };
+    assert_eq!(successor, HaRole::Leader { term: 2 });
+    assert!(
+        resigned.elapsed() < TTL,
+        "took {:?} after a resignation",
+        resigned.elapsed()
+    );
+    assert!(!first.fence.is_open());
+    // The other one follows the successor.
+    for other in [&mut second, &mut third] {
+        let role = role_becomes(other, |r| r.term() == 2).await;
+        assert!(
+            matches!(&role, HaRole::Leader { term: 2 })
+                || matches!(&role, HaRole::Follower { term: 2, .. }),
+            "{role:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_cut_off_from_etcd_closes_its_fence_before_a_successor_opens_one() {
+    let Some(etcd) = Etcd::start() else { return };
+    let path = Severable::to(&etcd.endpoint).await;
+    let mut cut_off = instance(&path.addr.to_string(), "10.0.0.1:3905").await;
+    role_becomes(&mut cut_off, |r| matches!(r, HaRole::Leader { term: 1 })).await;
+    let mut other = instance(&etcd.endpoint, "10.0.0.2:3905").await;
+    role_becomes(&mut other, |r| {
+        matches!(r, HaRole::Follower { term: 1, .. })
+    })
+    .await;
+
+    // Both fences are watched every millisecond from here on: never open together.
+    let overlap = Arc::new(AtomicBool::new(false));
+    let watching = CancellationToken::new();
+    let watcher = {
+        let (a, b) = (cut_off.fence.clone(), other.fence.clone());
+        let (overlap, watching) = (overlap.clone(), watching.clone());
+        tokio::spawn(async move {
+            while !watching.is_cancelled() {
+                if a.is_open() && b.is_open() {
+                    overlap.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let severed = Instant::now();
+    path.sever();
+    role_becomes(&mut other, |r| matches!(r, HaRole::Leader { term: 2 })).await;
+    let took = severed.elapsed();
+    assert!(other.fence.is_open());
+    assert!(!cut_off.fence.is_open(), "the old master's fence is closed");
+    assert!(
+        took < TTL * 3,
+        "a successor {took:?} after the master was cut off"
+    );
+    watching.cancel();
+    watcher.await.expect("the watcher");
+    assert!(
+        !overlap.load(Ordering::Relaxed),
+        "both fences were open at once"
+    );
+
+    // Healed, the old master follows its successor.
+    path.heal();
+    let rejoined = role_becomes(&mut cut_off, |r| matches!(r, HaRole::Follower { .. })).await;
+    assert_eq!(
+        rejoined,
+        HaRole::Follower {
+            term: 2,
+            leader: "10.0.0.2:3905".into()
+        }
+    );
+}
