@@ -148,28 +148,18 @@ mod tests {
             parse_leader_value(value.as_bytes()),
             Some((7, "10.0.0.3:3905".to_owned()))
         );
-        for garbage in [
-            &b""[..],
-            b"7",
-            b"x 10.0.0.3:3905",
-            b"7 ",
-            b"7 a b",
-            b"\xff 1",
-        ] {
-            assert_eq!(parse_leader_value(garbage), None, "{garbage:?}");
-        }
+        let garbage: [&[u8]; 6] = [b"", b"7", b"x 1.2.3.4:1", b"7 ", b"7 a b", b"\xff 1"];
+        assert_eq!(
+            garbage.map(parse_leader_value),
+            [None, None, None, None, None, None]
+        );
     }
 
     #[test]
     fn the_margin_is_a_tenth_of_the_lease_or_a_quarter_second() {
-        assert_eq!(
-            fence_margin(Duration::from_secs(10)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            fence_margin(Duration::from_secs(2)),
-            Duration::from_millis(250)
-        );
+        let leases = [10, 2].map(Duration::from_secs);
+        let margins = [Duration::from_secs(1), Duration::from_millis(250)];
+        assert_eq!(leases.map(fence_margin), margins);
     }
 
     #[test]
