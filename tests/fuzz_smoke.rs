@@ -8,13 +8,14 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "parse_command",
     "imapd_conf",
     "sasl",
     "twoskip",
     "parse_reply",
     "inflate",
+    "leader_value",
 ];
 
 fn cargo_fuzz_available() -> bool {
