@@ -496,6 +496,43 @@ async fn after_a_sigkilled_master_comes_back_the_slave_resumes_by_delta() {
     );
 }
 
+/// Issue 16's groundwork: when a replica of a master (B) takes its place, another replica of
+/// that master (C) resumes from B by delta, B translating C's position in the master's
+/// history into its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_resumes_by_delta_from_another_replica_of_its_master() {
+    let master = TestServer::start("").await;
+    let mut writer = master.admin().await;
+    for n in 0..5 {
+        writer
+            .done(format!("A{n} ACTIVATE \"user.u{n}\" \"be1!p\" \"\"\r\n").as_bytes())
+            .await;
+    }
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = ServerProcess::start(&follow_config(b_dir.path(), master.addr), &[], &[]);
+    let c_dir = tempfile::tempdir().unwrap();
+    let c_conf = follow_config(c_dir.path(), master.addr);
+    let c = ServerProcess::start(&c_conf, &[], &[]);
+    writer
+        .done(b"A5 ACTIVATE \"user.u5\" \"be2!p\" \"\"\r\n")
+        .await;
+    for replica in [&b, &c] {
+        let mut reader = logged_in(replica.addr).await;
+        converge(&mut reader, &mut writer).await;
+    }
+    drop(c);
+
+    // C now follows B, from where it was in the master's history.
+    let c = ServerProcess::start(&follow_config(c_dir.path(), b.addr), &[], &[]);
+    let log = c.log_once_it_holds("mailbox list synchronization complete");
+    assert_contains(&log, "(delta resync)");
+    assert!(!log.contains("(full resync)"), "{log}");
+    // And it goes on following: a change on the master reaches C through B.
+    writer.done(b"X1 DELETE \"user.u0\"\r\n").await;
+    let mut reader = logged_in(c.addr).await;
+    converge(&mut reader, &mut writer).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_one_process_a_slave_on_port_0_follows_its_master() {
     let master = TestServer::start("").await;

@@ -23,6 +23,11 @@ pub use record::{MailboxRecord, MailboxState, normalize_acl, server_of};
 const MAILBOXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mailboxes");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// A replica's checkpoints in its masters' histories, (upstream epoch, upstream seq), each
+/// with the local seq its store was at once that checkpoint was applied: what lets a replica
+/// of the same master resume from this one by delta when this one takes the master's place.
+const UPSTREAM_POSITIONS: TableDefinition<(u64, u64), u64> =
+    TableDefinition::new("upstream_positions");
 const META_EPOCH: &str = "epoch";
 const META_SCHEMA: &str = "schema_version";
 const META_UPSTREAM_EPOCH: &str = "upstream_epoch";
@@ -654,6 +659,8 @@ fn initialise(db: &Database) -> Result<(u64, u64), StoreError> {
     let txn = db.begin_write().map_err(StoreError::from_redb)?;
     let (last_seq, epoch) = {
         txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
+        txn.open_table(UPSTREAM_POSITIONS)
+            .map_err(StoreError::from_redb)?;
         let last_seq = last_logged_seq(&txn.open_table(CHANGES).map_err(StoreError::from_redb)?)?;
         let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
         let read = |meta: &redb::Table<&str, u64>, key| -> Result<Option<u64>, StoreError> {
@@ -806,6 +813,37 @@ impl Snapshot {
             }
             _ => None,
         })
+    }
+
+    /// Where a replica that had applied `seq` of the history `epoch` stands in this store's
+    /// own history: the local seq of this store's newest checkpoint in that history at or
+    /// before `seq` (replaying this store's changes from there, each a whole record, brings
+    /// that replica to this store's state), or `None` when this store never followed that
+    /// history that far.
+    pub fn local_position(&self, epoch: u64, seq: u64) -> Result<Option<u64>, StoreError> {
+        let positions = self
+            .txn
+            .open_table(UPSTREAM_POSITIONS)
+            .map_err(StoreError::from_redb)?;
+        let newest = positions
+            .range((epoch, 0)..=(epoch, u64::MAX))
+            .map_err(StoreError::from_redb)?
+            .next_back()
+            .transpose()
+            .map_err(StoreError::from_redb)?;
+        // A replica that holds more of that history than this one does has changes this
+        // one never saw: only a full list brings it back in step.
+        match newest {
+            Some((newest, _)) if newest.value().1 >= seq => {}
+            _ => return Ok(None),
+        }
+        let at_or_before = positions
+            .range((epoch, 0)..=(epoch, seq))
+            .map_err(StoreError::from_redb)?
+            .next_back()
+            .transpose()
+            .map_err(StoreError::from_redb)?;
+        Ok(at_or_before.map(|(_, local)| local.value()))
     }
 
     /// The changes after `seq` up to this snapshot, in order, if the change log still

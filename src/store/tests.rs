@@ -6,14 +6,30 @@ use super::*;
 use crate::mailbox::MailboxWrite;
 
 fn open(dir: &tempfile::TempDir, policy: ConflictPolicy) -> Store {
-    Store::open(
-        &dir.path().join("mailboxes.redb"),
+    open_with(
+        dir,
         StoreOptions {
             policy,
             ..StoreOptions::default()
         },
     )
-    .expect("open store")
+}
+
+fn open_with(dir: &tempfile::TempDir, options: StoreOptions) -> Store {
+    Store::open(&dir.path().join("mailboxes.redb"), options).expect("open store")
+}
+
+/// Applies an activation of `name` as a replica does, checkpointed at `seq` of `epoch`.
+async fn replicate(store: &Store, name: &str, epoch: u64, seq: u64) {
+    let checkpoint = Checkpoint { epoch, seq };
+    store
+        .apply_replicated(
+            vec![activate(name, "be1!p", "")],
+            Some(checkpoint),
+            Keeping::DURABLE,
+        )
+        .await
+        .unwrap();
 }
 
 fn activate(name: &str, location: &str, acl: &str) -> Mutation {
@@ -248,4 +264,44 @@ async fn change_log_forgets_changes_older_than_its_age_bound() {
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     store.apply(activate("new", "h!p", "")).await.unwrap();
     assert_eq!(store.changelog_range().unwrap(), Some((6, 6)));
+}
+
+#[tokio::test]
+async fn a_replica_of_the_same_master_finds_where_to_resume_in_this_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, ConflictPolicy::Replicated);
+    // Three batches of a master whose epoch is 7, checkpointed at its seqs 10, 20 and 30.
+    for (n, upstream) in [(1, 10), (2, 20), (3, 30)] {
+        replicate(&store, &format!("m{n}"), 7, upstream).await;
+    }
+    let snapshot = store.snapshot().unwrap();
+    let asked = [(7, 20), (7, 25), (7, 30), (7, 31), (7, 5), (8, 20)];
+    let found = asked.map(|(epoch, seq)| snapshot.local_position(epoch, seq).unwrap());
+    // Between checkpoints, the earlier one; ahead of this store, before its first
+    // checkpoint, or in another history: nowhere.
+    assert_eq!(found, [Some(2), Some(2), Some(3), None, None, None]);
+    let replayed = snapshot.changes_after(2).unwrap().unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].name, b"m3");
+}
+
+#[tokio::test]
+async fn checkpoints_older_than_the_change_log_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        policy: ConflictPolicy::Replicated,
+        changelog_max: 4,
+        ..StoreOptions::default()
+    };
+    let store = open_with(&dir, options);
+    let batches = 4 + 1024 + 2;
+    for n in 1..=batches {
+        replicate(&store, &format!("m{n}"), 7, n).await;
+    }
+    let snapshot = store.snapshot().unwrap();
+    // The first checkpoints' deltas are gone from the log, and so are they.
+    assert_eq!(snapshot.local_position(7, 1).unwrap(), None);
+    let newest = snapshot.local_position(7, batches).unwrap();
+    assert_eq!(newest, Some(batches));
+    assert!(snapshot.changes_after(batches - 1).unwrap().is_some());
 }

@@ -15,7 +15,7 @@ use super::key::row_key;
 use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
 use super::{
     CHANGES, Change, Checkpoint, ConflictPolicy, Keeping, MAILBOXES, META, META_UPSTREAM_EPOCH,
-    META_UPSTREAM_SEQ, Mutation, Outcome, StoreError,
+    META_UPSTREAM_SEQ, Mutation, Outcome, StoreError, UPSTREAM_POSITIONS,
 };
 use crate::mailbox::MailboxWrite;
 
@@ -126,6 +126,9 @@ impl Committer {
         {
             let mut mailboxes = txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
             let mut log = txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
+            let mut positions = txn
+                .open_table(UPSTREAM_POSITIONS)
+                .map_err(StoreError::from_redb)?;
             for request in batch {
                 let mut answers = Vec::with_capacity(request.mutations.len());
                 for mutation in &request.mutations {
@@ -146,11 +149,18 @@ impl Committer {
                     }
                     changes.push(change);
                 }
-                if let Some(Checkpoint { epoch, seq }) = request.checkpoint {
+                if let Some(Checkpoint {
+                    epoch,
+                    seq: upstream_seq,
+                }) = request.checkpoint
+                {
                     let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
                     meta.insert(META_UPSTREAM_EPOCH, epoch)
                         .map_err(StoreError::from_redb)?;
-                    meta.insert(META_UPSTREAM_SEQ, seq)
+                    meta.insert(META_UPSTREAM_SEQ, upstream_seq)
+                        .map_err(StoreError::from_redb)?;
+                    positions
+                        .insert((epoch, upstream_seq), seq)
                         .map_err(StoreError::from_redb)?;
                 }
                 outcomes.push(answers);
@@ -164,8 +174,9 @@ impl Committer {
                 }
                 log.retain_in(..seq, |_, _| false)
                     .map_err(StoreError::from_redb)?;
-            } else {
-                self.trim(&mut log, seq)?;
+                forget_positions_before(&mut positions, seq)?;
+            } else if let Some(kept_from) = self.trim(&mut log, seq)? {
+                forget_positions_before(&mut positions, kept_from)?;
             }
         }
         // A batch is synced to disk unless none of its requests asked for that.
@@ -181,18 +192,19 @@ impl Committer {
 
 impl Committer {
     /// Bounds the change log by count (trimming in steps of [`TRIM_STEP`], so that most
-    /// commits touch no old pages) and by age; the newest entry always stays.
+    /// commits touch no old pages) and by age; the newest entry always stays. Returns the
+    /// oldest seq kept when it dropped any.
     fn trim(
         &self,
         log: &mut redb::Table<'_, u64, &'static [u8]>,
         seq: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let Some(first) = log
             .first()
             .map_err(StoreError::from_redb)?
             .map(|(k, _)| k.value())
         else {
-            return Ok(());
+            return Ok(None);
         };
         let mut keep_from = first;
         if seq + 1 - first > self.changelog_max + TRIM_STEP {
@@ -212,9 +224,21 @@ impl Committer {
         if keep_from > first {
             log.retain_in(..keep_from, |_, _| false)
                 .map_err(StoreError::from_redb)?;
+            return Ok(Some(keep_from));
         }
-        Ok(())
+        Ok(None)
     }
+}
+
+/// Drops the checkpoints from which no delta can be sent any more: those before the change
+/// log's oldest entry `kept_from` (a delta from local seq `s` needs `s + 1` on).
+fn forget_positions_before(
+    positions: &mut redb::Table<'_, (u64, u64), u64>,
+    kept_from: u64,
+) -> Result<(), StoreError> {
+    positions
+        .retain(|_, local| local + 1 >= kept_from)
+        .map_err(StoreError::from_redb)
 }
 
 fn commit(mut txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
