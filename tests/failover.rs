@@ -24,7 +24,6 @@ fn settings(endpoint: &str, advertise: &str) -> HaSettings {
         cluster: "test".into(),
         advertise: advertise.into(),
         lease_ttl: TTL,
-        sync_replicas: 1,
     }
 }
 

@@ -533,6 +533,51 @@ async fn a_replica_resumes_by_delta_from_another_replica_of_its_master() {
     converge(&mut reader, &mut writer).await;
 }
 
+/// Issue 16's groundwork, `mupdate_sync_replicas`: a master answers a write OK only once a
+/// replica holds it durably, and refuses writes (writing nothing) while no replica is there
+/// to hold them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_answers_a_write_once_its_synchronous_replica_holds_it() {
+    let master = TestServer::start("mupdate_sync_replicas: 1\nmupdate_sync_timeout: 5\n").await;
+    let mut writer = master.admin().await;
+    let refused = b"A0 NO \"not enough synchronous replicas connected\"\r\n";
+    writer
+        .exchange(b"A0 ACTIVATE \"user.early\" \"be1!p\" \"\"\r\n", refused)
+        .await;
+    writer.finds_nothing("user.early").await;
+
+    let slave_dir = tempfile::tempdir().unwrap();
+    let mut slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
+    let mut reader = logged_in(slave.addr).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while master.ctx.sync_replicas.connected() == 0 {
+        assert!(Instant::now() < deadline, "the replica never acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 1..=20 {
+        writer
+            .done(format!("A{n} ACTIVATE \"user.s{n}\" \"be1!p\" \"\"\r\n").as_bytes())
+            .await;
+        // Answered OK: the replica has it already, with no barrier asked for.
+        let mut found = mailbox("F1", &format!("user.s{n}"), "be1!p", "");
+        found.extend_from_slice(b"F1 OK \"Search completed\"\r\n");
+        reader
+            .exchange(format!("F1 FIND \"user.s{n}\"\r\n").as_bytes(), &found)
+            .await;
+    }
+
+    // The replica gone, writes are refused again.
+    slave.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while master.ctx.sync_replicas.connected() > 0 {
+        assert!(Instant::now() < deadline, "the replica is still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer
+        .exchange(b"A0 ACTIVATE \"user.late\" \"be1!p\" \"\"\r\n", refused)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_one_process_a_slave_on_port_0_follows_its_master() {
     let master = TestServer::start("").await;

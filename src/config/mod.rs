@@ -87,9 +87,6 @@ pub struct HaSettings {
     /// `mupdate_ha_lease_ttl` (default 10 s): how long a master that stops renewing its
     /// lease stays master; a failover takes about this long
     pub lease_ttl: Duration,
-    /// `mupdate_sync_replicas` (default 1): followers that must hold a write durably before
-    /// the master acknowledges it
-    pub sync_replicas: usize,
 }
 
 /// Every setting the server reads, typed.
@@ -211,6 +208,11 @@ pub struct Settings {
     pub deleted_prefix: String,
     /// Master failover, if configured.
     pub ha: Option<HaSettings>,
+    /// `mupdate_sync_replicas` (new; default 0, or 1 with failover): replicas that must
+    /// say (XACK) they hold a write durably before a master answers it OK
+    pub sync_replicas: usize,
+    /// `mupdate_sync_timeout` (new; default 10 s): how long a write waits for them
+    pub sync_timeout: Duration,
 }
 
 /// `--set key=value` options from the command line, the last and strongest layer.
@@ -486,7 +488,6 @@ fn ha_settings(o: &Options<'_>) -> Result<Option<HaSettings>, ConfigError> {
                 _ => Err(format!("{v:?} is less than 2 seconds")),
             }
         })?,
-        sync_replicas: o.typed("mupdate_sync_replicas", 1, parse_count)?,
     }))
 }
 
@@ -564,7 +565,14 @@ impl Settings {
             (_, unsupported) => unsupported.map(|error| error.to_string()),
         };
         let ha = ha_settings(o)?;
+        let sync_default = if ha.is_some() { 1 } else { 0 };
         Ok(Settings {
+            sync_replicas: o.typed("mupdate_sync_replicas", sync_default, parse_count)?,
+            sync_timeout: o.typed(
+                "mupdate_sync_timeout",
+                Duration::from_secs(10),
+                at_least_one(|v| parse_duration(v, 's')),
+            )?,
             ha,
             mailboxes_db,
             mboxlist_db_unsupported,
@@ -773,15 +781,17 @@ mod tests {
                 cluster: "mupdate".into(),
                 advertise: "mupdate-0.mupdate:3905".into(),
                 lease_ttl: Duration::from_secs(10),
-                sync_replicas: 1,
             })
         );
+        assert_eq!(load_text(&on).unwrap().sync_replicas, 1, "with failover");
+        assert_eq!(load_text(base).unwrap().sync_replicas, 0, "without");
         let tuned = format!(
             "{on}mupdate_ha_cluster: murder1\nmupdate_ha_lease_ttl: 3\nmupdate_sync_replicas: 0\n"
         );
-        let ha = load_text(&tuned).unwrap().ha.unwrap();
+        let tuned = load_text(&tuned).unwrap();
+        let ha = tuned.ha.unwrap();
         assert_eq!(
-            (ha.cluster.as_str(), ha.lease_ttl, ha.sync_replicas),
+            (ha.cluster.as_str(), ha.lease_ttl, tuned.sync_replicas),
             ("murder1", Duration::from_secs(3), 0)
         );
         let missing = load_text(&format!("{base}mupdate_ha_etcd_endpoints: e:2379\n"));

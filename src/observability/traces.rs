@@ -406,6 +406,7 @@ fn span_name(method: &'static str) -> &'static str {
         "LIST" => "mupdate/LIST",
         "UPDATE" => "mupdate/UPDATE",
         "XUPDATE" => "mupdate/XUPDATE",
+        "XACK" => "mupdate/XACK",
         "NOOP" => "mupdate/NOOP",
         "LOGOUT" => "mupdate/LOGOUT",
         "STARTTLS" => "mupdate/STARTTLS",

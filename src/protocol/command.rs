@@ -46,6 +46,13 @@ pub enum CommandKind {
         /// The last sequence number the client applied.
         seq: Option<Vec<u8>>,
     },
+    /// `XACK "seq"` (extension): a replica streaming by XUPDATE says it holds every change
+    /// through `seq` durably. Not answered; a master with synchronous replicas acknowledges
+    /// a write only once enough replicas have said so.
+    Xack {
+        /// The last sequence number the replica applied, as sent.
+        seq: Vec<u8>,
+    },
     /// `NOOP`
     Noop,
     /// `LOGOUT`
@@ -60,7 +67,7 @@ pub enum CommandKind {
 }
 
 /// Every command's name, as [`CommandKind::name`] gives it.
-pub const COMMAND_NAMES: [&str; 13] = [
+pub const COMMAND_NAMES: [&str; 14] = [
     "AUTHENTICATE",
     "ACTIVATE",
     "RESERVE",
@@ -70,6 +77,7 @@ pub const COMMAND_NAMES: [&str; 13] = [
     "LIST",
     "UPDATE",
     "XUPDATE",
+    "XACK",
     "NOOP",
     "LOGOUT",
     "STARTTLS",
@@ -86,6 +94,7 @@ impl CommandKind {
             CommandKind::List { .. } => "LIST",
             CommandKind::Update { .. } => "UPDATE",
             CommandKind::Xupdate { .. } => "XUPDATE",
+            CommandKind::Xack { .. } => "XACK",
             CommandKind::Noop => "NOOP",
             CommandKind::Logout => "LOGOUT",
             CommandKind::Starttls => "STARTTLS",
@@ -127,6 +136,7 @@ impl CommandKind {
                 epoch.iter().chain(seq.iter()).map(Vec::as_slice).collect()
             }
             CommandKind::Compress { algorithm } => vec![algorithm],
+            CommandKind::Xack { seq } => vec![seq],
             CommandKind::Noop | CommandKind::Logout | CommandKind::Starttls => Vec::new(),
         }
     }

@@ -106,6 +106,7 @@ enum Name {
     List,
     Update,
     Xupdate,
+    Xack,
     Noop,
     Logout,
     Starttls,
@@ -119,7 +120,7 @@ impl Name {
             Name::Authenticate => (1, 1),
             Name::Activate => (3, 0),
             Name::Reserve | Name::Deactivate => (2, 0),
-            Name::Delete | Name::Find | Name::Compress => (1, 0),
+            Name::Delete | Name::Find | Name::Compress | Name::Xack => (1, 0),
             Name::List => (0, 1),
             Name::Update => (0, MAX_UPDATE_HOSTS),
             Name::Xupdate => (0, 2),
@@ -234,6 +235,7 @@ fn lookup(normalised: &[u8]) -> Option<Name> {
         b"Reserve" => Name::Reserve,
         b"Starttls" => Name::Starttls,
         b"Update" => Name::Update,
+        b"Xack" => Name::Xack,
         b"Xupdate" => Name::Xupdate,
         _ => return None,
     })
@@ -749,6 +751,9 @@ impl Parser {
             Some(Name::Xupdate) => CommandKind::Xupdate {
                 epoch: args.pop_front(),
                 seq: args.pop_front(),
+            },
+            Some(Name::Xack) => CommandKind::Xack {
+                seq: take(&mut args),
             },
             Some(Name::Noop) | None => CommandKind::Noop,
             Some(Name::Logout) => CommandKind::Logout,

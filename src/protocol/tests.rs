@@ -304,6 +304,7 @@ fn arb_kind() -> impl Strategy<Value = CommandKind> {
                 }
             }
         ),
+        arb_bytes().prop_map(|seq| CommandKind::Xack { seq }),
         Just(CommandKind::Noop),
         Just(CommandKind::Logout),
     ]
@@ -348,6 +349,7 @@ fn command_names_lists_every_command_once() {
         b"A LIST\r\n",
         b"A UPDATE\r\n",
         b"A XUPDATE\r\n",
+        b"A XACK \"7\"\r\n",
         b"A NOOP\r\n",
         b"A LOGOUT\r\n",
         b"A STARTTLS\r\n",

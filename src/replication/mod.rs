@@ -1,8 +1,10 @@
 //! Replication: a slave follows its master over MUPDATE (`UPDATE`), keeping its own store
-//! a copy that its clients read. The master side needs nothing special: a slave is an
-//! ordinary UPDATE listener, fed live by the change feed.
+//! a copy that its clients read. On the master a slave is an ordinary UPDATE listener, fed
+//! live by the change feed; one that acknowledges what it holds (XACK) can be waited for
+//! ([`sync`]).
 
 pub mod barrier;
 pub mod client;
 pub mod kick;
 pub mod slave;
+pub mod sync;

@@ -174,6 +174,7 @@ async fn follow(
     metrics.link_up.set(1);
     if let Some((_, seq)) = position {
         metrics.applied_seq.set(seq as i64);
+        acknowledge(&mut link, seq).await?;
     }
     let status = barriers.handle.status.clone();
     stream(
@@ -536,6 +537,7 @@ async fn stream(
         }
         if let Some(Checkpoint { seq, .. }) = checkpoint {
             metrics.applied_seq.set(seq as i64);
+            acknowledge(link, seq).await?;
         }
         status.confirm();
         // The master answered the NOOP after everything it had committed before it, and
@@ -546,6 +548,14 @@ async fn stream(
             }
         }
     }
+}
+
+/// Tells the master this replica holds its changes through `seq` durably (XACK, not
+/// answered): a master with synchronous replicas answers a write once enough of them hold
+/// it. Sent only after a position, which only our masters send.
+async fn acknowledge(link: &mut Link, seq: u64) -> Result<(), LinkError> {
+    let seq = seq.to_string().into_bytes();
+    link.request(b"K", CommandKind::Xack { seq }).await
 }
 
 async fn send_noop(link: &mut Link, counter: &mut u64) -> Result<Vec<u8>, LinkError> {

@@ -32,6 +32,10 @@ impl<IO: ClientStream> Session<IO> {
                 ok(&mut self.out, &tag, "Noop done");
                 Ok(Flow::Continue)
             }
+            CommandKind::Xack { seq } => {
+                self.xack(&tag, &seq);
+                Ok(Flow::Continue)
+            }
             CommandKind::Starttls => Ok(self.starttls(&tag)),
             CommandKind::Compress { algorithm } => Ok(self.compress(&tag, &algorithm)),
             _ if streaming => {
@@ -70,7 +74,7 @@ impl<IO: ClientStream> Session<IO> {
                     bad(&mut self.out, &tag, "read-only session");
                     return Ok(Flow::Continue);
                 }
-                super::writes::apply(&self.ctx.store, &tag, write, &mut self.out).await;
+                super::writes::apply(&self.ctx, &tag, write, &mut self.out).await;
                 Ok(Flow::Continue)
             }
         }

@@ -71,6 +71,8 @@ pub struct ServerContext {
     pub full_dumps: AtomicU64,
     /// XUPDATEs resumed from the change log.
     pub resumes: AtomicU64,
+    /// What the replicas streaming from this master hold (`mupdate_sync_replicas`).
+    pub sync_replicas: Arc<crate::replication::sync::SyncReplicas>,
     /// Exported metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -117,6 +119,7 @@ impl ServerContext {
             upstream: None,
             full_dumps: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
+            sync_replicas: Arc::default(),
             metrics,
         }
     }

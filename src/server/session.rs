@@ -65,6 +65,8 @@ pub(super) struct Stream {
     pub(super) last_seq: u64,
     /// Counts this stream among the connected slaves while it lives.
     pub(super) _counted: crate::observability::metrics::GaugeSlot,
+    /// Once the replica acknowledges (XACK): counted among the synchronous replicas.
+    pub(super) acknowledging: Option<crate::replication::sync::ReplicaSlot>,
 }
 
 /// The state of one connection, over any [`ClientStream`] (a TCP socket when served).

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{broadcast, mpsc};
 
 use super::connection::ClientStream;
-use super::notices::{encode_change, encode_record, no, ok};
+use super::notices::{bad, encode_change, encode_record, no, ok};
 use super::session::{Flow, Session, Stream};
 use crate::observability::metrics::GaugeSlot;
 use crate::protocol::response;
@@ -75,6 +75,7 @@ impl<IO: ClientStream> Session<IO> {
                     .slaves_connected
                     .with_label_values(&["update"]),
             ),
+            acknowledging: None,
         });
         Ok(Flow::Continue)
     }
@@ -155,6 +156,7 @@ impl<IO: ClientStream> Session<IO> {
                     .slaves_connected
                     .with_label_values(&["xupdate"]),
             ),
+            acknowledging: None,
         });
         Ok(Flow::Continue)
     }
@@ -318,6 +320,31 @@ impl<IO: ClientStream> Session<IO> {
             if self.deliver(next) == Flow::Close {
                 return Flow::Close;
             }
+        }
+    }
+}
+
+impl<IO: ClientStream> Session<IO> {
+    /// XACK: the replica streaming by XUPDATE on this connection holds every change through
+    /// `seq` durably. Not answered (it arrives between the stream's notices); refused
+    /// outside an XUPDATE stream.
+    pub(super) fn xack(&mut self, tag: &[u8], seq: &[u8]) {
+        let seq = std::str::from_utf8(seq)
+            .ok()
+            .and_then(|seq| seq.parse::<u64>().ok());
+        match (&mut self.stream, seq) {
+            (Some(stream), Some(seq)) if stream.report_seq => stream
+                .acknowledging
+                .get_or_insert_with(|| self.ctx.sync_replicas.join())
+                .acknowledge(seq),
+            (Some(stream), _) if stream.report_seq => {
+                bad(&mut self.out, tag, "Badly formed arguments");
+            }
+            _ => bad(
+                &mut self.out,
+                tag,
+                "not legal except when streaming XUPDATE",
+            ),
         }
     }
 }
