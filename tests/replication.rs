@@ -554,6 +554,8 @@ async fn a_master_answers_a_write_once_its_synchronous_replica_holds_it() {
         assert!(Instant::now() < deadline, "the replica never acknowledged");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let metrics = master.ctx.metrics.render();
+    assert_contains(&metrics, "mupdate_replication_sync_replicas 1");
     for n in 1..=20 {
         writer
             .done(format!("A{n} ACTIVATE \"user.s{n}\" \"be1!p\" \"\"\r\n").as_bytes())

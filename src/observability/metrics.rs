@@ -28,6 +28,9 @@ pub struct Metrics {
     pub listener_queue_depth: IntGauge,
     /// Streaming connections by protocol (`update`: Cyrus slaves, `xupdate`: ours).
     pub slaves_connected: IntGaugeVec,
+    /// Streaming replicas that acknowledge what they hold (XACK): candidates for
+    /// `mupdate_sync_replicas`.
+    pub sync_replicas: IntGauge,
     /// Mailboxes by state (`active`, `reserved`).
     pub mailboxes: IntGaugeVec,
     /// Size of the database file.
@@ -252,6 +255,10 @@ impl Metrics {
                     v.with_label_values(&[protocol]);
                 }
             })?,
+            sync_replicas: r.gauge(
+                "mupdate_replication_sync_replicas",
+                "Streaming replicas that acknowledge what they hold durably (XACK)",
+            )?,
             mailboxes: r.add(IntGaugeVec::new(
                 Opts::new("mupdate_mailboxes", "Mailboxes by state"),
                 &["state"],

@@ -66,7 +66,10 @@ pub(super) struct Stream {
     /// Counts this stream among the connected slaves while it lives.
     pub(super) _counted: crate::observability::metrics::GaugeSlot,
     /// Once the replica acknowledges (XACK): counted among the synchronous replicas.
-    pub(super) acknowledging: Option<crate::replication::sync::ReplicaSlot>,
+    pub(super) acknowledging: Option<(
+        crate::replication::sync::ReplicaSlot,
+        crate::observability::metrics::GaugeSlot,
+    )>,
 }
 
 /// The state of one connection, over any [`ClientStream`] (a TCP socket when served).

@@ -333,10 +333,13 @@ impl<IO: ClientStream> Session<IO> {
             .ok()
             .and_then(|seq| seq.parse::<u64>().ok());
         match (&mut self.stream, seq) {
-            (Some(stream), Some(seq)) if stream.report_seq => stream
-                .acknowledging
-                .get_or_insert_with(|| self.ctx.sync_replicas.join())
-                .acknowledge(seq),
+            (Some(stream), Some(seq)) if stream.report_seq => {
+                let (replica, _counted) = stream.acknowledging.get_or_insert_with(|| {
+                    let counted = GaugeSlot::hold(self.ctx.metrics.sync_replicas.clone());
+                    (self.ctx.sync_replicas.join(), counted)
+                });
+                replica.acknowledge(seq);
+            }
             (Some(stream), _) if stream.report_seq => {
                 bad(&mut self.out, tag, "Badly formed arguments");
             }
