@@ -104,20 +104,18 @@ impl<IO: ClientStream> Session<IO> {
         // A replica of our own history resumes where it is; one of a master this store
         // followed (before a failover made it the master) from where this store had applied
         // as much of that history.
-        let from = match position {
-            Some((epoch, seq)) if epoch == our_epoch => Ok(Some(seq)),
-            Some((epoch, seq)) => snapshot.local_position(epoch, seq),
+        let delta = match position {
+            Some((epoch, seq)) if epoch == our_epoch => snapshot.changes_after(seq),
+            Some((epoch, seq)) => match snapshot.local_position(epoch, seq) {
+                Ok(Some(from)) => snapshot.changes_after(from),
+                other => other.map(|_| None),
+            },
             None => Ok(None),
-        };
-        let delta = from
-            .and_then(|from| match from {
-                Some(from) => snapshot.changes_after(from),
-                None => Ok(None),
-            })
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot read the change log; sending a full dump");
-                None
-            });
+        }
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the change log; sending a full dump");
+            None
+        });
         match delta {
             Some(changes) => {
                 DumpKind::Delta.encode(&mut self.out);

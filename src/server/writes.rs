@@ -19,7 +19,8 @@ pub(super) async fn apply(ctx: &ServerContext, tag: &[u8], write: MailboxWrite, 
         return;
     }
     let wanted = ctx.settings.sync_replicas;
-    if wanted > ctx.sync_replicas.connected() {
+    // Sync off (the usual case), a write takes no lock here.
+    if wanted > 0 && wanted > ctx.sync_replicas.connected() {
         // Refused before anything is written: the safe answer when the write could not be
         // held anywhere but here.
         no(out, tag, "not enough synchronous replicas connected");
