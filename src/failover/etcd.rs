@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Fence, HaRole, Keys, fence_margin, leader_value, parse_leader_value};
 use crate::config::HaSettings;
 
+/// The shortest keep-alive ping interval etcd tolerates by default.
+const ETCD_MIN_PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// What can go wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
@@ -57,17 +60,25 @@ pub struct Elector {
 impl Elector {
     /// Connects to etcd (without campaigning yet).
     pub async fn connect(settings: &HaSettings) -> Result<Elector, HaError> {
+        Elector::connect_with(settings, Fence::default()).await
+    }
+
+    /// Connects to etcd, keeping `fence` (which others may already hold) open while master.
+    pub async fn connect_with(settings: &HaSettings, fence: Fence) -> Result<Elector, HaError> {
+        fence.close();
         let options = ConnectOptions::new()
             .with_connect_timeout(settings.lease_ttl / 3)
             .with_timeout(settings.lease_ttl / 3)
-            .with_keep_alive(settings.lease_ttl / 3, settings.lease_ttl / 3);
+            // etcd closes a connection pinged more often than every 5 s (its
+            // --grpc-keepalive-min-time); the fence needs no ping, its renewals time out.
+            .with_keep_alive(ETCD_MIN_PING_INTERVAL, settings.lease_ttl / 3);
         let client = Client::connect(&settings.etcd_endpoints, Some(options)).await?;
         Ok(Elector {
             client,
             keys: Keys::of(&settings.cluster),
             advertise: settings.advertise.clone(),
             ttl: settings.lease_ttl,
-            fence: Fence::default(),
+            fence,
             role: watch::Sender::new(HaRole::Candidate),
         })
     }

@@ -31,6 +31,14 @@ pub struct Metrics {
     /// Streaming replicas that acknowledge what they hold (XACK): candidates for
     /// `mupdate_sync_replicas`.
     pub sync_replicas: IntGauge,
+    /// Under failover: 1 while this instance is the elected master.
+    pub ha_leader: IntGauge,
+    /// Under failover: the term of the master this instance knows of.
+    pub ha_term: IntGauge,
+    /// Under failover: changes of this instance's role (elected, demoted, new master).
+    pub ha_role_changes: IntCounter,
+    /// Under failover: writes a follower forwarded to the master, by outcome.
+    pub forwarded_writes: IntCounterVec,
     /// Mailboxes by state (`active`, `reserved`).
     pub mailboxes: IntGaugeVec,
     /// Size of the database file.
@@ -97,6 +105,10 @@ pub const NOT_A_COMMAND: &str = "_OTHER";
 
 /// Streaming protocols, the `protocol` label values (Cyrus slaves, ours).
 pub const STREAM_PROTOCOLS: [&str; 2] = ["update", "xupdate"];
+
+/// Outcomes of a forwarded write, the `outcome` label values: the master's OK or NO, or
+/// no answer from it.
+pub const FORWARD_OUTCOMES: [&str; 3] = ["ok", "no", "failed"];
 
 /// Mailbox states, the `state` label values.
 pub const MAILBOX_STATES: [&str; 2] = ["active", "reserved"];
@@ -259,6 +271,30 @@ impl Metrics {
                 "mupdate_replication_sync_replicas",
                 "Streaming replicas that acknowledge what they hold durably (XACK)",
             )?,
+            ha_leader: r.gauge(
+                "mupdate_ha_leader",
+                "1 while this instance is the master elected through etcd",
+            )?,
+            ha_term: r.gauge(
+                "mupdate_ha_term",
+                "Term of the elected master this instance knows of (0: none)",
+            )?,
+            ha_role_changes: r.counter(
+                "mupdate_ha_role_changes_total",
+                "Changes of this instance's elected role or of the master it follows",
+            )?,
+            forwarded_writes: r.add(IntCounterVec::new(
+                Opts::new(
+                    "mupdate_ha_forwarded_writes_total",
+                    "Writes a follower forwarded to the elected master, by outcome",
+                ),
+                &["outcome"],
+            ))
+            .inspect(|v| {
+                for outcome in FORWARD_OUTCOMES {
+                    v.with_label_values(&[outcome]);
+                }
+            })?,
             mailboxes: r.add(IntGaugeVec::new(
                 Opts::new("mupdate_mailboxes", "Mailboxes by state"),
                 &["state"],

@@ -45,6 +45,8 @@ pub struct SlaveSettings {
     pub client_timeout: Duration,
     /// STARTTLS to the master, required, when set (`mupdate_tls`).
     pub tls: Option<crate::tls::ClientTls>,
+    /// An elected instance: after being master it resumes from its own history.
+    pub elected: bool,
 }
 
 /// The delay before reconnecting: `d + rand() % (d/2)`, with d of 0 or 1 treated as 1 s
@@ -58,6 +60,7 @@ pub fn reconnect_delay(retry_delay: Duration) -> Duration {
 }
 
 /// Follows the master until `shutdown`. `synced` turns true after the first complete sync.
+/// Returns the barrier's link end, said to be cut off, for a link to another master.
 pub async fn run(
     store: Store,
     settings: SlaveSettings,
@@ -65,10 +68,10 @@ pub async fn run(
     mut barriers: BarrierRequests,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) {
+) -> BarrierRequests {
     loop {
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             result = follow(&store, &settings, &synced, &mut barriers, &metrics) => result,
         };
         let was_linked = barriers.connected.send_replace(false);
@@ -88,10 +91,13 @@ pub async fn run(
             Ok(()) => {}
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
+    barriers.connected.send_replace(false);
+    metrics.link_up.set(0);
+    barriers
 }
 
 /// The store mutation that copies a master's MAILBOX, RESERVE or DELETE response: the
@@ -200,7 +206,7 @@ async fn synchronise(
     tracing::info!(master = %settings.master, "synchronizing mailbox list with master mupdate server");
     // XUPDATE resumes from where this replica stands; a Cyrus master does not know it
     // (BAD), and then a plain UPDATE does.
-    let (epoch, seq) = match store.upstream_position()? {
+    let (epoch, seq) = match store.resume_point(settings.elected)? {
         Some((epoch, seq)) => (
             Some(epoch.to_string().into_bytes()),
             Some(seq.to_string().into_bytes()),

@@ -25,9 +25,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::failover::{Fence, HaRole};
 use crate::observability::metrics::Metrics;
 use crate::protocol::response::{self, Banner, SERVER_UNABLE};
 use crate::replication::barrier::UpstreamBarrier;
+use crate::replication::forward::Forwarder;
 use crate::store::Store;
 use connection::{ClientStream, Connection};
 use session::Session;
@@ -43,6 +45,20 @@ pub enum Role {
         /// The master as configured.
         master: String,
     },
+    /// Master or follower as elected through etcd ([`Election`]), changing while it runs.
+    Elected,
+}
+
+/// What an elected instance's sessions follow: who it is now, whether as master it may
+/// still acknowledge writes, and how as a follower it passes writes on.
+#[derive(Clone)]
+pub struct Election {
+    /// Who this instance is, published once the replication link has caught up with it.
+    pub role: tokio::sync::watch::Receiver<HaRole>,
+    /// Open while this instance is master and its lease certainly held.
+    pub fence: Fence,
+    /// Sends a follower's writes to the master.
+    pub forwarder: Arc<Forwarder>,
 }
 
 /// Everything the sessions share.
@@ -75,6 +91,8 @@ pub struct ServerContext {
     pub sync_replicas: Arc<crate::replication::sync::SyncReplicas>,
     /// Exported metrics.
     pub metrics: Arc<Metrics>,
+    /// Under failover: the election this instance follows.
+    election: Option<Election>,
 }
 
 impl ServerContext {
@@ -121,6 +139,7 @@ impl ServerContext {
             resumes: AtomicU64::new(0),
             sync_replicas: Arc::default(),
             metrics,
+            election: None,
         }
     }
 
@@ -140,9 +159,39 @@ impl ServerContext {
         self.upstream.as_ref()
     }
 
+    /// Under failover: follows `election` for the banner and for writes.
+    pub fn set_election(&mut self, election: Election) {
+        self.election = Some(election);
+    }
+
+    /// Under failover: the election this instance follows.
+    pub fn election(&self) -> Option<&Election> {
+        self.election.as_ref()
+    }
+
     /// Writes are refused on a slave.
     pub fn read_only(&self) -> bool {
         matches!(self.role, Role::Slave { .. })
+    }
+
+    /// The capability banner, after STARTTLS if `tls_active`: an elected instance's names
+    /// the master it follows now.
+    pub(crate) fn banner(&self, tls_active: bool) -> std::borrow::Cow<'_, [u8]> {
+        match &self.election {
+            Some(election) => {
+                let role = match &*election.role.borrow() {
+                    HaRole::Leader { .. } => Role::Master,
+                    HaRole::Follower { leader, .. } => Role::Slave {
+                        master: leader.clone(),
+                    },
+                    HaRole::Candidate => Role::Elected,
+                };
+                let offered = self.tls.is_some() && !tls_active;
+                encode_banner(&self.settings, &self.auth, &role, offered, tls_active).into()
+            }
+            None if tls_active => self.tls_banner.as_slice().into(),
+            None => self.banner.as_slice().into(),
+        }
     }
 
     /// Connections currently open.
@@ -171,6 +220,8 @@ fn encode_banner(
         role: match role {
             Role::Master => "(master)".into(),
             Role::Slave { master } => format!("mupdate://{master}"),
+            // Between masters: no address to name yet.
+            Role::Elected => "(electing)".into(),
         },
     }
     .encode(&mut banner);

@@ -165,7 +165,8 @@ impl<IO: ClientStream> Session<IO> {
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
-        self.out.extend_from_slice(&self.ctx.banner);
+        let banner = self.ctx.banner(false);
+        self.out.extend_from_slice(&banner);
         self.flush().await?;
         let idle_timeout = self.ctx.settings.idle_timeout;
         // Both futures live across iterations: re-creating a timer and a cancellation
@@ -308,7 +309,8 @@ impl<IO: ClientStream> Session<IO> {
                         tracing::warn!(peer = ?self.peer, %error, "STARTTLS negotiation failed; closing this connection");
                         return Ok(Flow::Close);
                     }
-                    self.out.extend_from_slice(&self.ctx.tls_banner);
+                    let banner = self.ctx.banner(true);
+                    self.out.extend_from_slice(&banner);
                 }
                 Flow::StartCompression => {
                     // The OK goes out in clear; everything after it is compressed.

@@ -2,8 +2,10 @@
 //! its answer queued on the output once it is durable (and, with `mupdate_sync_replicas`,
 //! held by that many replicas).
 
+use super::Election;
 use super::ServerContext;
 use super::notices::{no, ok};
+use crate::failover::HaRole;
 use crate::mailbox::MailboxWrite;
 use crate::store::{Mutation, Outcome};
 
@@ -16,6 +18,28 @@ pub(super) async fn apply(ctx: &ServerContext, tag: &[u8], write: MailboxWrite, 
     if creates && write.name().is_empty() {
         // D-7: Cyrus accepts the empty name and corrupts its database.
         no(out, tag, "invalid mailbox name");
+        return;
+    }
+    let fence = match ctx.election() {
+        None => None,
+        Some(election) => {
+            let role = election.role.borrow().clone();
+            match role {
+                HaRole::Leader { .. } => Some(&election.fence),
+                HaRole::Follower { leader, .. } => {
+                    forward(ctx, election, &leader, tag, &write, out).await;
+                    return;
+                }
+                HaRole::Candidate => {
+                    no(out, tag, "no master elected now; try again");
+                    return;
+                }
+            }
+        }
+    };
+    // A master that may have lost its lease writes nothing it could not acknowledge.
+    if fence.is_some_and(|fence| !fence.is_open()) {
+        no(out, tag, "no longer master; try again");
         return;
     }
     let wanted = ctx.settings.sync_replicas;
@@ -45,6 +69,15 @@ pub(super) async fn apply(ctx: &ServerContext, tag: &[u8], write: MailboxWrite, 
                 no(out, tag, "not confirmed by synchronous replicas");
                 return;
             }
+            // Checked after the replicas' wait too: a successor may be elected meanwhile.
+            if fence.is_some_and(|fence| !fence.is_open()) {
+                tracing::warn!(
+                    seq,
+                    "a write was committed as the lease ran out; not acknowledged"
+                );
+                no(out, tag, "no longer master; try again");
+                return;
+            }
             ok(out, tag, "done")
         }
         Ok(Outcome::AlreadyExists) => no(out, tag, "mailbox already exists"),
@@ -53,6 +86,43 @@ pub(super) async fn apply(ctx: &ServerContext, tag: &[u8], write: MailboxWrite, 
         Err(error) => {
             tracing::error!(%error, "write failed");
             no(out, tag, "database error");
+        }
+    }
+}
+
+/// A follower's write: the master's answer, once this replica holds what the master
+/// committed before answering (read your writes here).
+async fn forward(
+    ctx: &ServerContext,
+    election: &Election,
+    master: &str,
+    tag: &[u8],
+    write: &MailboxWrite,
+    out: &mut Vec<u8>,
+) {
+    let counted = |outcome: &str| {
+        ctx.metrics
+            .forwarded_writes
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    match election.forwarder.forward(master, write).await {
+        Ok(answer) => {
+            if answer.ok {
+                if let Some(upstream) = ctx.upstream() {
+                    upstream.wait().await;
+                }
+                counted("ok");
+                ok(out, tag, &answer.text);
+            } else {
+                counted("no");
+                no(out, tag, &answer.text);
+            }
+        }
+        Err(error) => {
+            counted("failed");
+            tracing::warn!(%master, %error, "cannot forward a write to the master");
+            no(out, tag, "cannot reach the master; try again");
         }
     }
 }

@@ -633,6 +633,33 @@ impl Store {
         Ok(read(META_UPSTREAM_EPOCH)?.zip(read(META_UPSTREAM_SEQ)?))
     }
 
+    /// Where this replica asks a master to resume from: its last checkpoint in the history
+    /// it followed, unless `own_history` (an elected instance) and it has written changes
+    /// of its own since (it was master), then the end of its own history, which a
+    /// successor that followed it knows.
+    pub fn resume_point(&self, own_history: bool) -> Result<Option<(u64, u64)>, StoreError> {
+        let upstream = self.upstream_position()?;
+        if !own_history {
+            return Ok(upstream);
+        }
+        let snapshot = self.snapshot()?;
+        let own = (self.epoch, snapshot.seq());
+        let Some((epoch, seq)) = upstream else {
+            return Ok(Some(own).filter(|(_, seq)| *seq > 0));
+        };
+        let reached = snapshot
+            .txn
+            .open_table(UPSTREAM_POSITIONS)
+            .map_err(StoreError::from_redb)?
+            .get((epoch, seq))
+            .map_err(StoreError::from_redb)?
+            .map(|local| local.value());
+        match reached {
+            Some(local) if local < own.1 => Ok(Some(own)),
+            _ => Ok(Some((epoch, seq))),
+        }
+    }
+
     /// The epoch as stored now.
     pub fn epoch_now(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::from_redb)?;

@@ -2,6 +2,7 @@
 //! configdirectory, and a raw MUPDATE client that compares bytes.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod cyrus;
 pub mod etcd;
 pub mod murder;

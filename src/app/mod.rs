@@ -1,6 +1,9 @@
 //! Composition root: reads the configuration, opens the store, picks the role, binds the
 //! listener, handles signals, and maps failures to Cyrus-style exit codes.
 
+#[cfg(feature = "ha")]
+mod ha;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,12 +130,13 @@ fn hash_password(user: &str, scheme: crate::auth::passwd_file::Scheme) -> i32 {
 /// address this instance accepts clients on.
 fn choose_role(cli: &Cli, settings: &Settings, listening: SocketAddr) -> Result<Role, Fatal> {
     if settings.ha.is_some() {
-        // The election (crate::failover) is built and tested; the server does not yet
-        // change roles with it, so an HA configuration is refused rather than ignored.
-        return Err(fatal(
-            EXIT_CONFIG,
-            "mupdate_ha_etcd_endpoints: this version elects no master through etcd yet; unset the mupdate_ha_* options and choose the role with -m or -a",
-        ));
+        if cli.master || cli.autoselect {
+            return Err(fatal(
+                EXIT_CONFIG,
+                "with mupdate_ha_etcd_endpoints set the master is elected: start without -m and -a",
+            ));
+        }
+        return elected(settings);
     }
     let master = cli.master
         || (cli.autoselect
@@ -165,6 +169,23 @@ fn choose_role(cli: &Cli, settings: &Settings, listening: SocketAddr) -> Result<
                 master: master.clone(),
             })
         }
+    }
+}
+
+/// The elected role, if this build can campaign and `settings` can follow and forward.
+fn elected(settings: &Settings) -> Result<Role, Fatal> {
+    #[cfg(feature = "ha")]
+    {
+        ha::check(settings)?;
+        Ok(Role::Elected)
+    }
+    #[cfg(not(feature = "ha"))]
+    {
+        let _ = settings;
+        Err(fatal(
+            EXIT_CONFIG,
+            "mupdate_ha_etcd_endpoints: this build has no failover (build with --features ha)",
+        ))
     }
 }
 
@@ -352,6 +373,7 @@ pub async fn run(
     let role_name = match role {
         Role::Master => "master",
         Role::Slave { .. } => "slave",
+        Role::Elected => "elected",
     };
     let metrics = Arc::new(
         Metrics::new(role_name).map_err(|e| fatal(EXIT_SOFTWARE, format!("metrics: {e}")))?,
@@ -369,9 +391,20 @@ pub async fn run(
     }
     let mut readiness = Readiness::default();
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    // An elected instance serves once it is master, or a follower after its first sync.
+    #[cfg(feature = "ha")]
+    let (campaign, may_serve) = if ctx.role == Role::Elected {
+        let (campaign, serving) = ha::prepare(&mut ctx, &mut readiness)?;
+        (Some(campaign), Some(serving))
+    } else {
+        (None, None)
+    };
+    #[cfg(not(feature = "ha"))]
+    let may_serve: Option<tokio::sync::watch::Receiver<bool>> = None;
     let projection = match &ctx.role {
         Role::Master => start_projection(&ctx, None)?,
         Role::Slave { .. } => start_projection(&ctx, Some(synced.clone()))?,
+        Role::Elected => start_projection(&ctx, may_serve.clone())?,
     };
     if let Some(projection) = projection.clone() {
         readiness.also_require("mailboxes.db", Arc::new(move || projection.healthy()));
@@ -405,6 +438,10 @@ pub async fn run(
         link = Some((settings, requests));
     }
     let ctx = Arc::new(ctx);
+    #[cfg(feature = "ha")]
+    if let Some(campaign) = campaign {
+        ha::start(&ctx, campaign);
+    }
     tokio::spawn(count_mailboxes(ctx.clone()));
     // The sidecar answers (503 on /readyz) until this function returns.
     let sidecar_stop = CancellationToken::new();
@@ -422,6 +459,12 @@ pub async fn run(
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
             _ = wait_until_synced(synced) => {}
+        }
+    }
+    if let Some(serving) = may_serve {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = wait_until_synced(serving) => {}
         }
     }
     if !ctx.auth.has_password_source() {
@@ -597,6 +640,7 @@ fn slave_settings(settings: &Settings, master: String) -> Result<SlaveSettings, 
         password: settings.mupdate_password.clone().unwrap_or_default(),
         retry_delay: settings.retry_delay,
         client_timeout: settings.client_timeout,
+        elected: settings.ha.is_some(),
     })
 }
 

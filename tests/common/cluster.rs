@@ -1,0 +1,328 @@
+//! Three elected `mupdate` processes on one real etcd (issue 16), writers spread over all of
+//! them, and a checker of the whole history of what was acknowledged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mupdate::mailbox::MailboxWrite;
+use mupdate::replication::client::Credentials;
+use mupdate::replication::forward::Forwarder;
+use tokio_util::sync::CancellationToken;
+
+use super::etcd::Etcd;
+use super::{
+    Client, ServerProcess, base_config, free_port, list, logged_in, parse_records, write_passwd,
+};
+
+/// One elected instance: its directory, configuration and port survive a restart.
+pub struct Member {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub port: u16,
+    pub process: Option<ServerProcess>,
+}
+
+impl Member {
+    /// `127.0.0.1:port`, where it listens and what it advertises.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or restarts) the process; returns once it accepts clients.
+    pub fn start(&mut self) {
+        let args = vec!["-C".to_owned(), self.conf.display().to_string()];
+        let mut process = ServerProcess::spawn(&args, &[]);
+        process.addr = process
+            .address_after("listening on ")
+            .parse()
+            .expect("listening address");
+        self.process = Some(process);
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.process
+            .as_ref()
+            .and_then(|p| p.stderr.lock().ok().map(|l| l.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The banner it greets a client with now, or `None` when it does not answer.
+    pub async fn banner(&self) -> Option<String> {
+        let connect = tokio::net::TcpStream::connect(self.address());
+        let mut stream = tokio::time::timeout(Duration::from_secs(1), connect)
+            .await
+            .ok()?
+            .ok()?;
+        let mut banner = Vec::new();
+        let read = async {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 1024];
+            // The banner ends with its `* OK MUPDATE ...` line.
+            while super::find(&banner, b"* OK")
+                .is_none_or(|ok| super::find(&banner[ok..], b"\r\n").is_none())
+            {
+                let n = stream.read(&mut buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                banner.extend_from_slice(&buf[..n]);
+            }
+            Some(())
+        };
+        tokio::time::timeout(Duration::from_secs(1), read)
+            .await
+            .ok()??;
+        Some(String::from_utf8_lossy(&banner).into_owned())
+    }
+}
+
+/// Three elected instances of cluster `test` on `etcd`.
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts etcd and three instances with a lease of `ttl_secs`; `None` without etcd.
+    pub fn start(ttl_secs: u64) -> Option<Cluster> {
+        let etcd = Etcd::start()?;
+        let mut members: Vec<Member> = (0..3)
+            .map(|_| {
+                let dir = tempfile::tempdir().expect("tempdir");
+                write_passwd(dir.path());
+                let port = free_port();
+                let conf = dir.path().join("imapd.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "{base}mupdate_listen: 127.0.0.1:{port}\nmupdate_http_listen: 127.0.0.1:0\n\
+                         mupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
+                         mupdate_retry_delay: 1\nmupdate_shutdown_delay: 0\n\
+                         mupdate_ha_etcd_endpoints: {endpoint}\nmupdate_ha_cluster: test\n\
+                         mupdate_ha_advertise: 127.0.0.1:{port}\nmupdate_ha_lease_ttl: {ttl_secs}\n",
+                        base = base_config(dir.path()),
+                        endpoint = etcd.endpoint,
+                    ),
+                )
+                .expect("write conf");
+                Member {
+                    dir,
+                    conf,
+                    port,
+                    process: None,
+                }
+            })
+            .collect();
+        // The first one started is elected; the others follow it once they have synced.
+        for member in &mut members {
+            member.start();
+        }
+        Some(Cluster { etcd, members })
+    }
+
+    /// The index of the member whose banner says `(master)` while every other live one
+    /// names it, waiting up to `patience`; panics with the banners seen otherwise.
+    pub async fn master(&self, patience: Duration) -> usize {
+        let deadline = Instant::now() + patience;
+        loop {
+            let mut banners = Vec::new();
+            for member in &self.members {
+                let banner = match member.process {
+                    Some(_) => member.banner().await,
+                    None => None,
+                };
+                banners.push(banner);
+            }
+            let masters: Vec<usize> = (0..banners.len())
+                .filter(|&i| {
+                    banners[i]
+                        .as_deref()
+                        .is_some_and(|b| b.contains("\"(master)\""))
+                })
+                .collect();
+            if let [master] = masters[..] {
+                let named = format!("\"mupdate://{}\"", self.members[master].address());
+                let agreed = banners.iter().enumerate().all(|(i, banner)| {
+                    i == master || banner.as_deref().is_none_or(|b| b.contains(&named))
+                });
+                if agreed {
+                    return master;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single master named by all: {banners:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A logged-in admin client of member `index`.
+    pub async fn client(&self, index: usize) -> Client {
+        logged_in(self.members[index].address().parse().expect("address")).await
+    }
+}
+
+/// One write a writer sent and what came of it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub write: MailboxWrite,
+    /// Some(true): OK; Some(false): NO (not applied); None: no answer (outcome unknown).
+    pub acknowledged: Option<bool>,
+    pub answered_at: Instant,
+}
+
+/// Writers, one per member, each on names of its own: activations of fresh names and,
+/// every third write, the deletion of one it had activated.
+pub struct Writers {
+    pub history: Arc<Mutex<Vec<Attempt>>>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Starts one writer per member address.
+    pub fn start(addresses: &[String]) -> Writers {
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let tasks = addresses
+            .iter()
+            .enumerate()
+            .map(|(writer, address)| {
+                tokio::spawn(write_until(
+                    writer,
+                    address.clone(),
+                    history.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Writers {
+            history,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops them; returns the whole history.
+    pub async fn stop(self) -> Vec<Attempt> {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.expect("writer");
+        }
+        self.history.lock().expect("history").clone()
+    }
+}
+
+async fn write_until(
+    writer: usize,
+    address: String,
+    history: Arc<Mutex<Vec<Attempt>>>,
+    stop: CancellationToken,
+) {
+    let forwarder = Forwarder::new(
+        Credentials {
+            server: address.clone(),
+            authname: "mupdate".into(),
+            username: String::new(),
+            password: "mupdatepass".into(),
+            timeout: Duration::from_secs(2),
+            tls: None,
+        },
+        Box::new(|_| None),
+        Duration::from_secs(15),
+    );
+    let mut active: Vec<Vec<u8>> = Vec::new();
+    let mut count = 0u64;
+    while !stop.is_cancelled() {
+        count += 1;
+        let write = match active.first() {
+            Some(name) if count.is_multiple_of(3) => MailboxWrite::Delete { name: name.clone() },
+            _ => MailboxWrite::Activate {
+                name: format!("user.w{writer}n{count}").into_bytes(),
+                location: format!("be{writer}!p").into_bytes(),
+                acl: b"anyone\tlr\t".to_vec(),
+            },
+        };
+        let answer = forwarder.forward(&address, &write).await;
+        let acknowledged = match &answer {
+            Ok(answer) => Some(answer.ok),
+            Err(_) => None,
+        };
+        if acknowledged == Some(true) {
+            match &write {
+                MailboxWrite::Activate { name, .. } => active.push(name.clone()),
+                _ => {
+                    active.remove(0);
+                }
+            }
+        }
+        history.lock().expect("history").push(Attempt {
+            write,
+            acknowledged,
+            answered_at: Instant::now(),
+        });
+        if answer.is_err() || acknowledged == Some(false) {
+            // An instance down or between masters: try again a little later.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What a name's history allows its final state to be: each acknowledged write fixes it;
+/// a write after the last acknowledged one that was unanswered or refused may or may not
+/// have happened (a master refuses a write its replicas did not confirm in time after
+/// committing it, as a database that cannot reach its synchronous standby does).
+fn allowed_states(attempts: &[&Attempt]) -> Vec<Option<String>> {
+    let effect = |write: &MailboxWrite| match write {
+        MailboxWrite::Activate { location, .. } => {
+            Some(String::from_utf8_lossy(location).into_owned())
+        }
+        _ => None,
+    };
+    let mut allowed = vec![None];
+    for attempt in attempts {
+        match attempt.acknowledged {
+            Some(true) => allowed = vec![effect(&attempt.write)],
+            Some(false) | None => allowed.push(effect(&attempt.write)),
+        }
+    }
+    allowed
+}
+
+/// Checks that every member's list agrees with the history: for every name, its state
+/// there is one its acknowledged writes (and the unanswered ones after them) allow.
+/// Returns how many writes were acknowledged.
+pub async fn check_history(cluster: &Cluster, history: &[Attempt]) -> usize {
+    let mut by_name: HashMap<Vec<u8>, Vec<&Attempt>> = HashMap::new();
+    for attempt in history {
+        by_name
+            .entry(attempt.write.name().to_vec())
+            .or_default()
+            .push(attempt);
+    }
+    for index in 0..cluster.members.len() {
+        let mut client = cluster.client(index).await;
+        let listed: HashMap<String, String> = parse_records(&list(&mut client).await)
+            .into_iter()
+            .filter(|r| r.active)
+            .map(|r| (r.name, r.location))
+            .collect();
+        for (name, attempts) in &by_name {
+            let name = String::from_utf8_lossy(name).into_owned();
+            let state = listed.get(&name).cloned();
+            let allowed = allowed_states(attempts);
+            assert!(
+                allowed.contains(&state),
+                "member {index}: {name} is {state:?}, but its history allows only {allowed:?}: {attempts:#?}"
+            );
+        }
+    }
+    history
+        .iter()
+        .filter(|a| a.acknowledged == Some(true))
+        .count()
+}
