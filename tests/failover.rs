@@ -177,11 +177,21 @@ async fn a_cluster_loses_no_acknowledged_write_when_its_master_is_killed() {
     let writers = Writers::start(&addresses);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let master_log = cluster.members[first].log();
+    let recorded = master_log
+        .lines()
+        .rfind(|line| line.contains("synchronous replicas recorded"))
+        .expect("the master recorded its synchronous replica")
+        .to_owned();
     let killed_at = Instant::now();
     let mut killed = cluster.members[first].process.take().expect("running");
     killed.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
     let second = cluster.master(Duration::from_secs(20)).await;
     assert_ne!(second, first, "a survivor is master");
+    assert!(
+        recorded.contains(&cluster.members[second].address()),
+        "the successor is the synchronous replica: {recorded}"
+    );
     let elected_after = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -219,5 +229,53 @@ async fn a_cluster_loses_no_acknowledged_write_when_its_master_is_killed() {
     assert!(
         after_kill > 0,
         "writes were acknowledged after the failover"
+    );
+}
+
+/// Patroni's synchronous mode: once a master has recorded its synchronous replicas, only
+/// they (or it) may succeed it; another instance waits rather than take over without
+/// the writes it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_recorded_synchronous_replica_succeeds_the_master() {
+    let Some(etcd) = Etcd::start() else { return };
+    let elector = Elector::connect(&settings(&etcd.endpoint, "10.0.0.1:3905"))
+        .await
+        .expect("connect to etcd");
+    let recorder = elector.sync_recorder();
+    let stop_first = CancellationToken::new();
+    let mut first = Instance {
+        role: elector.role(),
+        fence: elector.fence(),
+        stop: stop_first.clone(),
+    };
+    tokio::spawn(elector.run(stop_first));
+    role_becomes(&mut first, |r| matches!(r, HaRole::Leader { term: 1 })).await;
+    let replicas = ["10.0.0.2:3905".to_owned()];
+    assert!(recorder.record(1, &replicas).await.expect("record"));
+    // A master that is not (or no longer) the leader of that term records nothing.
+    assert!(!recorder.record(2, &replicas).await.expect("record"));
+
+    let mut outsider = instance(&etcd.endpoint, "10.0.0.3:3905").await;
+    role_becomes(&mut outsider, |r| {
+        matches!(r, HaRole::Follower { term: 1, .. })
+    })
+    .await;
+    first.stop.cancel();
+    role_becomes(&mut outsider, |r| *r == HaRole::Candidate).await;
+    tokio::time::sleep(TTL * 2).await;
+    assert_eq!(
+        *outsider.role.borrow(),
+        HaRole::Candidate,
+        "an instance outside the sync set stays a candidate"
+    );
+    let mut replica = instance(&etcd.endpoint, "10.0.0.2:3905").await;
+    role_becomes(&mut replica, |r| matches!(r, HaRole::Leader { term: 2 })).await;
+    let followed = role_becomes(&mut outsider, |r| r.term() == 2).await;
+    assert_eq!(
+        followed,
+        HaRole::Follower {
+            term: 2,
+            leader: "10.0.0.2:3905".into()
+        }
     );
 }

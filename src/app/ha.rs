@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::slave_settings;
 use crate::config::{HaSettings, Settings};
 use crate::exit::{EXIT_CONFIG, Fatal, fatal};
-use crate::failover::etcd::Elector;
+use crate::failover::etcd::{Elector, SyncRecorder};
 use crate::failover::{Fence, HaRole};
 use crate::observability::metrics::Metrics;
 use crate::observability::sidecar::Readiness;
@@ -116,16 +116,34 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
         return;
     };
     let mut elected = elector.role();
+    let recorder = elector.sync_recorder();
     tokio::spawn(elector.run(ctx.shutdown.clone()));
+    let mut keeping_members: Option<CancellationToken> = None;
     let mut requests = Some(requests);
     let mut link: Option<Link> = None;
     loop {
         let role = elected.borrow_and_update().clone();
+        if !matches!(role, HaRole::Leader { .. })
+            && let Some(keeping) = keeping_members.take()
+        {
+            keeping.cancel();
+        }
         match &role {
-            HaRole::Leader { .. } => {
+            HaRole::Leader { term } => {
                 // No change from an old master may land after this one's own writes.
                 if let Some(old) = link.take() {
                     requests = stop(old).await;
+                }
+                if keeping_members.is_none() && ctx.settings.sync_replicas > 0 {
+                    ctx.sync_replicas.begin_term(ctx.store.last_seq());
+                    let keeping = ctx.shutdown.child_token();
+                    tokio::spawn(keep_members(
+                        ctx.clone(),
+                        recorder.clone(),
+                        *term,
+                        keeping.clone(),
+                    ));
+                    keeping_members = Some(keeping);
                 }
             }
             HaRole::Follower { leader, .. } => {
@@ -180,6 +198,49 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
     }
     if let Some(old) = link.take() {
         stop(old).await;
+    }
+}
+
+/// How often a master looks again at its synchronous replicas, besides on each change.
+const MEMBERS_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// While master in `term`: keeps `mupdate_sync_replicas` replicas that hold every
+/// acknowledged write recorded in etcd as the ones that may succeed it, replacing one
+/// that is gone by one that has caught up.
+async fn keep_members(
+    ctx: Arc<ServerContext>,
+    recorder: SyncRecorder,
+    term: u64,
+    stop: CancellationToken,
+) {
+    let wanted = ctx.settings.sync_replicas;
+    let sync = &ctx.sync_replicas;
+    loop {
+        if let Some(proposed) = sync.proposal(wanted) {
+            let record = async {
+                match recorder.record(term, &proposed).await {
+                    Ok(recorded) => recorded,
+                    Err(error) => {
+                        tracing::warn!(%error, "failover: cannot record the synchronous replicas");
+                        false
+                    }
+                }
+            };
+            if sync.change_members(proposed.clone(), record).await {
+                tracing::info!(term, replicas = ?proposed, "failover: synchronous replicas recorded");
+            } else {
+                // Not on the next acknowledgement: etcd may be struggling.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(MEMBERS_RECHECK) => {}
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = sync.changed() => {}
+            _ = tokio::time::sleep(MEMBERS_RECHECK) => {}
+        }
     }
 }
 

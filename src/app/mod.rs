@@ -640,7 +640,7 @@ fn slave_settings(settings: &Settings, master: String) -> Result<SlaveSettings, 
         password: settings.mupdate_password.clone().unwrap_or_default(),
         retry_delay: settings.retry_delay,
         client_timeout: settings.client_timeout,
-        elected: settings.ha.is_some(),
+        identity: settings.ha.as_ref().map(|ha| ha.advertise.clone()),
     })
 }
 

@@ -11,7 +11,7 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Fence, HaRole, Keys, fence_margin, leader_value, parse_leader_value};
+use super::{Fence, HaRole, Keys, SyncSet, fence_margin, leader_value, parse_leader_value};
 use crate::config::HaSettings;
 
 /// The shortest keep-alive ping interval etcd tolerates by default.
@@ -45,6 +45,38 @@ enum Campaign {
     },
     /// Nobody holds it, but the term moved meanwhile: campaign again.
     Raced,
+    /// Nobody holds it, and the last master's sync set does not name this instance: it may
+    /// lack acknowledged writes, so it waits for one that holds them all.
+    Ineligible,
+}
+
+/// Records a master's synchronous replicas in etcd, while it is master.
+#[derive(Clone)]
+pub struct SyncRecorder {
+    client: Client,
+    keys: Keys,
+    advertise: String,
+}
+
+impl SyncRecorder {
+    /// Writes `replicas` as the sync set of the master of `term` (this instance), if the
+    /// leader key is still its own; whether it did.
+    pub async fn record(&self, term: u64, replicas: &[String]) -> Result<bool, HaError> {
+        let set = SyncSet {
+            term,
+            master: self.advertise.clone(),
+            replicas: replicas.to_vec(),
+        };
+        let txn = Txn::new()
+            .when([Compare::value(
+                self.keys.leader.as_str(),
+                CompareOp::Equal,
+                leader_value(term, &self.advertise),
+            )])
+            .and_then([TxnOp::put(self.keys.sync.as_str(), set.encode(), None)]);
+        let mut client = self.client.clone();
+        Ok(client.txn(txn).await?.succeeded())
+    }
 }
 
 /// Campaigns for the master's role of one cluster and tells who this instance is.
@@ -86,6 +118,15 @@ impl Elector {
     /// Who this instance is, as it changes.
     pub fn role(&self) -> watch::Receiver<HaRole> {
         self.role.subscribe()
+    }
+
+    /// What records this master's synchronous replicas.
+    pub fn sync_recorder(&self) -> SyncRecorder {
+        SyncRecorder {
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            advertise: self.advertise.clone(),
+        }
     }
 
     /// Open while this instance is master and its lease certainly held.
@@ -152,6 +193,15 @@ impl Elector {
                 let _ = self.client.lease_revoke(lease).await;
                 Ok(())
             }
+            Campaign::Ineligible => {
+                let _ = self.client.lease_revoke(lease).await;
+                tracing::info!(address = %self.advertise, "failover: not a synchronous replica of the last master; waiting for one to take over");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(self.ttl / 3) => {}
+                }
+                Ok(())
+            }
         }
     }
 
@@ -172,11 +222,29 @@ impl Elector {
                 (term, kv.mod_revision())
             }
         };
+        let synced = self.client.get(self.keys.sync.as_str(), None).await?;
+        let (sync, sync_revision) = match synced.kvs().first() {
+            None => (None, 0),
+            Some(kv) => (SyncSet::parse(kv.value()), kv.mod_revision()),
+        };
+        let eligible = sync
+            .as_ref()
+            .is_none_or(|set| set.may_succeed(&self.advertise));
+        if !eligible {
+            let holder = self.client.get(self.keys.leader.as_str(), None).await?;
+            let revision = holder.header().map_or(0, |header| header.revision());
+            return match holder.kvs().first() {
+                None => Ok(Campaign::Ineligible),
+                Some(kv) => self.lost_to(kv.value(), revision),
+            };
+        }
         let next = term + 1;
         let txn = Txn::new()
             .when([
                 Compare::create_revision(self.keys.leader.as_str(), CompareOp::Equal, 0),
                 Compare::mod_revision(self.keys.term.as_str(), CompareOp::Equal, term_revision),
+                // The sync set read is the one in force when the key is taken.
+                Compare::mod_revision(self.keys.sync.as_str(), CompareOp::Equal, sync_revision),
             ])
             .and_then([
                 TxnOp::put(
@@ -198,17 +266,22 @@ impl Elector {
         });
         match holder {
             None => Ok(Campaign::Raced),
-            Some(value) => match parse_leader_value(&value) {
-                Some((term, leader)) => Ok(Campaign::Lost {
-                    term,
-                    leader,
-                    revision,
-                }),
-                None => Err(HaError::Malformed {
-                    key: self.keys.leader.clone(),
-                    value: String::from_utf8_lossy(&value).into_owned(),
-                }),
-            },
+            Some(value) => self.lost_to(&value, revision),
+        }
+    }
+
+    /// Another instance holds the leader key, whose value is `value` at `revision`.
+    fn lost_to(&self, value: &[u8], revision: i64) -> Result<Campaign, HaError> {
+        match parse_leader_value(value) {
+            Some((term, leader)) => Ok(Campaign::Lost {
+                term,
+                leader,
+                revision,
+            }),
+            None => Err(HaError::Malformed {
+                key: self.keys.leader.clone(),
+                value: String::from_utf8_lossy(value).into_owned(),
+            }),
         }
     }
 

@@ -96,6 +96,8 @@ pub struct Keys {
     pub leader: String,
     /// The last term granted: `"<term>"`, only ever increased.
     pub term: String,
+    /// The synchronous replicas a master recorded ([`SyncSet`]): who may succeed it.
+    pub sync: String,
 }
 
 impl Keys {
@@ -104,6 +106,7 @@ impl Keys {
         Keys {
             leader: format!("/mupdate/{cluster}/leader"),
             term: format!("/mupdate/{cluster}/term"),
+            sync: format!("/mupdate/{cluster}/sync"),
         }
     }
 }
@@ -119,6 +122,54 @@ pub fn parse_leader_value(value: &[u8]) -> Option<(u64, String)> {
     let (term, address) = text.split_once(' ')?;
     let term = term.parse().ok()?;
     (!address.is_empty() && !address.contains(' ')).then(|| (term, address.to_owned()))
+}
+
+/// The sync key's value, Patroni's synchronous mode: the master of `term` and the replicas
+/// that held every write it acknowledged when it recorded them. Only these may succeed it,
+/// so that no acknowledged write is lost: `"<term> <master> <replica>..."`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSet {
+    /// The term of the master that recorded it.
+    pub term: u64,
+    /// That master's advertised address.
+    pub master: String,
+    /// The synchronous replicas' advertised addresses.
+    pub replicas: Vec<String>,
+}
+
+impl SyncSet {
+    /// The key's value.
+    pub fn encode(&self) -> String {
+        let mut value = leader_value(self.term, &self.master);
+        for replica in &self.replicas {
+            value.push(' ');
+            value.push_str(replica);
+        }
+        value
+    }
+
+    /// What a sync key's value says, or `None` for anything else.
+    pub fn parse(value: &[u8]) -> Option<SyncSet> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut words = text.split(' ');
+        let term = words.next()?.parse().ok()?;
+        let master = words.next().filter(|w| !w.is_empty())?.to_owned();
+        let replicas: Vec<String> = words.map(str::to_owned).collect();
+        if replicas.iter().any(String::is_empty) {
+            return None;
+        }
+        Some(SyncSet {
+            term,
+            master,
+            replicas,
+        })
+    }
+
+    /// Whether the instance at `address` holds every acknowledged write: the master that
+    /// acknowledged them or one of its synchronous replicas.
+    pub fn may_succeed(&self, address: &str) -> bool {
+        self.master == address || self.replicas.iter().any(|r| r == address)
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +218,23 @@ mod tests {
         let keys = Keys::of("murder1");
         assert_eq!(keys.leader, "/mupdate/murder1/leader");
         assert_eq!(keys.term, "/mupdate/murder1/term");
+        assert_eq!(keys.sync, "/mupdate/murder1/sync");
+    }
+
+    #[test]
+    fn sync_sets_round_trip_and_name_who_may_succeed() {
+        let set = SyncSet {
+            term: 4,
+            master: "10.0.0.1:3905".into(),
+            replicas: vec!["10.0.0.2:3905".into()],
+        };
+        assert_eq!(set.encode(), "4 10.0.0.1:3905 10.0.0.2:3905");
+        assert_eq!(SyncSet::parse(set.encode().as_bytes()), Some(set.clone()));
+        assert!(set.may_succeed("10.0.0.1:3905") && set.may_succeed("10.0.0.2:3905"));
+        assert!(!set.may_succeed("10.0.0.3:3905"));
+        let alone = SyncSet::parse(b"5 10.0.0.2:3905").expect("a master with no replica yet");
+        assert!(alone.replicas.is_empty());
+        let garbage: [&[u8]; 5] = [b"", b"x a", b"5", b"5 a  b", b"5 a \xff"];
+        assert_eq!(garbage.map(SyncSet::parse), [None, None, None, None, None]);
     }
 }

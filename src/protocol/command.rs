@@ -46,12 +46,15 @@ pub enum CommandKind {
         /// The last sequence number the client applied.
         seq: Option<Vec<u8>>,
     },
-    /// `XACK "seq"` (extension): a replica streaming by XUPDATE says it holds every change
-    /// through `seq` durably. Not answered; a master with synchronous replicas acknowledges
-    /// a write only once enough replicas have said so.
+    /// `XACK "seq" ["replica"]` (extension): a replica streaming by XUPDATE says it holds
+    /// every change through `seq` durably. Not answered; a master with synchronous replicas
+    /// acknowledges a write only once enough replicas have said so.
     Xack {
         /// The last sequence number the replica applied, as sent.
         seq: Vec<u8>,
+        /// An elected replica's advertised address: what the master records in etcd as a
+        /// synchronous replica that may succeed it.
+        replica: Option<Vec<u8>>,
     },
     /// `NOOP`
     Noop,
@@ -136,7 +139,10 @@ impl CommandKind {
                 epoch.iter().chain(seq.iter()).map(Vec::as_slice).collect()
             }
             CommandKind::Compress { algorithm } => vec![algorithm],
-            CommandKind::Xack { seq } => vec![seq],
+            CommandKind::Xack { seq, replica } => std::iter::once(seq)
+                .chain(replica)
+                .map(Vec::as_slice)
+                .collect(),
             CommandKind::Noop | CommandKind::Logout | CommandKind::Starttls => Vec::new(),
         }
     }

@@ -120,7 +120,8 @@ impl Name {
             Name::Authenticate => (1, 1),
             Name::Activate => (3, 0),
             Name::Reserve | Name::Deactivate => (2, 0),
-            Name::Delete | Name::Find | Name::Compress | Name::Xack => (1, 0),
+            Name::Delete | Name::Find | Name::Compress => (1, 0),
+            Name::Xack => (1, 1),
             Name::List => (0, 1),
             Name::Update => (0, MAX_UPDATE_HOSTS),
             Name::Xupdate => (0, 2),
@@ -754,6 +755,7 @@ impl Parser {
             },
             Some(Name::Xack) => CommandKind::Xack {
                 seq: take(&mut args),
+                replica: args.pop_front(),
             },
             Some(Name::Noop) | None => CommandKind::Noop,
             Some(Name::Logout) => CommandKind::Logout,

@@ -304,7 +304,8 @@ fn arb_kind() -> impl Strategy<Value = CommandKind> {
                 }
             }
         ),
-        arb_bytes().prop_map(|seq| CommandKind::Xack { seq }),
+        (arb_bytes(), proptest::option::of(arb_bytes()))
+            .prop_map(|(seq, replica)| CommandKind::Xack { seq, replica }),
         Just(CommandKind::Noop),
         Just(CommandKind::Logout),
     ]

@@ -45,8 +45,9 @@ pub struct SlaveSettings {
     pub client_timeout: Duration,
     /// STARTTLS to the master, required, when set (`mupdate_tls`).
     pub tls: Option<crate::tls::ClientTls>,
-    /// An elected instance: after being master it resumes from its own history.
-    pub elected: bool,
+    /// An elected instance's advertised address: it names itself in XACK, and after being
+    /// master resumes from its own history.
+    pub identity: Option<String>,
 }
 
 /// The delay before reconnecting: `d + rand() % (d/2)`, with d of 0 or 1 treated as 1 s
@@ -180,7 +181,7 @@ async fn follow(
     metrics.link_up.set(1);
     if let Some((_, seq)) = position {
         metrics.applied_seq.set(seq as i64);
-        acknowledge(&mut link, seq).await?;
+        acknowledge(&mut link, seq, settings).await?;
     }
     let status = barriers.handle.status.clone();
     stream(
@@ -206,7 +207,7 @@ async fn synchronise(
     tracing::info!(master = %settings.master, "synchronizing mailbox list with master mupdate server");
     // XUPDATE resumes from where this replica stands; a Cyrus master does not know it
     // (BAD), and then a plain UPDATE does.
-    let (epoch, seq) = match store.resume_point(settings.elected)? {
+    let (epoch, seq) = match store.resume_point(settings.identity.is_some())? {
         Some((epoch, seq)) => (
             Some(epoch.to_string().into_bytes()),
             Some(seq.to_string().into_bytes()),
@@ -543,7 +544,7 @@ async fn stream(
         }
         if let Some(Checkpoint { seq, .. }) = checkpoint {
             metrics.applied_seq.set(seq as i64);
-            acknowledge(link, seq).await?;
+            acknowledge(link, seq, settings).await?;
         }
         status.confirm();
         // The master answered the NOOP after everything it had committed before it, and
@@ -559,9 +560,13 @@ async fn stream(
 /// Tells the master this replica holds its changes through `seq` durably (XACK, not
 /// answered): a master with synchronous replicas answers a write once enough of them hold
 /// it. Sent only after a position, which only our masters send.
-async fn acknowledge(link: &mut Link, seq: u64) -> Result<(), LinkError> {
+async fn acknowledge(link: &mut Link, seq: u64, settings: &SlaveSettings) -> Result<(), LinkError> {
     let seq = seq.to_string().into_bytes();
-    link.request(b"K", CommandKind::Xack { seq }).await
+    let replica = settings
+        .identity
+        .as_ref()
+        .map(|name| name.clone().into_bytes());
+    link.request(b"K", CommandKind::Xack { seq, replica }).await
 }
 
 async fn send_noop(link: &mut Link, counter: &mut u64) -> Result<Vec<u8>, LinkError> {

@@ -32,8 +32,8 @@ impl<IO: ClientStream> Session<IO> {
                 ok(&mut self.out, &tag, "Noop done");
                 Ok(Flow::Continue)
             }
-            CommandKind::Xack { seq } => {
-                self.xack(&tag, &seq);
+            CommandKind::Xack { seq, replica } => {
+                self.xack(&tag, &seq, replica);
                 Ok(Flow::Continue)
             }
             CommandKind::Starttls => Ok(self.starttls(&tag)),

@@ -326,17 +326,21 @@ impl<IO: ClientStream> Session<IO> {
     /// XACK: the replica streaming by XUPDATE on this connection holds every change through
     /// `seq` durably. Not answered (it arrives between the stream's notices); refused
     /// outside an XUPDATE stream.
-    pub(super) fn xack(&mut self, tag: &[u8], seq: &[u8]) {
+    pub(super) fn xack(&mut self, tag: &[u8], seq: &[u8], replica: Option<Vec<u8>>) {
         let seq = std::str::from_utf8(seq)
             .ok()
             .and_then(|seq| seq.parse::<u64>().ok());
         match (&mut self.stream, seq) {
             (Some(stream), Some(seq)) if stream.report_seq => {
-                let (replica, _counted) = stream.acknowledging.get_or_insert_with(|| {
+                let named = replica;
+                let (slot, _counted) = stream.acknowledging.get_or_insert_with(|| {
                     let counted = GaugeSlot::hold(self.ctx.metrics.sync_replicas.clone());
                     (self.ctx.sync_replicas.join(), counted)
                 });
-                replica.acknowledge(seq);
+                let name = named
+                    .as_deref()
+                    .and_then(|name| std::str::from_utf8(name).ok());
+                slot.acknowledge(seq, name);
             }
             (Some(stream), _) if stream.report_seq => {
                 bad(&mut self.out, tag, "Badly formed arguments");

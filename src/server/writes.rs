@@ -44,7 +44,7 @@ pub(super) async fn apply(ctx: &ServerContext, tag: &[u8], write: MailboxWrite, 
     }
     let wanted = ctx.settings.sync_replicas;
     // Sync off (the usual case), a write takes no lock here.
-    if wanted > 0 && wanted > ctx.sync_replicas.connected() {
+    if wanted > 0 && !ctx.sync_replicas.enough(wanted) {
         // Refused before anything is written: the safe answer when the write could not be
         // held anywhere but here.
         no(out, tag, "not enough synchronous replicas connected");
@@ -55,12 +55,7 @@ pub(super) async fn apply(ctx: &ServerContext, tag: &[u8], write: MailboxWrite, 
             // The commit that took this write is at or before the store's seq now.
             let seq = ctx.store.last_seq();
             let patience = ctx.settings.sync_timeout;
-            if wanted > 0
-                && !ctx
-                    .sync_replicas
-                    .wait_until_held(seq, wanted, patience)
-                    .await
-            {
+            if wanted > 0 && !ctx.sync_replicas.confirm(seq, wanted, patience).await {
                 tracing::warn!(
                     seq,
                     wanted,
