@@ -279,3 +279,30 @@ async fn only_a_recorded_synchronous_replica_succeeds_the_master() {
         }
     );
 }
+
+/// A replica asks for the term it means to follow: only that term's master streams it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_master_of_the_term_asked_for_streams_it() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let master = cluster.master(Duration::from_secs(20)).await;
+    let follower = (master + 1) % 3;
+    let mut client = cluster.client(master).await;
+    client
+        .exchange(
+            b"X XUPDATE \"0\" \"0\" \"7\"\r\n",
+            b"X NO \"not the master of term 7 (this instance knows term 1)\"\r\n",
+        )
+        .await;
+    let mut client = cluster.client(follower).await;
+    client
+        .exchange(
+            b"X XUPDATE \"0\" \"0\" \"1\"\r\n",
+            b"X NO \"not the master of term 1 (this instance knows term 1)\"\r\n",
+        )
+        .await;
+    let mut client = cluster.client(master).await;
+    client.send(b"X XUPDATE \"0\" \"0\" \"1\"\r\n").await;
+    client.read_until(b"X OK \"streaming starts\"\r\n").await;
+}

@@ -99,6 +99,7 @@ pub(super) fn start(ctx: &Arc<ServerContext>, campaign: Campaign) {
 /// The replication link to one master.
 struct Link {
     master: String,
+    term: u64,
     stop: CancellationToken,
     task: JoinHandle<BarrierRequests>,
     synced: watch::Receiver<bool>,
@@ -146,16 +147,18 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
                     keeping_members = Some(keeping);
                 }
             }
-            HaRole::Follower { leader, .. } => {
-                if link.as_ref().is_none_or(|l| &l.master != leader) {
+            HaRole::Follower { leader, term } => {
+                if link
+                    .as_ref()
+                    .is_none_or(|l| &l.master != leader || l.term != *term)
+                {
                     if let Some(old) = link.take() {
                         requests = stop(old).await;
                     }
-                    match (
-                        requests.take(),
-                        slave_settings(&ctx.settings, leader.clone()),
-                    ) {
-                        (Some(barrier), Ok(settings)) => {
+                    let settings = slave_settings(&ctx.settings, leader.clone());
+                    match (requests.take(), settings) {
+                        (Some(barrier), Ok(mut settings)) => {
+                            settings.term = Some(*term);
                             link = Some(follow(&ctx, settings, barrier));
                         }
                         (barrier, Err(error)) => {
@@ -287,6 +290,7 @@ fn follow(
     let (synced_tx, synced) = watch::channel(false);
     let stop = ctx.shutdown.child_token();
     let master = settings.master.clone();
+    let term = settings.term.unwrap_or_default();
     let task = tokio::spawn(crate::replication::slave::run(
         ctx.store.clone(),
         settings,
@@ -297,6 +301,7 @@ fn follow(
     ));
     Link {
         master,
+        term,
         stop,
         task,
         synced,

@@ -641,6 +641,7 @@ fn slave_settings(settings: &Settings, master: String) -> Result<SlaveSettings, 
         retry_delay: settings.retry_delay,
         client_timeout: settings.client_timeout,
         identity: settings.ha.as_ref().map(|ha| ha.advertise.clone()),
+        term: None,
     })
 }
 

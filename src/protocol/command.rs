@@ -38,13 +38,16 @@ pub enum CommandKind {
         /// Server names for a partial update; empty means everything.
         hosts: Vec<Vec<u8>>,
     },
-    /// `XUPDATE ["epoch" "seq"]` (extension, ignored by Cyrus): UPDATE that reports the
-    /// sequence number of every change and can resume from a position.
+    /// `XUPDATE ["epoch" "seq" ["term"]]` (extension, ignored by Cyrus): UPDATE that
+    /// reports the sequence number of every change and can resume from a position.
     Xupdate {
         /// The master epoch the client last saw.
         epoch: Option<Vec<u8>>,
         /// The last sequence number the client applied.
         seq: Option<Vec<u8>>,
+        /// Under failover, the term of the master the client means to follow: streamed
+        /// only by that master, while it is master.
+        term: Option<Vec<u8>>,
     },
     /// `XACK "seq" ["replica"]` (extension): a replica streaming by XUPDATE says it holds
     /// every change through `seq` durably. Not answered; a master with synchronous replicas
@@ -135,9 +138,12 @@ impl CommandKind {
             CommandKind::Find { name } => vec![name],
             CommandKind::List { prefix } => prefix.iter().map(Vec::as_slice).collect(),
             CommandKind::Update { hosts } => hosts.iter().map(Vec::as_slice).collect(),
-            CommandKind::Xupdate { epoch, seq } => {
-                epoch.iter().chain(seq.iter()).map(Vec::as_slice).collect()
-            }
+            CommandKind::Xupdate { epoch, seq, term } => epoch
+                .iter()
+                .chain(seq.iter())
+                .chain(term.iter())
+                .map(Vec::as_slice)
+                .collect(),
             CommandKind::Compress { algorithm } => vec![algorithm],
             CommandKind::Xack { seq, replica } => std::iter::once(seq)
                 .chain(replica)

@@ -124,7 +124,7 @@ impl Name {
             Name::Xack => (1, 1),
             Name::List => (0, 1),
             Name::Update => (0, MAX_UPDATE_HOSTS),
-            Name::Xupdate => (0, 2),
+            Name::Xupdate => (0, 3),
             Name::Noop | Name::Logout | Name::Starttls => (0, 0),
         }
     }
@@ -752,6 +752,7 @@ impl Parser {
             Some(Name::Xupdate) => CommandKind::Xupdate {
                 epoch: args.pop_front(),
                 seq: args.pop_front(),
+                term: args.pop_front(),
             },
             Some(Name::Xack) => CommandKind::Xack {
                 seq: take(&mut args),

@@ -25,6 +25,9 @@ use crate::store::{
     Checkpoint, Keeping, MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError,
 };
 
+/// How soon an elected follower tries its master again.
+const ELECTED_RETRY_DELAY: Duration = Duration::from_millis(250);
+
 /// Changes applied per commit while reconciling a dump.
 const APPLY_CHUNK: usize = 4096;
 
@@ -48,6 +51,8 @@ pub struct SlaveSettings {
     /// An elected instance's advertised address: it names itself in XACK, and after being
     /// master resumes from its own history.
     pub identity: Option<String>,
+    /// Under failover, the term of the master to follow: streamed only by it, while master.
+    pub term: Option<u64>,
 }
 
 /// The delay before reconnecting: `d + rand() % (d/2)`, with d of 0 or 1 treated as 1 s
@@ -78,7 +83,12 @@ pub async fn run(
         let was_linked = barriers.connected.send_replace(false);
         metrics.link_up.set(0);
         metrics.reconnects.inc();
-        let delay = reconnect_delay(settings.retry_delay);
+        // An elected follower's master may be taking office this very moment (refusing
+        // the term until it has): it tries again at once, not after a Cyrus-style delay.
+        let delay = match settings.term {
+            Some(_) => ELECTED_RETRY_DELAY,
+            None => reconnect_delay(settings.retry_delay),
+        };
         let retry_in_secs = delay.as_secs();
         match result {
             Err(error) if was_linked => tracing::warn!(
@@ -207,15 +217,16 @@ async fn synchronise(
     tracing::info!(master = %settings.master, "synchronizing mailbox list with master mupdate server");
     // XUPDATE resumes from where this replica stands; a Cyrus master does not know it
     // (BAD), and then a plain UPDATE does.
-    let (epoch, seq) = match store.resume_point(settings.identity.is_some())? {
-        Some((epoch, seq)) => (
-            Some(epoch.to_string().into_bytes()),
-            Some(seq.to_string().into_bytes()),
-        ),
-        None => (None, None),
+    let position = store.resume_point(settings.identity.is_some())?;
+    // A term goes after a position: with none, (0, 0), which no master knows.
+    let position = position.or(settings.term.map(|_| (0, 0)));
+    let text = |n: u64| n.to_string().into_bytes();
+    let xupdate = CommandKind::Xupdate {
+        epoch: position.map(|(epoch, _)| text(epoch)),
+        seq: position.map(|(_, seq)| text(seq)),
+        term: settings.term.map(text),
     };
-    link.request(b"U01", CommandKind::Xupdate { epoch, seq })
-        .await?;
+    link.request(b"U01", xupdate).await?;
     let patience = settings.retry_delay.max(Duration::from_secs(1));
     let mut tag: &[u8] = b"U01";
     let mut kind = DumpKind::Full;

@@ -68,7 +68,7 @@ impl<IO: ClientStream> Session<IO> {
                 Ok(Flow::Continue)
             }
             CommandKind::Update { hosts } => self.update(tag, hosts).await,
-            CommandKind::Xupdate { epoch, seq } => self.xupdate(tag, epoch, seq).await,
+            CommandKind::Xupdate { epoch, seq, term } => self.xupdate(tag, epoch, seq, term).await,
             CommandKind::Write(write) => {
                 if self.ctx.read_only() {
                     bad(&mut self.out, &tag, "read-only session");

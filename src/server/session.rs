@@ -65,6 +65,9 @@ pub(super) struct Stream {
     pub(super) last_seq: u64,
     /// Counts this stream among the connected slaves while it lives.
     pub(super) _counted: crate::observability::metrics::GaugeSlot,
+    /// Under failover, the term this stream serves and the role it ends with (XUPDATE
+    /// naming a term): a replica never follows a master past its term.
+    pub(super) term: Option<(u64, tokio::sync::watch::Receiver<crate::failover::HaRole>)>,
     /// Once the replica acknowledges (XACK): counted among the synchronous replicas.
     pub(super) acknowledging: Option<(
         crate::replication::sync::ReplicaSlot,
@@ -113,6 +116,21 @@ enum Wake {
     Change(Result<Arc<Change>, broadcast::error::RecvError>),
     Idle,
     LoginDeadline,
+    TermOver(u64),
+}
+
+/// Returns once the master's `term` is over here (never, for a stream serving no term).
+async fn term_over(
+    term: Option<(u64, tokio::sync::watch::Receiver<crate::failover::HaRole>)>,
+) -> u64 {
+    match term {
+        Some((term, mut role)) => {
+            let leading = crate::failover::HaRole::Leader { term };
+            let _ = role.wait_for(|now| *now != leading).await;
+            term
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_change(
@@ -211,6 +229,7 @@ impl<IO: ClientStream> Session<IO> {
                 return self.flush().await;
             }
             self.flush().await?;
+            let serving_term = self.stream.as_ref().and_then(|s| s.term.clone());
             let wake = {
                 let Session {
                     conn,
@@ -226,6 +245,7 @@ impl<IO: ClientStream> Session<IO> {
                     read = conn.read(input) => Wake::Read(read),
                     _ = &mut idle => Wake::Idle,
                     _ = &mut login_deadline, if login_slot.is_some() => Wake::LoginDeadline,
+                    term = term_over(serving_term) => Wake::TermOver(term),
                 }
             };
             match wake {
@@ -250,6 +270,11 @@ impl<IO: ClientStream> Session<IO> {
                 Wake::Idle => {
                     self.answer_interrupted_command("idle for too long");
                     response::bye(&mut self.out, "idle for too long");
+                    return self.flush().await;
+                }
+                Wake::TermOver(term) => {
+                    tracing::info!(peer = ?self.peer, term, "no longer the master of this stream's term; closing it");
+                    response::bye(&mut self.out, "no longer the master of this term");
                     return self.flush().await;
                 }
                 Wake::LoginDeadline => {

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::connection::ClientStream;
 use super::notices::{bad, encode_change, encode_record, no, ok};
 use super::session::{Flow, Session, Stream};
+use crate::failover::HaRole;
 use crate::observability::metrics::GaugeSlot;
 use crate::protocol::response;
 use crate::protocol::xupdate::{DumpKind, Position};
@@ -76,6 +77,7 @@ impl<IO: ClientStream> Session<IO> {
                     .with_label_values(&["update"]),
             ),
             acknowledging: None,
+            term: None,
         });
         Ok(Flow::Continue)
     }
@@ -89,12 +91,23 @@ impl<IO: ClientStream> Session<IO> {
         tag: Vec<u8>,
         epoch: Option<Vec<u8>>,
         seq: Option<Vec<u8>>,
+        term: Option<Vec<u8>>,
     ) -> std::io::Result<Flow> {
         let number = |v: Option<Vec<u8>>| {
             v.and_then(|v| String::from_utf8(v).ok())
                 .and_then(|v| v.parse::<u64>().ok())
         };
         let position = number(epoch).zip(number(seq));
+        let term = match term {
+            None => None,
+            Some(asked) => match self.master_of_term(number(Some(asked))) {
+                Ok(term) => Some(term),
+                Err(refusal) => {
+                    no(&mut self.out, &tag, &refusal);
+                    return Ok(Flow::Continue);
+                }
+            },
+        };
         let feed = self.ctx.store.subscribe();
         let Some(snapshot) = self.snapshot_or_refuse(&tag) else {
             return Ok(Flow::Continue);
@@ -148,6 +161,7 @@ impl<IO: ClientStream> Session<IO> {
             dumped_through,
             report_seq: true,
             last_seq: dumped_through,
+            term,
             _counted: GaugeSlot::hold(
                 self.ctx
                     .metrics
@@ -157,6 +171,32 @@ impl<IO: ClientStream> Session<IO> {
             acknowledging: None,
         });
         Ok(Flow::Continue)
+    }
+
+    /// The term `asked` for and what follows this instance's role, if it is master of that
+    /// term with its lease held; else why not.
+    fn master_of_term(
+        &self,
+        asked: Option<u64>,
+    ) -> Result<(u64, tokio::sync::watch::Receiver<HaRole>), String> {
+        let Some(asked) = asked else {
+            return Err("Badly formed term".into());
+        };
+        let Some(election) = self.ctx.election() else {
+            return Err(format!("not an elected master (asked for term {asked})"));
+        };
+        match &*election.role.borrow() {
+            HaRole::Leader { term } if *term == asked && election.fence.is_open() => {
+                Ok((asked, election.role.clone()))
+            }
+            HaRole::Leader { term } if *term == asked => {
+                Err(format!("the lease of term {asked} is not held"))
+            }
+            role => Err(format!(
+                "not the master of term {asked} (this instance knows term {})",
+                role.term()
+            )),
+        }
     }
 
     /// A snapshot of the list, or `NO "database error"` queued for `tag`.
