@@ -164,44 +164,72 @@ async fn a_master_cut_off_from_etcd_closes_its_fence_before_a_successor_opens_on
     );
 }
 
-/// Writers on all three instances of an elected cluster; the master killed (SIGKILL);
-/// a successor within seconds; the killed one restarted rejoins as a follower by delta;
-/// every instance ends with every acknowledged write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_loses_no_acknowledged_write_when_its_master_is_killed() {
-    let Some(mut cluster) = Cluster::start(3) else {
+/// What befalls the master in a failover test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL, then started again.
+    Killed,
+    /// SIGSTOP past its lease, then SIGCONT.
+    Frozen,
+    /// Cut off from etcd and the other instances (its own clients still reach it), then
+    /// reconnected.
+    CutOff,
+}
+
+/// Writers on all three instances of an elected cluster; `fault` befalls the master; a
+/// recorded synchronous replica is master within seconds; the old master rejoins as a
+/// follower; every instance ends with a list the whole history of acknowledged writes
+/// allows (a write acknowledged by a replaced master and lost would fail it).
+async fn survives(fault: Fault) {
+    let Some(mut cluster) = Cluster::start(3).await else {
         return;
     };
     let first = cluster.master(Duration::from_secs(20)).await;
     let addresses: Vec<String> = cluster.members.iter().map(|m| m.address()).collect();
     let writers = Writers::start(&addresses);
     tokio::time::sleep(Duration::from_secs(2)).await;
-
     let master_log = cluster.members[first].log();
     let recorded = master_log
         .lines()
         .rfind(|line| line.contains("synchronous replicas recorded"))
         .expect("the master recorded its synchronous replica")
         .to_owned();
-    let killed_at = Instant::now();
-    let mut killed = cluster.members[first].process.take().expect("running");
-    killed.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
-    let second = cluster.master(Duration::from_secs(20)).await;
-    assert_ne!(second, first, "a survivor is master");
+
+    let struck = Instant::now();
+    match fault {
+        Fault::Killed => {
+            let mut killed = cluster.members[first].process.take().expect("running");
+            killed.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+        }
+        Fault::Frozen => cluster.members[first].signal(nix::sys::signal::Signal::SIGSTOP),
+        Fault::CutOff => cluster.members[first].cut_off(),
+    }
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = cluster.master_among(&others, Duration::from_secs(20)).await;
+    let elected_after = struck.elapsed();
     assert!(
-        recorded.contains(&cluster.members[second].address()),
+        recorded.contains(&cluster.members[second].advertised()),
         "the successor is the synchronous replica: {recorded}"
     );
-    let elected_after = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    cluster.members[first].start();
-    let rejoined = cluster.members[first].process.as_ref().expect("restarted");
-    // By delta, unless it had committed a write its replicas never received (killed while
+    // The old master comes back and follows the new one.
+    let synced = "mailbox list synchronization complete";
+    let before = match fault {
+        Fault::Killed => 0,
+        _ => cluster.members[first].log_count(synced),
+    };
+    match fault {
+        Fault::Killed => cluster.members[first].start(),
+        Fault::Frozen => cluster.members[first].signal(nix::sys::signal::Signal::SIGCONT),
+        Fault::CutOff => cluster.members[first].reconnect(),
+    }
+    // By delta, unless it had committed a write its replicas never received (struck while
     // that write waited for them): then its list differs and only a full one mends it.
-    let log =
-        rejoined.log_once_it_holds_within("synchronization complete", Duration::from_secs(20));
-    let resync = if log.contains("(delta resync)") {
+    let rejoined = cluster.members[first]
+        .log_grows(synced, before, Duration::from_secs(20))
+        .await;
+    let resync = if rejoined.contains("(delta resync)") {
         "delta"
     } else {
         "full"
@@ -212,24 +240,36 @@ async fn a_cluster_loses_no_acknowledged_write_when_its_master_is_killed() {
 
     // Every instance converges on the master's list, which the history allows.
     let mut master = cluster.client(second).await;
-    for index in 0..3 {
-        if index != second {
-            converge(&mut cluster.client(index).await, &mut master).await;
+    for index in others.iter().chain([&first]) {
+        if *index != second {
+            converge(&mut cluster.client(*index).await, &mut master).await;
         }
     }
     let acknowledged = check_history(&cluster, &history).await;
-    let after_kill = history
+    let after = history
         .iter()
-        .filter(|a| a.acknowledged == Some(true) && a.answered_at > killed_at)
+        .filter(|a| a.acknowledged == Some(true) && a.answered_at > struck + elected_after)
         .count();
     eprintln!(
-        "{acknowledged} of {} writes acknowledged, {after_kill} after the kill; a new master {elected_after:?} after it; the killed one rejoined by {resync} resync",
+        "{fault:?}: {acknowledged} of {} writes acknowledged, {after} after the new master; it was master {elected_after:?} after the fault; the old master rejoined by {resync} resync",
         history.len()
     );
-    assert!(
-        after_kill > 0,
-        "writes were acknowledged after the failover"
-    );
+    assert!(after > 0, "writes were acknowledged after the failover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_when_the_master_is_killed() {
+    survives(Fault::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_when_the_master_is_frozen_past_its_lease() {
+    survives(Fault::Frozen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_when_the_master_is_cut_off() {
+    survives(Fault::CutOff).await;
 }
 
 /// Patroni's synchronous mode: once a master has recorded its synchronous replicas, only
@@ -283,7 +323,7 @@ async fn only_a_recorded_synchronous_replica_succeeds_the_master() {
 /// A replica asks for the term it means to follow: only that term's master streams it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_master_of_the_term_asked_for_streams_it() {
-    let Some(cluster) = Cluster::start(3) else {
+    let Some(cluster) = Cluster::start(3).await else {
         return;
     };
     let master = cluster.master(Duration::from_secs(20)).await;

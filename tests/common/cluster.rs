@@ -11,23 +11,79 @@ use mupdate::replication::client::Credentials;
 use mupdate::replication::forward::Forwarder;
 use tokio_util::sync::CancellationToken;
 
-use super::etcd::Etcd;
+use super::etcd::{Etcd, Severable};
 use super::{
     Client, ServerProcess, base_config, free_port, list, logged_in, parse_records, write_passwd,
 };
 
-/// One elected instance: its directory, configuration and port survive a restart.
+/// One elected instance: its directory, configuration and port survive a restart. The
+/// other instances and etcd are reached only through paths a test can sever (its own
+/// writers reach it directly, as clients on its side of a partition would).
 pub struct Member {
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
     pub port: u16,
     pub process: Option<ServerProcess>,
+    /// Its way to etcd.
+    pub to_etcd: Severable,
+    /// The others' way to it: what it advertises.
+    pub from_others: Severable,
 }
 
 impl Member {
-    /// `127.0.0.1:port`, where it listens and what it advertises.
+    /// `127.0.0.1:port`, where it listens.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What it advertises: the others' path to it.
+    pub fn advertised(&self) -> String {
+        self.from_others.addr.to_string()
+    }
+
+    /// Cuts it off from etcd and the other instances.
+    pub fn cut_off(&self) {
+        self.to_etcd.sever();
+        self.from_others.sever();
+    }
+
+    /// Ends its partition.
+    pub fn reconnect(&self) {
+        self.to_etcd.heal();
+        self.from_others.heal();
+    }
+
+    /// Sends `signal` to its process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let process = self.process.as_ref().expect("running");
+        let pid = nix::unistd::Pid::from_raw(process.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("kill");
+    }
+
+    /// How many lines of its log so far hold `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits (`patience` at most) until more than `before` lines of its log hold `needle`;
+    /// returns the last of them.
+    pub async fn log_grows(&self, needle: &str, before: usize, patience: Duration) -> String {
+        let deadline = Instant::now() + patience;
+        loop {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().filter(|line| line.contains(needle)).collect();
+            if lines.len() > before {
+                return lines[lines.len() - 1].to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {needle:?} again:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts (or restarts) the process; returns once it accepts clients.
@@ -87,13 +143,16 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts etcd and three instances with a lease of `ttl_secs`; `None` without etcd.
-    pub fn start(ttl_secs: u64) -> Option<Cluster> {
+    pub async fn start(ttl_secs: u64) -> Option<Cluster> {
         let etcd = Etcd::start()?;
-        let mut members: Vec<Member> = (0..3)
-            .map(|_| {
+        let mut members = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let to_etcd = Severable::to(&etcd.endpoint).await;
+            let from_others = Severable::to(&format!("127.0.0.1:{port}")).await;
+            members.push({
                 let dir = tempfile::tempdir().expect("tempdir");
                 write_passwd(dir.path());
-                let port = free_port();
                 let conf = dir.path().join("imapd.conf");
                 std::fs::write(
                     &conf,
@@ -102,9 +161,10 @@ impl Cluster {
                          mupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
                          mupdate_retry_delay: 1\nmupdate_shutdown_delay: 0\n\
                          mupdate_ha_etcd_endpoints: {endpoint}\nmupdate_ha_cluster: test\n\
-                         mupdate_ha_advertise: 127.0.0.1:{port}\nmupdate_ha_lease_ttl: {ttl_secs}\n",
+                         mupdate_ha_advertise: {advertised}\nmupdate_ha_lease_ttl: {ttl_secs}\n",
                         base = base_config(dir.path()),
-                        endpoint = etcd.endpoint,
+                        endpoint = to_etcd.addr,
+                        advertised = from_others.addr,
                     ),
                 )
                 .expect("write conf");
@@ -113,9 +173,11 @@ impl Cluster {
                     conf,
                     port,
                     process: None,
+                    to_etcd,
+                    from_others,
                 }
-            })
-            .collect();
+            });
+        }
         // The first one started is elected; the others follow it once they have synced.
         for member in &mut members {
             member.start();
@@ -126,13 +188,18 @@ impl Cluster {
     /// The index of the member whose banner says `(master)` while every other live one
     /// names it, waiting up to `patience`; panics with the banners seen otherwise.
     pub async fn master(&self, patience: Duration) -> usize {
+        self.master_among(&[0, 1, 2], patience).await
+    }
+
+    /// [`Cluster::master`] among the members `among` (the others may be frozen or cut off).
+    pub async fn master_among(&self, among: &[usize], patience: Duration) -> usize {
         let deadline = Instant::now() + patience;
         loop {
             let mut banners = Vec::new();
-            for member in &self.members {
+            for (index, member) in self.members.iter().enumerate() {
                 let banner = match member.process {
-                    Some(_) => member.banner().await,
-                    None => None,
+                    Some(_) if among.contains(&index) => member.banner().await,
+                    _ => None,
                 };
                 banners.push(banner);
             }
@@ -144,7 +211,7 @@ impl Cluster {
                 })
                 .collect();
             if let [master] = masters[..] {
-                let named = format!("\"mupdate://{}\"", self.members[master].address());
+                let named = format!("\"mupdate://{}\"", self.members[master].advertised());
                 let agreed = banners.iter().enumerate().all(|(i, banner)| {
                     i == master || banner.as_deref().is_none_or(|b| b.contains(&named))
                 });
