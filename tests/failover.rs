@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Writers, check_history};
-use common::converge;
+use common::cyrus::{self, Cyrus, Service};
 use common::etcd::{Etcd, Severable};
+use common::murder::{Imap, find_record, push_backend_list};
+use common::{converge, logged_in};
 use mupdate::config::HaSettings;
 use mupdate::failover::etcd::Elector;
 use mupdate::failover::{Fence, HaRole};
@@ -345,4 +347,80 @@ async fn only_the_master_of_the_term_asked_for_streams_it() {
     let mut client = cluster.client(master).await;
     client.send(b"X XUPDATE \"0\" \"0\" \"1\"\r\n").await;
     client.read_until(b"X OK \"streaming starts\"\r\n").await;
+}
+
+/// A real Cyrus 3.6.1 backend writes through a follower while the master is killed
+/// (CREATE before and after, then `ctl_mboxlist -m`), and a Cyrus mupdate slave streaming
+/// from that follower keeps its stream: no second dump, every change delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cyrus_backend_and_a_cyrus_slave_ride_through_a_failover() {
+    if !cyrus::available("a_cyrus_backend_and_a_cyrus_slave_ride_through_a_failover") {
+        return;
+    }
+    let Some(mut cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let first = cluster.master(Duration::from_secs(20)).await;
+    // Through the follower that is not the synchronous replica: it stays a follower.
+    let recorded = cluster.members[first]
+        .log_grows("synchronous replicas recorded", 0, Duration::from_secs(20))
+        .await;
+    let via = (0..3)
+        .find(|&i| i != first && !recorded.contains(&cluster.members[i].advertised()))
+        .expect("a follower outside the sync set");
+    let via_address = cluster.members[via].address();
+    let (backend, cyrus_slave) = {
+        let mupdate = via_address.clone();
+        tokio::task::spawn_blocking(move || {
+            let backend = Cyrus::start(Service::Backend { mupdate: &mupdate }, "", "");
+            let slave = Cyrus::start(
+                Service::MupdateSlave {
+                    master: &mupdate,
+                    retry_delay: 2,
+                },
+                "mupdate-slave",
+                "",
+            );
+            (backend, slave)
+        })
+        .await
+        .expect("start Cyrus")
+    };
+    let full = "mupdate_dumps_sent_total{kind=\"full\"}";
+    let dumps = cluster.members[via].metric(full);
+    assert!(
+        dumps >= 1.0,
+        "the Cyrus slave's first sync was a full dump from {via_address}"
+    );
+    let mut imap = Imap::login(backend.addr).await;
+    imap.ok("CREATE user.before").await;
+
+    let mut killed = cluster.members[first].process.take().expect("running");
+    killed.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = cluster.master_among(&others, Duration::from_secs(20)).await;
+    assert_ne!(
+        second, via,
+        "the follower outside the sync set stays a follower"
+    );
+    // The backend's first try may meet the follower between masters.
+    imap.ok_eventually("CREATE user.after").await;
+    push_backend_list(&backend).await;
+
+    let mut master = cluster.client(second).await;
+    for name in ["user.before", "user.after"] {
+        let record = find_record(&mut master, name).await;
+        let location = record.map(|r| r.location).unwrap_or_default();
+        assert!(
+            location.starts_with(&backend.addr.to_string()),
+            "{name}: {location:?}"
+        );
+    }
+    let mut from_cyrus = logged_in(cyrus_slave.addr).await;
+    converge(&mut from_cyrus, &mut master).await;
+    assert_eq!(
+        cluster.members[via].metric(full),
+        dumps,
+        "the Cyrus slave kept its stream: no second dump"
+    );
 }

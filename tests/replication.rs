@@ -316,7 +316,6 @@ async fn dump_restore_and_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_master_restart_the_slave_resumes_by_delta() {
-    use std::sync::atomic::Ordering;
     let master = TestServer::start("").await;
     let port = master.addr.port();
     let mut writer = master.admin().await;
@@ -331,7 +330,12 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
         .await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(
-        master.ctx.full_dumps.load(Ordering::Relaxed),
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["full"])
+            .get(),
         1,
         "the first sync is full"
     );
@@ -346,12 +350,22 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
         .await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(
-        master.ctx.full_dumps.load(Ordering::Relaxed),
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["full"])
+            .get(),
         0,
         "no full dump after the restart"
     );
     assert_eq!(
-        master.ctx.resumes.load(Ordering::Relaxed),
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["delta"])
+            .get(),
         1,
         "resumed from the change log"
     );
@@ -359,7 +373,6 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_behind_the_trimmed_log_falls_back_to_a_full_dump() {
-    use std::sync::atomic::Ordering;
     let master = TestServer::start("mupdate_changelog_max: 10\n").await;
     let mut writer = master.admin().await;
     writer
@@ -382,13 +395,28 @@ async fn a_slave_behind_the_trimmed_log_falls_back_to_a_full_dump() {
     let slave = ServerProcess::start(&conf, &[], &[]);
     let mut reader = logged_in(slave.addr).await;
     converge(&mut reader, &mut writer).await;
-    assert_eq!(master.ctx.resumes.load(Ordering::Relaxed), 0);
-    assert_eq!(master.ctx.full_dumps.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["delta"])
+            .get(),
+        0
+    );
+    assert_eq!(
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["full"])
+            .get(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resync() {
-    use std::sync::atomic::Ordering;
     let master = TestServer::start("").await;
     let port = master.addr.port();
     let mut writer = master.admin().await;
@@ -406,7 +434,14 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
     // A wiped master (a new, empty database) comes up where the old one was.
     let empty = TestServer::start_at(tempfile::tempdir().unwrap(), "", port).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while empty.ctx.full_dumps.load(Ordering::Relaxed) == 0 {
+    while empty
+        .ctx
+        .metrics
+        .dumps_sent
+        .with_label_values(&["full"])
+        .get()
+        == 0
+    {
         assert!(Instant::now() < deadline, "the slave did not come back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -441,7 +476,12 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
     let mut writer = master.admin().await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(
-        master.ctx.full_dumps.load(Ordering::Relaxed),
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["full"])
+            .get(),
         1,
         "one full resync after the restore"
     );
@@ -453,9 +493,22 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
         .done(b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
-    assert_eq!(master.ctx.full_dumps.load(Ordering::Relaxed), 0);
     assert_eq!(
-        master.ctx.resumes.load(Ordering::Relaxed),
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["full"])
+            .get(),
+        0
+    );
+    assert_eq!(
+        master
+            .ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["delta"])
+            .get(),
         1,
         "then deltas again"
     );

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub last_seq: IntGauge,
     /// Command latency by command.
     pub command_seconds: HistogramVec,
+    /// Catch-ups sent to streaming clients, by kind (`full`: UPDATE's dump, or XUPDATE
+    /// that could not resume; `delta`: XUPDATE resumed from the change log).
+    pub dumps_sent: IntCounterVec,
     /// A slave's resynchronisations with its master, by kind (`full`, `delta`).
     pub resyncs: IntCounterVec,
     /// A slave's lost links to its master.
@@ -324,6 +327,18 @@ impl Metrics {
                 "mupdate_store_last_sequence",
                 "Sequence number of the last committed change",
             )?,
+            dumps_sent: r.add(IntCounterVec::new(
+                Opts::new(
+                    "mupdate_dumps_sent_total",
+                    "Catch-ups sent to streaming clients, by kind: full (UPDATE, or XUPDATE that could not resume), delta",
+                ),
+                &["kind"],
+            ))
+            .inspect(|v| {
+                for kind in RESYNC_KINDS {
+                    v.with_label_values(&[kind]);
+                }
+            })?,
             resyncs: r.add(IntCounterVec::new(
                 Opts::new(
                     "mupdate_replication_resyncs_total",

@@ -16,7 +16,7 @@ mod writes;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -83,10 +83,6 @@ pub struct ServerContext {
     /// Failed logins per peer address.
     pub failed_logins: crate::auth::FailedLogins,
     upstream: Option<UpstreamBarrier>,
-    /// Full dumps sent (UPDATE, or XUPDATE that could not resume).
-    pub full_dumps: AtomicU64,
-    /// XUPDATEs resumed from the change log.
-    pub resumes: AtomicU64,
     /// What the replicas streaming from this master hold (`mupdate_sync_replicas`).
     pub sync_replicas: Arc<crate::replication::sync::SyncReplicas>,
     /// Exported metrics.
@@ -135,8 +131,6 @@ impl ServerContext {
             unauthenticated: AtomicUsize::new(0),
             failed_logins,
             upstream: None,
-            full_dumps: AtomicU64::new(0),
-            resumes: AtomicU64::new(0),
             sync_replicas: Arc::default(),
             metrics,
             election: None,

@@ -3,7 +3,6 @@
 //! behind is caught up from the change log.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -62,7 +61,11 @@ impl<IO: ClientStream> Session<IO> {
             return Ok(Flow::Continue);
         }
         ok(&mut self.out, &tag, "streaming starts");
-        self.ctx.full_dumps.fetch_add(1, Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .dumps_sent
+            .with_label_values(&["full"])
+            .inc();
         self.stream = Some(Stream {
             tag,
             hosts,
@@ -138,7 +141,11 @@ impl<IO: ClientStream> Session<IO> {
                         self.flush().await?;
                     }
                 }
-                self.ctx.resumes.fetch_add(1, Ordering::Relaxed);
+                self.ctx
+                    .metrics
+                    .dumps_sent
+                    .with_label_values(&["delta"])
+                    .inc();
             }
             None => {
                 DumpKind::Full.encode(&mut self.out);
@@ -149,7 +156,11 @@ impl<IO: ClientStream> Session<IO> {
                     no(&mut self.out, &tag, "database error");
                     return Ok(Flow::Continue);
                 }
-                self.ctx.full_dumps.fetch_add(1, Ordering::Relaxed);
+                self.ctx
+                    .metrics
+                    .dumps_sent
+                    .with_label_values(&["full"])
+                    .inc();
             }
         }
         Position::encode(&mut self.out, our_epoch, dumped_through, None);

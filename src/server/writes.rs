@@ -101,7 +101,21 @@ async fn forward(
             .with_label_values(&[outcome])
             .inc();
     };
-    match election.forwarder.forward(master, write).await {
+    // A master replaced meanwhile (frozen, cut off) may never answer: the write is given
+    // up on, its outcome unknown, as soon as the election names another.
+    let mut role = election.role.clone();
+    let replaced =
+        role.wait_for(|now| !matches!(now, HaRole::Follower { leader, .. } if leader == master));
+    let answer = tokio::select! {
+        answer = election.forwarder.forward(master, write) => answer,
+        _ = replaced => {
+            counted("failed");
+            tracing::warn!(%master, "the master was replaced while a write was forwarded to it");
+            no(out, tag, "the master changed; try again");
+            return;
+        }
+    };
+    match answer {
         Ok(answer) => {
             if answer.ok {
                 if let Some(upstream) = ctx.upstream() {

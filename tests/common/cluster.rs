@@ -60,6 +60,16 @@ impl Member {
         nix::sys::signal::kill(pid, signal).expect("kill");
     }
 
+    /// The value of the sample `series` (name and labels as exposed) on its `/metrics`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let process = self.process.as_ref().expect("running");
+        let (status, body) = super::http_get(&super::sidecar_of(process), "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+    }
+
     /// How many lines of its log so far hold `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
         self.log()
