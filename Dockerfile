@@ -4,6 +4,9 @@
 # rebuild them.
 
 FROM rust:1.95-slim-bookworm AS build
+# The etcd client of the `ha` feature (master failover) compiles etcd's protobuf definitions.
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler=3.21.12-3+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY loadtest/Cargo.toml loadtest/
@@ -13,12 +16,12 @@ RUN mkdir -p src loadtest/src benches \
     && echo 'fn main() {}' > loadtest/src/main.rs \
     && echo 'fn main() {}' > benches/store.rs \
     && echo 'fn main() {}' > benches/redb_floor.rs \
-    && cargo build --release --locked -p mupdate \
+    && cargo build --release --locked -p mupdate --features ha \
     && rm -rf src loadtest/src benches
 COPY . .
 # The stubs' build outputs are older than the real sources; make sure cargo sees that.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked -p mupdate \
+    && cargo build --release --locked -p mupdate --features ha \
     && strip target/release/mupdate
 
 FROM debian:bookworm-slim

@@ -261,19 +261,24 @@ fn run_pod(
             Some(other) => panic!("a volume this test cannot lay out: {other}"),
         }
     }
-    let env: Vec<(String, String)> = items(&container["env"])
-        .iter()
-        .map(|variable| {
-            let value = match variable["value"].as_str() {
-                Some(value) => local(value),
-                None => {
-                    let reference = &variable["valueFrom"]["secretKeyRef"];
-                    secret_value(secrets, text(&reference["name"]), text(&reference["key"])).into()
-                }
-            };
-            (text(&variable["name"]).to_owned(), value)
-        })
-        .collect();
+    let pod_name = format!("{}-{ordinal}", text(&statefulset["metadata"]["name"]));
+    let mut env: Vec<(String, String)> = Vec::new();
+    for variable in items(&container["env"]) {
+        let value = match variable["value"].as_str() {
+            // Kubernetes expands $(NAME) of variables defined before this one.
+            Some(value) => local(&env.iter().fold(value.to_owned(), |value, (name, set)| {
+                value.replace(&format!("$({name})"), set)
+            })),
+            None if variable["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" => {
+                pod_name.clone()
+            }
+            None => {
+                let reference = &variable["valueFrom"]["secretKeyRef"];
+                secret_value(secrets, text(&reference["name"]), text(&reference["key"])).into()
+            }
+        };
+        env.push((text(&variable["name"]).to_owned(), value));
+    }
     let command: Vec<String> = items(&container["command"])
         .iter()
         .chain(items(&container["args"]))
@@ -281,6 +286,89 @@ fn run_pod(
         .collect();
     assert_eq!(command[0], "/usr/local/bin/mupdate", "the image's binary");
     ServerProcess::start_with(&command[1..], &env)
+}
+
+/// The chart's failover mode, on a real etcd: the three pods elect one master, the master
+/// Service selects every pod, and a write sent to a follower (forwarded) reaches all three.
+#[cfg(feature = "ha")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_statefulset_with_failover_elects_a_master_and_takes_writes_anywhere() {
+    let Some(etcd) = common::etcd::Etcd::start() else {
+        return;
+    };
+    let values = r#"{"replicaCount": 3, "ha": {"enabled": true, "etcdEndpoints": ["etcd.infra:2379"], "leaseTTL": 3}}"#;
+    let Some(manifests) = render_chart(values) else {
+        return;
+    };
+    let one = |kind: &str| {
+        manifests
+            .iter()
+            .find(|m| m["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} rendered"))
+    };
+    let (statefulset, configmap) = (one("StatefulSet"), one("ConfigMap"));
+    let name = text(&statefulset["metadata"]["name"]);
+    let master_service = manifests
+        .iter()
+        .find(|m| m["kind"] == "Service" && m["metadata"]["name"] == format!("{name}-master"))
+        .expect("the master Service");
+    assert!(
+        master_service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"].is_null(),
+        "with failover every pod takes writes: {master_service}"
+    );
+    let service = text(&statefulset["spec"]["serviceName"]);
+    let mut renames: Vec<(String, String)> = (0..3)
+        .map(|j| {
+            (
+                format!("{name}-{j}.{service}.mail.svc.cluster.local"),
+                format!("127.0.0.{}", j + 1),
+            )
+        })
+        .collect();
+    renames.push(("etcd.infra:2379".into(), etcd.endpoint.clone()));
+    for port in items(&statefulset["spec"]["template"]["spec"]["containers"][0]["ports"]) {
+        renames.push((
+            format!(":{}", port["containerPort"]),
+            format!(":{}", free_port()),
+        ));
+    }
+    let secrets = secrets(&Pki::new(&["127.0.0.1"]));
+    let dir = tempfile::tempdir().unwrap();
+    let pods: Vec<ServerProcess> = (0..3)
+        .map(|ordinal| {
+            let root = dir.path().join(format!("{name}-{ordinal}"));
+            run_pod(statefulset, configmap, ordinal, &renames, &secrets, &root)
+        })
+        .collect();
+    // The first pod started is elected; the others name it.
+    let master = pods[0].addr;
+    for (ordinal, pod) in pods.iter().enumerate() {
+        let mut client = Client::connect(pod.addr).await;
+        let banner = String::from_utf8_lossy(&client.read_banner().await).into_owned();
+        let role = match ordinal {
+            0 => "\"(master)\"".to_owned(),
+            _ => format!("\"mupdate://{master}\""),
+        };
+        assert!(
+            banner.ends_with(&format!("{role}\r\n")),
+            "pod {ordinal}: {banner}"
+        );
+    }
+    let mut follower = logged_in(pods[2].addr).await;
+    follower
+        .done(b"A1 ACTIVATE \"user.chart\" \"be1!default\" \"chart\tlrs\t\"\r\n")
+        .await;
+    for pod in &pods {
+        let mut client = logged_in(pod.addr).await;
+        client
+            .exchange(
+                b"F1 FIND \"user.chart\"\r\n",
+                b"F1 MAILBOX {10+}\r\nuser.chart {11+}\r\nbe1!default {10+}\r\nchart\tlrs\t\r\nF1 OK \"Search completed\"\r\n",
+            )
+            .await;
+        let (status, body) = http_get(&sidecar_of(pod), "/readyz");
+        assert_eq!(status, 200, "ready: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
