@@ -15,13 +15,7 @@ out=${1:-}
 bench_setup
 cargo build --release -q -p mupdate --features ha
 ours_pid=
-cleanup() {
-    stop_pid "$ours_pid"
-    loadtest/cyrus-master.sh stop "$work/cyrus" || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+trap cleanup_ours_and_cyrus EXIT
 results=$work/results.jsonl
 activate() { # server label port
     local json

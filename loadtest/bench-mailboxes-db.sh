@@ -24,7 +24,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { echo "{\"master\":\"$1\",\"server\":\"$2\",\"result\":$3}" | tee -a "$work/results.jsonl" >&2; }
 
 # start_master cyrus|ours: a master holding COUNT mailboxes, at host:port $addr.

@@ -19,7 +19,6 @@ cleanup() {
 }
 trap cleanup EXIT
 ulimit -n 8192
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 
 # ours: start_ours NAME [MASTERPORT] -> sets port_NAME, pid in pids

@@ -17,14 +17,8 @@ source loadtest/ours.sh
 out=${1:-}
 bench_setup
 ours_pid=
-cleanup() {
-    stop_pid "$ours_pid"
-    loadtest/cyrus-master.sh stop "$work/cyrus" || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap cleanup_ours_and_cyrus EXIT
 pin_cpus
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cport=$(free_port)
 cyrus_pid=$("${server_cpu[@]}" loadtest/cyrus-master.sh start "$work/cyrus" "$cport")

@@ -61,3 +61,14 @@ stop_pid() {
     kill -TERM "$1" 2>/dev/null || return 0
     wait "$1" 2>/dev/null || true
 }
+
+# free_port: a TCP port free on 127.0.0.1 now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# cleanup_ours_and_cyrus: the EXIT trap of a benchmark of ours ($ours_pid, if any) beside
+# one Cyrus master ($work/cyrus): stops both, removes $work.
+cleanup_ours_and_cyrus() {
+    stop_pid "${ours_pid:-}"
+    loadtest/cyrus-master.sh stop "$work/cyrus" || true
+    rm -rf "$work"
+}

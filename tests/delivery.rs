@@ -316,30 +316,10 @@ async fn the_rendered_statefulset_with_failover_elects_a_master_and_takes_writes
         master_service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"].is_null(),
         "with failover every pod takes writes: {master_service}"
     );
-    let service = text(&statefulset["spec"]["serviceName"]);
-    let mut renames: Vec<(String, String)> = (0..3)
-        .map(|j| {
-            (
-                format!("{name}-{j}.{service}.mail.svc.cluster.local"),
-                format!("127.0.0.{}", j + 1),
-            )
-        })
-        .collect();
-    renames.push(("etcd.infra:2379".into(), etcd.endpoint.clone()));
-    for port in items(&statefulset["spec"]["template"]["spec"]["containers"][0]["ports"]) {
-        renames.push((
-            format!(":{}", port["containerPort"]),
-            format!(":{}", free_port()),
-        ));
-    }
-    let secrets = secrets(&Pki::new(&["127.0.0.1"]));
+    let renames = [("etcd.infra:2379".to_owned(), etcd.endpoint.clone())];
     let dir = tempfile::tempdir().unwrap();
-    let pods: Vec<ServerProcess> = (0..3)
-        .map(|ordinal| {
-            let root = dir.path().join(format!("{name}-{ordinal}"));
-            run_pod(statefulset, configmap, ordinal, &renames, &secrets, &root)
-        })
-        .collect();
+    let secrets = secrets(&Pki::new(&["127.0.0.1"]));
+    let pods = run_pods(statefulset, configmap, &renames, &secrets, dir.path());
     // The first pod started is elected; the others name it.
     let master = pods[0].addr;
     for (ordinal, pod) in pods.iter().enumerate() {
@@ -369,6 +349,43 @@ async fn the_rendered_statefulset_with_failover_elects_a_master_and_takes_writes
         let (status, body) = http_get(&sidecar_of(pod), "/readyz");
         assert_eq!(status, 200, "ready: {body}");
     }
+}
+
+/// Runs the rendered StatefulSet's pods in order (pod 0 first: a slave started before its
+/// master would wait out mupdate_retry_delay) as local processes under `dir`: pod j's stable
+/// DNS name becomes 127.0.0.<j+1>, each container port one port free here (the same on
+/// every pod's address, as in a cluster), and `renames` apply besides.
+fn run_pods(
+    statefulset: &serde_json::Value,
+    configmap: &serde_json::Value,
+    renames: &[(String, String)],
+    secrets: &Secrets,
+    dir: &Path,
+) -> Vec<ServerProcess> {
+    let name = text(&statefulset["metadata"]["name"]);
+    let service = text(&statefulset["spec"]["serviceName"]);
+    let replicas = statefulset["spec"]["replicas"].as_u64().expect("replicas");
+    let mut renames: Vec<(String, String)> = (0..replicas)
+        .map(|j| {
+            (
+                format!("{name}-{j}.{service}.mail.svc.cluster.local"),
+                format!("127.0.0.{}", j + 1),
+            )
+        })
+        .chain(renames.iter().cloned())
+        .collect();
+    for port in items(&statefulset["spec"]["template"]["spec"]["containers"][0]["ports"]) {
+        renames.push((
+            format!(":{}", port["containerPort"]),
+            format!(":{}", free_port()),
+        ));
+    }
+    (0..replicas)
+        .map(|ordinal| {
+            let root = dir.join(format!("{name}-{ordinal}"));
+            run_pod(statefulset, configmap, ordinal, &renames, secrets, &root)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,33 +425,10 @@ async fn rendered_statefulset_replicates(values: &str, tls: bool) {
         "the master Service must send writes to the pod that -a makes master"
     );
 
-    // Pod j's stable DNS name is 127.0.0.<j+1>; each container port is one port free here,
-    // the same on every pod's address, as in a cluster.
-    let service = text(&statefulset["spec"]["serviceName"]);
-    let mut renames: Vec<(String, String)> = (0..replicas)
-        .map(|j| {
-            (
-                format!("{name}-{j}.{service}.mail.svc.cluster.local"),
-                format!("127.0.0.{}", j + 1),
-            )
-        })
-        .collect();
-    for port in items(&statefulset["spec"]["template"]["spec"]["containers"][0]["ports"]) {
-        renames.push((
-            format!(":{}", port["containerPort"]),
-            format!(":{}", free_port()),
-        ));
-    }
     // The certificate names what pods' DNS names become here.
     let secrets = secrets(&Pki::new(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]));
     let dir = tempfile::tempdir().unwrap();
-    // Pod 0 first: a slave started before its master would wait out mupdate_retry_delay.
-    let pods: Vec<ServerProcess> = (0..replicas)
-        .map(|ordinal| {
-            let root = dir.path().join(format!("{name}-{ordinal}"));
-            run_pod(statefulset, configmap, ordinal, &renames, &secrets, &root)
-        })
-        .collect();
+    let pods = run_pods(statefulset, configmap, &[], &secrets, dir.path());
 
     let master_address = pods[0].addr;
     for (ordinal, pod) in pods.iter().enumerate() {

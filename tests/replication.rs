@@ -329,16 +329,7 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
         .done(b"A2 ACTIVATE \"user.two\" \"be1!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
-    assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["full"])
-            .get(),
-        1,
-        "the first sync is full"
-    );
+    assert_eq!(dumps_sent(&master, "full"), 1, "the first sync is full");
 
     drop(writer);
     let dir = master.stop().await;
@@ -350,22 +341,12 @@ async fn after_a_master_restart_the_slave_resumes_by_delta() {
         .await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["full"])
-            .get(),
+        dumps_sent(&master, "full"),
         0,
         "no full dump after the restart"
     );
     assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["delta"])
-            .get(),
+        dumps_sent(&master, "delta"),
         1,
         "resumed from the change log"
     );
@@ -395,24 +376,8 @@ async fn a_slave_behind_the_trimmed_log_falls_back_to_a_full_dump() {
     let slave = ServerProcess::start(&conf, &[], &[]);
     let mut reader = logged_in(slave.addr).await;
     converge(&mut reader, &mut writer).await;
-    assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["delta"])
-            .get(),
-        0
-    );
-    assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["full"])
-            .get(),
-        2
-    );
+    assert_eq!(dumps_sent(&master, "delta"), 0);
+    assert_eq!(dumps_sent(&master, "full"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,14 +399,7 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
     // A wiped master (a new, empty database) comes up where the old one was.
     let empty = TestServer::start_at(tempfile::tempdir().unwrap(), "", port).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while empty
-        .ctx
-        .metrics
-        .dumps_sent
-        .with_label_values(&["full"])
-        .get()
-        == 0
-    {
+    while dumps_sent(&empty, "full") == 0 {
         assert!(Instant::now() < deadline, "the slave did not come back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -476,12 +434,7 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
     let mut writer = master.admin().await;
     converge(&mut reader, &mut writer).await;
     assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["full"])
-            .get(),
+        dumps_sent(&master, "full"),
         1,
         "one full resync after the restore"
     );
@@ -493,25 +446,8 @@ async fn an_empty_master_never_wipes_a_replica_and_a_restore_costs_one_full_resy
         .done(b"A2 ACTIVATE \"user.after\" \"be1!p\" \"\"\r\n")
         .await;
     converge(&mut reader, &mut writer).await;
-    assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["full"])
-            .get(),
-        0
-    );
-    assert_eq!(
-        master
-            .ctx
-            .metrics
-            .dumps_sent
-            .with_label_values(&["delta"])
-            .get(),
-        1,
-        "then deltas again"
-    );
+    assert_eq!(dumps_sent(&master, "full"), 0);
+    assert_eq!(dumps_sent(&master, "delta"), 1, "then deltas again");
     drop(slave);
 }
 
@@ -775,4 +711,14 @@ async fn a_slave_killed_in_its_first_sync_starts_over_and_ends_complete() {
     let mut writer = master.admin().await;
     assert_eq!(list(&mut reader).await, list(&mut writer).await);
     assert_eq!(parse_records(&list(&mut reader).await).len(), MAILBOXES);
+}
+
+/// Catch-ups of `kind` (`full`, `delta`) `server` has sent to streaming clients.
+fn dumps_sent(server: &TestServer, kind: &str) -> u64 {
+    server
+        .ctx
+        .metrics
+        .dumps_sent
+        .with_label_values(&[kind])
+        .get()
 }

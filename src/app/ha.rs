@@ -119,13 +119,17 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
     let mut elected = elector.role();
     let recorder = elector.sync_recorder();
     tokio::spawn(elector.run(ctx.shutdown.clone()));
-    let mut keeping_members: Option<CancellationToken> = None;
+    // The term whose synchronous replicas are being kept, and what stops that.
+    let mut keeping_members: Option<(u64, CancellationToken)> = None;
     let mut requests = Some(requests);
     let mut link: Option<Link> = None;
     loop {
         let role = elected.borrow_and_update().clone();
-        if !matches!(role, HaRole::Leader { .. })
-            && let Some(keeping) = keeping_members.take()
+        // Another term (a watch may skip the candidate in between) keeps its own.
+        if keeping_members
+            .as_ref()
+            .is_some_and(|(term, _)| role != HaRole::Leader { term: *term })
+            && let Some((_, keeping)) = keeping_members.take()
         {
             keeping.cancel();
         }
@@ -144,7 +148,7 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
                         *term,
                         keeping.clone(),
                     ));
-                    keeping_members = Some(keeping);
+                    keeping_members = Some((*term, keeping));
                 }
             }
             HaRole::Follower { leader, term } => {

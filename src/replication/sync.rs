@@ -56,8 +56,10 @@ impl SyncReplicas {
     /// Whether a write may be tried: `replicas` can confirm it (connected ones, or under
     /// failover as many recorded members).
     pub fn enough(&self, replicas: usize) -> bool {
-        match &*self.member_list() {
-            Some(members) => members.len() >= replicas,
+        // The members' lock is let go first: `holding` takes the two the other way round.
+        let members = self.member_list().as_ref().map(Vec::len);
+        match members {
+            Some(members) => members >= replicas,
             None => self.connected() >= replicas,
         }
     }
