@@ -226,16 +226,13 @@ async fn survives(fault: Fault) {
         Fault::Frozen => cluster.members[first].signal(nix::sys::signal::Signal::SIGCONT),
         Fault::CutOff => cluster.members[first].reconnect(),
     }
-    // By delta, unless it had committed a write its replicas never received (struck while
-    // that write waited for them): then its list differs and only a full one mends it.
+    // By delta, even when it had committed writes its replicas never received (struck
+    // while they waited for them): it rewinds those, taking the new master's records.
     let rejoined = cluster.members[first]
         .log_grows(synced, before, Duration::from_secs(20))
         .await;
-    let resync = if rejoined.contains("(delta resync)") {
-        "delta"
-    } else {
-        "full"
-    };
+    assert!(rejoined.contains("(delta resync)"), "{rejoined}");
+    let rewound = cluster.members[first].log_count("rewinding this replica's own changes");
     assert_eq!(cluster.master(Duration::from_secs(20)).await, second);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let history = writers.stop().await;
@@ -253,7 +250,7 @@ async fn survives(fault: Fault) {
         .filter(|a| a.acknowledged == Some(true) && a.answered_at > struck + elected_after)
         .count();
     eprintln!(
-        "{fault:?}: {acknowledged} of {} writes acknowledged, {after} after the new master; it was master {elected_after:?} after the fault; the old master rejoined by {resync} resync",
+        "{fault:?}: {acknowledged} of {} writes acknowledged, {after} after the new master; it was master {elected_after:?} after the fault; the old master rejoined by delta, rewinding {rewound} times",
         history.len()
     );
     assert!(after > 0, "writes were acknowledged after the failover");
@@ -422,5 +419,65 @@ async fn a_cyrus_backend_and_a_cyrus_slave_ride_through_a_failover() {
         cluster.members[via].metric(full),
         dumps,
         "the Cyrus slave kept its stream: no second dump"
+    );
+}
+
+/// Without synchronous replicas a master cut off from the others acknowledges writes until
+/// its lease runs out, writes its successor never receives (the price of
+/// `mupdate_sync_replicas: 0`). Back, it rewinds them by delta: the successor's records of
+/// the names it touched, no whole list, and every instance agrees again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_master_rewinds_the_writes_its_successor_never_received() {
+    let Some(cluster) = Cluster::start_with(3, "mupdate_sync_replicas: 0\n").await else {
+        return;
+    };
+    let first = cluster.master(Duration::from_secs(20)).await;
+    let mut old = cluster.client(first).await;
+    old.done(b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n")
+        .await;
+    old.done(b"A2 ACTIVATE \"user.changed\" \"be1!p\" \"\"\r\n")
+        .await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    for &index in &others {
+        converge(&mut cluster.client(index).await, &mut old).await;
+    }
+
+    cluster.members[first].cut_off();
+    // Acknowledged while its lease lasts, by nobody else received.
+    old.done(b"A3 ACTIVATE \"user.lost\" \"be1!p\" \"\"\r\n")
+        .await;
+    old.done(b"A4 ACTIVATE \"user.changed\" \"be9!lost\" \"\"\r\n")
+        .await;
+    old.done(b"A5 DELETE \"user.kept\"\r\n").await;
+    let second = cluster.master_among(&others, Duration::from_secs(20)).await;
+    let mut new = cluster.client(second).await;
+    new.done(b"B1 ACTIVATE \"user.new\" \"be2!p\" \"\"\r\n")
+        .await;
+
+    let synced = "mailbox list synchronization complete";
+    let before = cluster.members[first].log_count(synced);
+    cluster.members[first].reconnect();
+    let rejoined = cluster.members[first]
+        .log_grows(synced, before, Duration::from_secs(20))
+        .await;
+    assert!(rejoined.contains("(delta resync)"), "{rejoined}");
+    common::assert_contains(
+        &cluster.members[first].log(),
+        "rewinding this replica's own changes the master never received",
+    );
+    let mut old = cluster.client(first).await;
+    converge(&mut old, &mut new).await;
+    let listed = common::list(&mut old).await;
+    let names: Vec<(String, String)> = common::parse_records(&listed)
+        .into_iter()
+        .map(|r| (r.name, r.location))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("user.changed".to_owned(), "be1!p".to_owned()),
+            ("user.kept".to_owned(), "be1!p".to_owned()),
+            ("user.new".to_owned(), "be2!p".to_owned()),
+        ]
     );
 }

@@ -73,6 +73,29 @@ impl DumpKind {
     }
 }
 
+/// `* XREWIND "seq"`, before `NO` to an elected replica's XUPDATE: this master knows that
+/// replica's history (it followed it while the replica was master) only through `seq`, so
+/// the replica holds changes past it that nobody else has. The replica takes this master's
+/// records of the names those changes touched (FIND) and asks again from `seq`.
+pub struct Rewind;
+
+impl Rewind {
+    /// Encodes the line.
+    pub fn encode(out: &mut Vec<u8>, seq: u64) {
+        out.extend_from_slice(format!("* XREWIND \"{seq}\"\r\n").as_bytes());
+    }
+
+    /// Parses what follows `* XREWIND`; `None` unless it is a number.
+    pub fn parse(rest: &[u8]) -> Option<u64> {
+        std::str::from_utf8(rest)
+            .ok()?
+            .trim()
+            .trim_matches('"')
+            .parse()
+            .ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +110,15 @@ mod tests {
         assert_eq!(DumpKind::parse(b"\"delta\""), DumpKind::Delta);
         assert_eq!(DumpKind::parse(b"\"full\""), DumpKind::Full);
         assert_eq!(DumpKind::parse(b"delta?"), DumpKind::Full);
+    }
+
+    #[test]
+    fn rewinds_round_trip() {
+        let mut out = Vec::new();
+        Rewind::encode(&mut out, 42);
+        assert_eq!(out, b"* XREWIND \"42\"\r\n");
+        assert_eq!(Rewind::parse(b"\"42\""), Some(42));
+        assert_eq!(Rewind::parse(b"\"x\""), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::mailbox::MailboxWrite;
 use crate::observability::metrics::Metrics;
 use crate::protocol::CommandKind;
 use crate::protocol::reply::Reply;
-use crate::protocol::xupdate::{DumpKind, Position};
+use crate::protocol::xupdate::{DumpKind, Position, Rewind};
 use crate::store::{
     Checkpoint, Keeping, MailboxState, Mutation, Outcome, ReplicaRecord, Store, StoreError,
 };
@@ -217,25 +217,54 @@ async fn synchronise(
     tracing::info!(master = %settings.master, "synchronizing mailbox list with master mupdate server");
     // XUPDATE resumes from where this replica stands; a Cyrus master does not know it
     // (BAD), and then a plain UPDATE does.
-    let position = store.resume_point(settings.identity.is_some())?;
+    let resume = store.resume_point(settings.identity.is_some())?;
     // A term goes after a position: with none, (0, 0), which no master knows.
-    let position = position.or(settings.term.map(|_| (0, 0)));
-    let text = |n: u64| n.to_string().into_bytes();
-    let xupdate = CommandKind::Xupdate {
-        epoch: position.map(|(epoch, _)| text(epoch)),
-        seq: position.map(|(_, seq)| text(seq)),
-        term: settings.term.map(text),
-    };
-    link.request(b"U01", xupdate).await?;
+    let resume = resume.or(settings.term.map(|_| (0, 0)));
+    xupdate(link, resume, settings.term).await?;
     let patience = settings.retry_delay.max(Duration::from_secs(1));
     let mut tag: &[u8] = b"U01";
     let mut kind = DumpKind::Full;
     let mut position = None;
+    let mut rewind_to = None;
+    let mut rewound = false;
     // Records are committed while the rest of the list arrives.
     let mut resync = Resync::start(store, unseen)?;
     loop {
         // D-13: a master that stops sending in the middle of its dump is given up on.
         match link.next(patience).await? {
+            Reply::Line { tag: t, word, rest } if t == b"*" && word == b"XREWIND" => {
+                rewind_to = Rewind::parse(&rest);
+            }
+            Reply::Line { tag: t, word, .. }
+                if t == b"U01" && word == b"NO" && !rewound && rewind_to.is_some() =>
+            {
+                let through = rewind_to.take().unwrap_or_default();
+                rewound = true;
+                // `through` is in the history asked from: this store's own, or the one
+                // it last followed (a master before this one, whose changes this replica
+                // received further than its successor did).
+                let from = match resume {
+                    Some((epoch, _)) if epoch == store.epoch() => Some((epoch, through, through)),
+                    Some((epoch, _)) => store
+                        .snapshot()?
+                        .checkpoint_at_or_before(epoch, through)?
+                        .map(|(seq, local)| (epoch, seq, local)),
+                    None => None,
+                };
+                let rewound_from = match from {
+                    Some((epoch, seq, local)) => rewind(store, link, local, &mut resync, patience)
+                        .await?
+                        .then_some((epoch, seq)),
+                    None => None,
+                };
+                if let Some(position) = rewound_from {
+                    xupdate(link, Some(position), settings.term).await?;
+                } else {
+                    // Too much to rewind, or the change log no longer reaches back: the
+                    // whole list.
+                    xupdate(link, Some((0, 0)), settings.term).await?;
+                }
+            }
             Reply::Line { tag: t, word, .. } if t == b"U01" && word == b"BAD" && tag == b"U01" => {
                 link.request(b"U02", CommandKind::Update { hosts: Vec::new() })
                     .await?;
@@ -566,6 +595,77 @@ async fn stream(
             }
         }
     }
+}
+
+/// Sends XUPDATE from `position` (none: the whole list), naming `term` under failover.
+async fn xupdate(
+    link: &mut Link,
+    position: Option<(u64, u64)>,
+    term: Option<u64>,
+) -> Result<(), LinkError> {
+    let text = |n: u64| n.to_string().into_bytes();
+    let command = CommandKind::Xupdate {
+        epoch: position.map(|(epoch, _)| text(epoch)),
+        seq: position.map(|(_, seq)| text(seq)),
+        term: term.map(text),
+    };
+    link.request(b"U01", command).await
+}
+
+/// Most names a rewind asks the master for; past it, the whole list is cheaper.
+const REWIND_MAX: usize = 10_000;
+
+/// Undoes this store's own changes after `through` (it was master, and its successor never
+/// received them): takes the master's record of every name they touched, by FIND, into
+/// `resync` (a name the master does not have is deleted). Whether it could: `false` when
+/// the change log no longer reaches back or there are too many.
+async fn rewind(
+    store: &Store,
+    link: &mut Link,
+    through: u64,
+    resync: &mut Resync,
+    patience: Duration,
+) -> Result<bool, LinkError> {
+    let Some(names) = store.snapshot()?.names_changed_after(through, REWIND_MAX)? else {
+        return Ok(false);
+    };
+    tracing::info!(
+        through,
+        names = names.len(),
+        "rewinding this replica's own changes the master never received"
+    );
+    let mut requests = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        crate::protocol::Command {
+            tag: format!("R{index}").into_bytes(),
+            kind: CommandKind::Find { name: name.clone() },
+        }
+        .encode(&mut requests);
+    }
+    link.send(&requests).await?;
+    let mut found = None;
+    let mut answered = 0;
+    while answered < names.len() {
+        match link.next(patience).await? {
+            Reply::Line { tag, word, rest } if tag.starts_with(b"R") => {
+                if word != b"OK" {
+                    return Err(LinkError::Protocol(format!(
+                        "FIND answered {} {}",
+                        String::from_utf8_lossy(&word),
+                        String::from_utf8_lossy(&rest)
+                    )));
+                }
+                let name = names[answered].clone();
+                let mutation = found
+                    .take()
+                    .unwrap_or(Mutation::Replicate { name, record: None });
+                resync.push(mutation).await?;
+                answered += 1;
+            }
+            reply => found = replicate(reply),
+        }
+    }
+    Ok(true)
 }
 
 /// Tells the master this replica holds its changes through `seq` durably (XACK, not

@@ -12,7 +12,7 @@ use super::session::{Flow, Session, Stream};
 use crate::failover::HaRole;
 use crate::observability::metrics::GaugeSlot;
 use crate::protocol::response;
-use crate::protocol::xupdate::{DumpKind, Position};
+use crate::protocol::xupdate::{DumpKind, Position, Rewind};
 use crate::store::{Change, RecordRef, Snapshot, server_of};
 
 /// Bytes of dump output produced before they are handed to the socket.
@@ -120,6 +120,21 @@ impl<IO: ClientStream> Session<IO> {
         // A replica of our own history resumes where it is; one of a master this store
         // followed (before a failover made it the master) from where this store had applied
         // as much of that history.
+        // An elected replica that was master holds changes past what this store has of its
+        // history: it rewinds them rather than take the whole list.
+        if let (Some(_), Some((epoch, seq))) = (&term, position)
+            && epoch != our_epoch
+            && let Ok(Some(known)) = snapshot.known_through(epoch)
+            && known < seq
+        {
+            Rewind::encode(&mut self.out, known);
+            no(
+                &mut self.out,
+                &tag,
+                "changes past this master's history: rewind",
+            );
+            return Ok(Flow::Continue);
+        }
         let delta = match position {
             Some((epoch, seq)) if epoch == our_epoch => snapshot.changes_after(seq),
             Some((epoch, seq)) => match snapshot.local_position(epoch, seq) {

@@ -848,6 +848,38 @@ impl Snapshot {
     /// that replica to this store's state), or `None` when this store never followed that
     /// history that far.
     pub fn local_position(&self, epoch: u64, seq: u64) -> Result<Option<u64>, StoreError> {
+        // A replica that holds more of that history than this one does has changes this
+        // one never saw: they must be undone first (a rewind, or a full list).
+        if self.known_through(epoch)?.is_none_or(|newest| newest < seq) {
+            return Ok(None);
+        }
+        Ok(self
+            .checkpoint_at_or_before(epoch, seq)?
+            .map(|(_, local)| local))
+    }
+
+    /// This store's newest checkpoint in the history `epoch` at or before `seq`: that
+    /// history's seq there, and this store's own.
+    pub fn checkpoint_at_or_before(
+        &self,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let positions = self
+            .txn
+            .open_table(UPSTREAM_POSITIONS)
+            .map_err(StoreError::from_redb)?;
+        let at_or_before = positions
+            .range((epoch, 0)..=(epoch, seq))
+            .map_err(StoreError::from_redb)?
+            .next_back()
+            .transpose()
+            .map_err(StoreError::from_redb)?;
+        Ok(at_or_before.map(|(position, local)| (position.value().1, local.value())))
+    }
+
+    /// How far this store has applied the history `epoch` (that history's seq), if at all.
+    pub fn known_through(&self, epoch: u64) -> Result<Option<u64>, StoreError> {
         let positions = self
             .txn
             .open_table(UPSTREAM_POSITIONS)
@@ -858,19 +890,23 @@ impl Snapshot {
             .next_back()
             .transpose()
             .map_err(StoreError::from_redb)?;
-        // A replica that holds more of that history than this one does has changes this
-        // one never saw: only a full list brings it back in step.
-        match newest {
-            Some((newest, _)) if newest.value().1 >= seq => {}
-            _ => return Ok(None),
-        }
-        let at_or_before = positions
-            .range((epoch, 0)..=(epoch, seq))
-            .map_err(StoreError::from_redb)?
-            .next_back()
-            .transpose()
-            .map_err(StoreError::from_redb)?;
-        Ok(at_or_before.map(|(_, local)| local.value()))
+        Ok(newest.map(|(position, _)| position.value().1))
+    }
+
+    /// The names changed after `seq`, each once, if the change log still holds every
+    /// change since and they are at most `limit`.
+    pub fn names_changed_after(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let Some(changes) = self.changes_after(seq)? else {
+            return Ok(None);
+        };
+        let mut names: Vec<Vec<u8>> = changes.into_iter().map(|change| change.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok((names.len() <= limit).then_some(names))
     }
 
     /// The changes after `seq` up to this snapshot, in order, if the change log still

@@ -154,6 +154,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts etcd and three instances with a lease of `ttl_secs`; `None` without etcd.
     pub async fn start(ttl_secs: u64) -> Option<Cluster> {
+        Cluster::start_with(ttl_secs, "").await
+    }
+
+    /// [`Cluster::start`] with `extra` imapd.conf lines on every instance.
+    pub async fn start_with(ttl_secs: u64, extra: &str) -> Option<Cluster> {
         let etcd = Etcd::start()?;
         let mut members = Vec::new();
         for _ in 0..3 {
@@ -171,7 +176,7 @@ impl Cluster {
                          mupdate_authname: mupdate\nmupdate_password: mupdatepass\n\
                          mupdate_retry_delay: 1\nmupdate_shutdown_delay: 0\n\
                          mupdate_ha_etcd_endpoints: {endpoint}\nmupdate_ha_cluster: test\n\
-                         mupdate_ha_advertise: {advertised}\nmupdate_ha_lease_ttl: {ttl_secs}\n",
+                         mupdate_ha_advertise: {advertised}\nmupdate_ha_lease_ttl: {ttl_secs}\n{extra}",
                         base = base_config(dir.path()),
                         endpoint = to_etcd.addr,
                         advertised = from_others.addr,
