@@ -196,6 +196,11 @@ async fn survives(fault: Fault) {
         .rfind(|line| line.contains("synchronous replicas recorded"))
         .expect("the master recorded its synchronous replica")
         .to_owned();
+    assert_eq!(
+        cluster.members[first].metric("mupdate_ha_sync_members"),
+        1.0
+    );
+    assert_eq!(cluster.members[first].metric("mupdate_ha_leader"), 1.0);
 
     let struck = Instant::now();
     match fault {

@@ -141,6 +141,7 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
                 }
                 if keeping_members.is_none() && ctx.settings.sync_replicas > 0 {
                     ctx.sync_replicas.begin_term(ctx.store.last_seq());
+                    ctx.metrics.ha_sync_members.set(0);
                     let keeping = ctx.shutdown.child_token();
                     tokio::spawn(keep_members(
                         ctx.clone(),
@@ -234,6 +235,7 @@ async fn keep_members(
                 }
             };
             if sync.change_members(proposed.clone(), record).await {
+                ctx.metrics.ha_sync_members.set(proposed.len() as i64);
                 tracing::info!(term, replicas = ?proposed, "failover: synchronous replicas recorded");
             } else {
                 // Not on the next acknowledgement: etcd may be struggling.

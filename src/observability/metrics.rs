@@ -37,6 +37,8 @@ pub struct Metrics {
     pub ha_term: IntGauge,
     /// Under failover: changes of this instance's role (elected, demoted, new master).
     pub ha_role_changes: IntCounter,
+    /// Under failover: the synchronous replicas a master has recorded in etcd.
+    pub ha_sync_members: IntGauge,
     /// Under failover: writes a follower forwarded to the master, by outcome.
     pub forwarded_writes: IntCounterVec,
     /// Mailboxes by state (`active`, `reserved`).
@@ -285,6 +287,10 @@ impl Metrics {
             ha_role_changes: r.counter(
                 "mupdate_ha_role_changes_total",
                 "Changes of this instance's elected role or of the master it follows",
+            )?,
+            ha_sync_members: r.gauge(
+                "mupdate_ha_sync_members",
+                "Synchronous replicas this master has recorded in etcd: the ones that may succeed it",
             )?,
             forwarded_writes: r.add(IntCounterVec::new(
                 Opts::new(
