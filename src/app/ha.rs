@@ -53,7 +53,9 @@ pub(super) fn prepare(
         },
         {
             let settings = settings.clone();
-            Box::new(move |master| crate::tls::client_for(&settings, master).ok().flatten())
+            Box::new(move |master| {
+                crate::tls::client_for(&settings, master).map_err(|error| error.to_string())
+            })
         },
         // The master may wait for its synchronous replicas before it answers.
         settings.sync_timeout + settings.client_timeout,

@@ -15,8 +15,9 @@ use crate::tls::ClientTls;
 /// connecting; more connect and are then let go.
 const POOL_MAX: usize = 16;
 
-/// TLS towards a master (`mupdate_tls`), given its address; `None`: plain.
-pub type TlsFor = Box<dyn Fn(&str) -> Option<ClientTls> + Send + Sync>;
+/// TLS towards a master (`mupdate_tls`), given its address; `None`: plain; an error when
+/// TLS is required but cannot be set up (the write is then not sent in clear).
+pub type TlsFor = Box<dyn Fn(&str) -> Result<Option<ClientTls>, String> + Send + Sync>;
 
 /// The master's answer to a forwarded write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +59,7 @@ impl Forwarder {
             None => {
                 let credentials = Credentials {
                     server: master.to_owned(),
-                    tls: (self.tls_for)(master),
+                    tls: (self.tls_for)(master).map_err(LinkError::Tls)?,
                     ..self.credentials.clone()
                 };
                 client::connect(&credentials).await?

@@ -314,7 +314,7 @@ async fn write_until(
             timeout: Duration::from_secs(2),
             tls: None,
         },
-        Box::new(|_| None),
+        Box::new(|_| Ok(None)),
         Duration::from_secs(15),
     );
     let mut active: Vec<Vec<u8>> = Vec::new();
