@@ -486,3 +486,40 @@ async fn an_old_master_rewinds_the_writes_its_successor_never_received() {
         ]
     );
 }
+
+/// A master without synchronous replicas clears the sync set an earlier one recorded, so
+/// that any instance may take over (the choice `mupdate_sync_replicas: 0` makes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleared_sync_set_lets_any_instance_take_over() {
+    let Some(etcd) = Etcd::start() else { return };
+    let elector = Elector::connect(&settings(&etcd.endpoint, "10.0.0.1:3905"))
+        .await
+        .expect("connect to etcd");
+    let recorder = elector.sync_recorder();
+    let stop_first = CancellationToken::new();
+    let mut first = Instance {
+        role: elector.role(),
+        fence: elector.fence(),
+        stop: stop_first.clone(),
+    };
+    tokio::spawn(elector.run(stop_first));
+    role_becomes(&mut first, |r| matches!(r, HaRole::Leader { term: 1 })).await;
+    assert!(
+        recorder
+            .record(1, &["10.0.0.2:3905".to_owned()])
+            .await
+            .expect("record")
+    );
+    assert!(
+        !recorder.clear(2).await.expect("clear"),
+        "not the master of term 2"
+    );
+    assert!(recorder.clear(1).await.expect("clear"));
+    let mut outsider = instance(&etcd.endpoint, "10.0.0.3:3905").await;
+    role_becomes(&mut outsider, |r| {
+        matches!(r, HaRole::Follower { term: 1, .. })
+    })
+    .await;
+    first.stop.cancel();
+    role_becomes(&mut outsider, |r| matches!(r, HaRole::Leader { term: 2 })).await;
+}

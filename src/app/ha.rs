@@ -123,6 +123,8 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
     tokio::spawn(elector.run(ctx.shutdown.clone()));
     // The term whose synchronous replicas are being kept, and what stops that.
     let mut keeping_members: Option<(u64, CancellationToken)> = None;
+    // The term whose master cleared the sync set (mupdate_sync_replicas 0).
+    let mut cleared = None;
     let mut requests = Some(requests);
     let mut link: Option<Link> = None;
     loop {
@@ -140,6 +142,17 @@ async fn supervise(ctx: Arc<ServerContext>, campaign: Campaign) {
                 // No change from an old master may land after this one's own writes.
                 if let Some(old) = link.take() {
                     requests = stop(old).await;
+                }
+                if ctx.settings.sync_replicas == 0 && cleared != Some(*term) {
+                    cleared = Some(*term);
+                    // No synchronous replicas: a sync set left by an earlier configuration
+                    // must not keep any instance from taking over.
+                    let (recorder, term) = (recorder.clone(), *term);
+                    tokio::spawn(async move {
+                        if let Err(error) = recorder.clear(term).await {
+                            tracing::warn!(%error, "failover: cannot clear the sync set");
+                        }
+                    });
                 }
                 if keeping_members.is_none() && ctx.settings.sync_replicas > 0 {
                     ctx.sync_replicas.begin_term(ctx.store.last_seq());

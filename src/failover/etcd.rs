@@ -77,6 +77,21 @@ impl SyncRecorder {
         let mut client = self.client.clone();
         Ok(client.txn(txn).await?.succeeded())
     }
+
+    /// Removes the sync set, if the leader key is still this master's of `term`: with
+    /// `mupdate_sync_replicas: 0` any instance may succeed it (availability chosen over
+    /// the writes a successor may lack). Whether it did.
+    pub async fn clear(&self, term: u64) -> Result<bool, HaError> {
+        let txn = Txn::new()
+            .when([Compare::value(
+                self.keys.leader.as_str(),
+                CompareOp::Equal,
+                leader_value(term, &self.advertise),
+            )])
+            .and_then([TxnOp::delete(self.keys.sync.as_str(), None)]);
+        let mut client = self.client.clone();
+        Ok(client.txn(txn).await?.succeeded())
+    }
 }
 
 /// Campaigns for the master's role of one cluster and tells who this instance is.
