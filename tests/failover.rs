@@ -15,7 +15,7 @@ use common::etcd::{Etcd, Severable};
 use common::murder::{Imap, find_record, push_backend_list};
 use common::{converge, logged_in};
 use mupdate::config::HaSettings;
-use mupdate::failover::etcd::Elector;
+use mupdate::failover::etcd::{Elector, SyncRecorder};
 use mupdate::failover::{Fence, HaRole};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,8 @@ fn settings(endpoint: &str, advertise: &str) -> HaSettings {
 struct Instance {
     role: watch::Receiver<HaRole>,
     fence: Fence,
+    /// What records its synchronous replicas while it is master.
+    recorder: SyncRecorder,
     stop: CancellationToken,
 }
 
@@ -46,6 +48,7 @@ async fn instance(endpoint: &str, advertise: &str) -> Instance {
     let instance = Instance {
         role: elector.role(),
         fence: elector.fence(),
+        recorder: elector.sync_recorder(),
         stop: stop.clone(),
     };
     tokio::spawn(elector.run(stop));
@@ -282,18 +285,9 @@ async fn no_acknowledged_write_is_lost_when_the_master_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_recorded_synchronous_replica_succeeds_the_master() {
     let Some(etcd) = Etcd::start() else { return };
-    let elector = Elector::connect(&settings(&etcd.endpoint, "10.0.0.1:3905"))
-        .await
-        .expect("connect to etcd");
-    let recorder = elector.sync_recorder();
-    let stop_first = CancellationToken::new();
-    let mut first = Instance {
-        role: elector.role(),
-        fence: elector.fence(),
-        stop: stop_first.clone(),
-    };
-    tokio::spawn(elector.run(stop_first));
+    let mut first = instance(&etcd.endpoint, "10.0.0.1:3905").await;
     role_becomes(&mut first, |r| matches!(r, HaRole::Leader { term: 1 })).await;
+    let recorder = first.recorder.clone();
     let replicas = ["10.0.0.2:3905".to_owned()];
     assert!(recorder.record(1, &replicas).await.expect("record"));
     // A master that is not (or no longer) the leader of that term records nothing.
@@ -492,18 +486,9 @@ async fn an_old_master_rewinds_the_writes_its_successor_never_received() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleared_sync_set_lets_any_instance_take_over() {
     let Some(etcd) = Etcd::start() else { return };
-    let elector = Elector::connect(&settings(&etcd.endpoint, "10.0.0.1:3905"))
-        .await
-        .expect("connect to etcd");
-    let recorder = elector.sync_recorder();
-    let stop_first = CancellationToken::new();
-    let mut first = Instance {
-        role: elector.role(),
-        fence: elector.fence(),
-        stop: stop_first.clone(),
-    };
-    tokio::spawn(elector.run(stop_first));
+    let mut first = instance(&etcd.endpoint, "10.0.0.1:3905").await;
     role_becomes(&mut first, |r| matches!(r, HaRole::Leader { term: 1 })).await;
+    let recorder = first.recorder.clone();
     assert!(
         recorder
             .record(1, &["10.0.0.2:3905".to_owned()])
