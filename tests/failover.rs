@@ -240,7 +240,7 @@ async fn survives(fault: Fault) {
         .log_grows(synced, before, Duration::from_secs(20))
         .await;
     assert!(rejoined.contains("(delta resync)"), "{rejoined}");
-    let rewound = cluster.members[first].log_count("rewinding this replica's own changes");
+    let rewound = cluster.members[first].log_count("rewinding changes the master never received");
     assert_eq!(cluster.master(Duration::from_secs(20)).await, second);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let history = writers.stop().await;
@@ -462,7 +462,7 @@ async fn an_old_master_rewinds_the_writes_its_successor_never_received() {
     assert!(rejoined.contains("(delta resync)"), "{rejoined}");
     common::assert_contains(
         &cluster.members[first].log(),
-        "rewinding this replica's own changes the master never received",
+        "rewinding changes the master never received",
     );
     let mut old = cluster.client(first).await;
     converge(&mut old, &mut new).await;
@@ -507,4 +507,75 @@ async fn a_cleared_sync_set_lets_any_instance_take_over() {
     .await;
     first.stop.cancel();
     role_becomes(&mut outsider, |r| matches!(r, HaRole::Leader { term: 2 })).await;
+}
+
+/// A follower that received more of a master's writes than the instance elected after it
+/// (`mupdate_sync_replicas: 0`, the successor was down meanwhile) rewinds them by delta
+/// when it follows the successor: the successor's records of the names they touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_ahead_of_the_new_master_rewinds_by_delta() {
+    let Some(mut cluster) = Cluster::start_with(3, "mupdate_sync_replicas: 0\n").await else {
+        return;
+    };
+    let first = cluster.master(Duration::from_secs(20)).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let (behind, ahead) = (others[0], others[1]);
+    let mut old = cluster.client(first).await;
+    old.done(b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n")
+        .await;
+    old.done(b"A2 ACTIVATE \"user.changed\" \"be1!p\" \"\"\r\n")
+        .await;
+    for &index in &others {
+        converge(&mut cluster.client(index).await, &mut old).await;
+    }
+
+    // `behind` stops; the master's next writes reach `ahead` only.
+    let mut stopped = cluster.members[behind].process.take().expect("running");
+    stopped.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    old.done(b"A3 ACTIVATE \"user.lost\" \"be1!p\" \"\"\r\n")
+        .await;
+    old.done(b"A4 ACTIVATE \"user.changed\" \"be9!lost\" \"\"\r\n")
+        .await;
+    old.done(b"A5 DELETE \"user.kept\"\r\n").await;
+    converge(&mut cluster.client(ahead).await, &mut old).await;
+    let synced = "mailbox list synchronization complete";
+    let before = cluster.members[ahead].log_count(synced);
+
+    // `ahead` cannot campaign, the master dies: `behind`, back, is the only candidate.
+    cluster.members[ahead].cut_off();
+    let mut killed = cluster.members[first].process.take().expect("running");
+    killed.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    cluster.members[behind].start();
+    let second = cluster
+        .master_among(&[behind], Duration::from_secs(20))
+        .await;
+    assert_eq!(second, behind);
+    let mut new = cluster.client(second).await;
+    new.done(b"B1 ACTIVATE \"user.new\" \"be2!p\" \"\"\r\n")
+        .await;
+
+    cluster.members[ahead].reconnect();
+    let rejoined = cluster.members[ahead]
+        .log_grows(synced, before, Duration::from_secs(20))
+        .await;
+    assert!(rejoined.contains("(delta resync)"), "{rejoined}");
+    common::assert_contains(
+        &cluster.members[ahead].log(),
+        "rewinding changes the master never received",
+    );
+    let mut follower = cluster.client(ahead).await;
+    converge(&mut follower, &mut new).await;
+    let listed = common::list(&mut follower).await;
+    let names: Vec<(String, String)> = common::parse_records(&listed)
+        .into_iter()
+        .map(|r| (r.name, r.location))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("user.changed".to_owned(), "be1!p".to_owned()),
+            ("user.kept".to_owned(), "be1!p".to_owned()),
+            ("user.new".to_owned(), "be2!p".to_owned()),
+        ]
+    );
 }

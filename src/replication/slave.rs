@@ -615,8 +615,8 @@ async fn xupdate(
 /// Most names a rewind asks the master for; past it, the whole list is cheaper.
 const REWIND_MAX: usize = 10_000;
 
-/// Undoes this store's own changes after `through` (it was master, and its successor never
-/// received them): takes the master's record of every name they touched, by FIND, into
+/// Undoes this store's changes after `through` that the master never received (this store
+/// was master, or followed one further than its successor did): takes the master's record of every name they touched, by FIND, into
 /// `resync` (a name the master does not have is deleted). Whether it could: `false` when
 /// the change log no longer reaches back or there are too many.
 async fn rewind(
@@ -632,7 +632,7 @@ async fn rewind(
     tracing::info!(
         through,
         names = names.len(),
-        "rewinding this replica's own changes the master never received"
+        "rewinding changes the master never received"
     );
     let mut requests = Vec::new();
     for (index, name) in names.iter().enumerate() {
