@@ -13,7 +13,7 @@ use common::cluster::{Cluster, Writers, check_history};
 use common::cyrus::{self, Cyrus, Service};
 use common::etcd::{Etcd, Severable};
 use common::murder::{Imap, find_record, push_backend_list};
-use common::{converge, logged_in};
+use common::{Client, converge, logged_in};
 use mupdate::config::HaSettings;
 use mupdate::failover::etcd::{Elector, SyncRecorder};
 use mupdate::failover::{Fence, HaRole};
@@ -21,6 +21,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const TTL: Duration = Duration::from_secs(2);
+
+/// What an instance logs at the end of each resynchronization with its master.
+const SYNCED: &str = "mailbox list synchronization complete";
 
 fn settings(endpoint: &str, advertise: &str) -> HaSettings {
     HaSettings {
@@ -224,10 +227,9 @@ async fn survives(fault: Fault) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The old master comes back and follows the new one.
-    let synced = "mailbox list synchronization complete";
     let before = match fault {
         Fault::Killed => 0,
-        _ => cluster.members[first].log_count(synced),
+        _ => cluster.members[first].log_count(SYNCED),
     };
     match fault {
         Fault::Killed => cluster.members[first].start(),
@@ -237,7 +239,7 @@ async fn survives(fault: Fault) {
     // By delta, even when it had committed writes its replicas never received (struck
     // while they waited for them): it rewinds those, taking the new master's records.
     let rejoined = cluster.members[first]
-        .log_grows(synced, before, Duration::from_secs(20))
+        .log_grows(SYNCED, before, Duration::from_secs(20))
         .await;
     assert!(rejoined.contains("(delta resync)"), "{rejoined}");
     let rewound = cluster.members[first].log_count("rewinding changes the master never received");
@@ -432,53 +434,20 @@ async fn an_old_master_rewinds_the_writes_its_successor_never_received() {
     };
     let first = cluster.master(Duration::from_secs(20)).await;
     let mut old = cluster.client(first).await;
-    old.done(b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n")
-        .await;
-    old.done(b"A2 ACTIVATE \"user.changed\" \"be1!p\" \"\"\r\n")
-        .await;
     let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
-    for &index in &others {
-        converge(&mut cluster.client(index).await, &mut old).await;
-    }
+    write_the_agreed_list(&cluster, &mut old, &others).await;
 
     cluster.members[first].cut_off();
     // Acknowledged while its lease lasts, by nobody else received.
-    old.done(b"A3 ACTIVATE \"user.lost\" \"be1!p\" \"\"\r\n")
-        .await;
-    old.done(b"A4 ACTIVATE \"user.changed\" \"be9!lost\" \"\"\r\n")
-        .await;
-    old.done(b"A5 DELETE \"user.kept\"\r\n").await;
+    write_what_the_successor_misses(&mut old).await;
     let second = cluster.master_among(&others, Duration::from_secs(20)).await;
     let mut new = cluster.client(second).await;
     new.done(b"B1 ACTIVATE \"user.new\" \"be2!p\" \"\"\r\n")
         .await;
 
-    let synced = "mailbox list synchronization complete";
-    let before = cluster.members[first].log_count(synced);
+    let before = cluster.members[first].log_count(SYNCED);
     cluster.members[first].reconnect();
-    let rejoined = cluster.members[first]
-        .log_grows(synced, before, Duration::from_secs(20))
-        .await;
-    assert!(rejoined.contains("(delta resync)"), "{rejoined}");
-    common::assert_contains(
-        &cluster.members[first].log(),
-        "rewinding changes the master never received",
-    );
-    let mut old = cluster.client(first).await;
-    converge(&mut old, &mut new).await;
-    let listed = common::list(&mut old).await;
-    let names: Vec<(String, String)> = common::parse_records(&listed)
-        .into_iter()
-        .map(|r| (r.name, r.location))
-        .collect();
-    assert_eq!(
-        names,
-        [
-            ("user.changed".to_owned(), "be1!p".to_owned()),
-            ("user.kept".to_owned(), "be1!p".to_owned()),
-            ("user.new".to_owned(), "be2!p".to_owned()),
-        ]
-    );
+    rewound_to_the_successor(&cluster, first, before, &mut new).await;
 }
 
 /// A master without synchronous replicas clears the sync set an earlier one recorded, so
@@ -521,25 +490,14 @@ async fn a_follower_ahead_of_the_new_master_rewinds_by_delta() {
     let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
     let (behind, ahead) = (others[0], others[1]);
     let mut old = cluster.client(first).await;
-    old.done(b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n")
-        .await;
-    old.done(b"A2 ACTIVATE \"user.changed\" \"be1!p\" \"\"\r\n")
-        .await;
-    for &index in &others {
-        converge(&mut cluster.client(index).await, &mut old).await;
-    }
+    write_the_agreed_list(&cluster, &mut old, &others).await;
 
     // `behind` stops; the master's next writes reach `ahead` only.
     let mut stopped = cluster.members[behind].process.take().expect("running");
     stopped.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
-    old.done(b"A3 ACTIVATE \"user.lost\" \"be1!p\" \"\"\r\n")
-        .await;
-    old.done(b"A4 ACTIVATE \"user.changed\" \"be9!lost\" \"\"\r\n")
-        .await;
-    old.done(b"A5 DELETE \"user.kept\"\r\n").await;
+    write_what_the_successor_misses(&mut old).await;
     converge(&mut cluster.client(ahead).await, &mut old).await;
-    let synced = "mailbox list synchronization complete";
-    let before = cluster.members[ahead].log_count(synced);
+    let before = cluster.members[ahead].log_count(SYNCED);
 
     // `ahead` cannot campaign, the master dies: `behind`, back, is the only candidate.
     cluster.members[ahead].cut_off();
@@ -555,17 +513,49 @@ async fn a_follower_ahead_of_the_new_master_rewinds_by_delta() {
         .await;
 
     cluster.members[ahead].reconnect();
-    let rejoined = cluster.members[ahead]
-        .log_grows(synced, before, Duration::from_secs(20))
+    rewound_to_the_successor(&cluster, ahead, before, &mut new).await;
+}
+
+/// Two mailboxes written through the master `old`, on every other instance (`others`).
+async fn write_the_agreed_list(cluster: &Cluster, old: &mut Client, others: &[usize]) {
+    old.done(b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n")
+        .await;
+    old.done(b"A2 ACTIVATE \"user.changed\" \"be1!p\" \"\"\r\n")
+        .await;
+    for &index in others {
+        converge(&mut cluster.client(index).await, old).await;
+    }
+}
+
+/// Writes through the master `old` that its successor will not have: a new name, a moved
+/// one, a deleted one.
+async fn write_what_the_successor_misses(old: &mut Client) {
+    old.done(b"A3 ACTIVATE \"user.lost\" \"be1!p\" \"\"\r\n")
+        .await;
+    old.done(b"A4 ACTIVATE \"user.changed\" \"be9!lost\" \"\"\r\n")
+        .await;
+    old.done(b"A5 DELETE \"user.kept\"\r\n").await;
+}
+
+/// Member `index` resynchronizes (past `before` such lines of its log) by delta with a
+/// rewind and lists what the successor `new` lists: the agreed list and `user.new`.
+async fn rewound_to_the_successor(
+    cluster: &Cluster,
+    index: usize,
+    before: usize,
+    new: &mut Client,
+) {
+    let rejoined = cluster.members[index]
+        .log_grows(SYNCED, before, Duration::from_secs(20))
         .await;
     assert!(rejoined.contains("(delta resync)"), "{rejoined}");
     common::assert_contains(
-        &cluster.members[ahead].log(),
+        &cluster.members[index].log(),
         "rewinding changes the master never received",
     );
-    let mut follower = cluster.client(ahead).await;
-    converge(&mut follower, &mut new).await;
-    let listed = common::list(&mut follower).await;
+    let mut rewound = cluster.client(index).await;
+    converge(&mut rewound, new).await;
+    let listed = common::list(&mut rewound).await;
     let names: Vec<(String, String)> = common::parse_records(&listed)
         .into_iter()
         .map(|r| (r.name, r.location))
