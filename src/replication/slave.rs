@@ -4,7 +4,7 @@
 //! whenever the link fails. Every change the slave applies, the dump's included, reaches
 //! the slave's own UPDATE listeners (D-9).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -486,6 +486,10 @@ impl Resync {
 /// Most kicks answered by one NOOP round trip (Cyrus's batch size).
 const KICKS_PER_NOOP: usize = 5;
 
+/// Most NOOPs on their way to the master at once: enough for the writers of one group
+/// commit (forwarded writes wait for one each), few enough that kicks cannot flood it.
+const NOOPS_IN_FLIGHT: usize = 8;
+
 /// Barrier requests taken off their queue before a NOOP answers them; the rest wait in
 /// the bounded queue, their senders with them.
 const WAITING_MAX: usize = 1024;
@@ -500,16 +504,18 @@ async fn stream(
 ) -> Result<(), LinkError> {
     let d = settings.retry_delay.max(Duration::from_secs(1));
     let mut noop = 0u64;
-    let mut outstanding: Option<Vec<u8>> = None;
-    // Callers waiting for the outstanding NOOP's OK, and callers waiting for the next NOOP.
-    let mut answering: Vec<oneshot::Sender<()>> = Vec::new();
+    // NOOPs sent and not yet answered, oldest first, each with the callers its OK answers.
+    // A caller needs a NOOP sent after it asked, so each gets one at once (up to
+    // NOOPS_IN_FLIGHT) rather than queueing behind one already on its way.
+    let mut outstanding: VecDeque<(Vec<u8>, Vec<oneshot::Sender<()>>)> = VecDeque::new();
+    // Callers waiting for a NOOP to be sent.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut quiet_since = Instant::now();
     loop {
-        if outstanding.is_none() && !waiting.is_empty() {
+        while outstanding.len() < NOOPS_IN_FLIGHT && !waiting.is_empty() {
             let take = waiting.len().min(KICKS_PER_NOOP);
-            answering = waiting.drain(..take).collect();
-            outstanding = Some(send_noop(link, &mut noop).await?);
+            let answering = waiting.drain(..take).collect();
+            outstanding.push_back((send_noop(link, &mut noop).await?, answering));
         }
         let wait = d.saturating_sub(quiet_since.elapsed());
         let reply = tokio::select! {
@@ -523,11 +529,11 @@ async fn stream(
             Ok(reply) => reply,
             Err(LinkError::Timeout) => {
                 // D-13: d seconds of silence with a NOOP outstanding end the link, kicks or not.
-                if outstanding.is_some() {
+                if !outstanding.is_empty() {
                     let _ = link.request(b"Q01", CommandKind::Logout).await;
                     return Err(LinkError::Timeout);
                 }
-                outstanding = Some(send_noop(link, &mut noop).await?);
+                outstanding.push_back((send_noop(link, &mut noop).await?, Vec::new()));
                 quiet_since = Instant::now();
                 continue;
             }
@@ -538,12 +544,14 @@ async fn stream(
         let mut batch = Vec::new();
         let mut checkpoint = None;
         let mut traced_writes = Vec::new();
-        let mut barrier_passed = false;
+        // Callers whose NOOP the master answered: released once this batch is applied.
+        let mut passed: Vec<oneshot::Sender<()>> = Vec::new();
         let mut next = Some(reply);
         while let Some(reply) = next {
             match reply {
                 Reply::Line { tag, word, rest } => {
-                    if outstanding.as_deref() == Some(tag.as_slice()) {
+                    // NOOPs are answered in order: one answered, every earlier one was too.
+                    if let Some(at) = outstanding.iter().position(|(sent, _)| *sent == tag) {
                         if word != b"OK" {
                             let _ = link.request(b"Q01", CommandKind::Logout).await;
                             return Err(LinkError::Protocol(format!(
@@ -552,8 +560,9 @@ async fn stream(
                                 String::from_utf8_lossy(&rest)
                             )));
                         }
-                        outstanding = None;
-                        barrier_passed = true;
+                        for (_, callers) in outstanding.drain(..=at) {
+                            passed.extend(callers);
+                        }
                     } else if tag == b"*" && word == b"XSEQ" {
                         if let Some(at) = Position::parse(&rest) {
                             checkpoint = Some(Checkpoint {
@@ -587,12 +596,10 @@ async fn stream(
             acknowledge(link, seq, settings).await?;
         }
         status.confirm();
-        // The master answered the NOOP after everything it had committed before it, and
+        // The master answered each NOOP after everything it had committed before it, and
         // all of that is now applied here.
-        if barrier_passed {
-            for waiter in answering.drain(..) {
-                let _ = waiter.send(());
-            }
+        for waiter in passed {
+            let _ = waiter.send(());
         }
     }
 }
