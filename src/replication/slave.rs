@@ -623,9 +623,10 @@ async fn xupdate(
 const REWIND_MAX: usize = 10_000;
 
 /// Undoes this store's changes after `through` that the master never received (this store
-/// was master, or followed one further than its successor did): takes the master's record of every name they touched, by FIND, into
-/// `resync` (a name the master does not have is deleted). Whether it could: `false` when
-/// the change log no longer reaches back or there are too many.
+/// was master, or followed one further than its successor did): takes the master's record
+/// of every name they touched, by FIND, into `resync` (a name the master does not have is
+/// deleted). Whether it could: `false` when the change log no longer reaches back or there
+/// are too many.
 async fn rewind(
     store: &Store,
     link: &mut Link,
