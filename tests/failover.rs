@@ -25,6 +25,9 @@ const TTL: Duration = Duration::from_secs(2);
 /// What an instance logs at the end of each resynchronization with its master.
 const SYNCED: &str = "mailbox list synchronization complete";
 
+/// What an instance logs when it takes back changes its master never received.
+const REWINDING: &str = "rewinding changes the master never received";
+
 fn settings(endpoint: &str, advertise: &str) -> HaSettings {
     HaSettings {
         etcd_endpoints: vec![endpoint.to_owned()],
@@ -242,7 +245,7 @@ async fn survives(fault: Fault) {
         .log_grows(SYNCED, before, Duration::from_secs(20))
         .await;
     assert!(rejoined.contains("(delta resync)"), "{rejoined}");
-    let rewound = cluster.members[first].log_count("rewinding changes the master never received");
+    let rewound = cluster.members[first].log_count(REWINDING);
     assert_eq!(cluster.master(Duration::from_secs(20)).await, second);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let history = writers.stop().await;
@@ -549,10 +552,7 @@ async fn rewound_to_the_successor(
         .log_grows(SYNCED, before, Duration::from_secs(20))
         .await;
     assert!(rejoined.contains("(delta resync)"), "{rejoined}");
-    common::assert_contains(
-        &cluster.members[index].log(),
-        "rewinding changes the master never received",
-    );
+    common::assert_contains(&cluster.members[index].log(), REWINDING);
     let mut rewound = cluster.client(index).await;
     converge(&mut rewound, new).await;
     let listed = common::list(&mut rewound).await;
