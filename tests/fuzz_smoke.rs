@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "parse_command",
     "imapd_conf",
     "sasl",
@@ -16,6 +16,7 @@ const TARGETS: [&str; 7] = [
     "parse_reply",
     "inflate",
     "leader_value",
+    "write_ahead_log",
 ];
 
 fn cargo_fuzz_available() -> bool {

@@ -5,6 +5,7 @@
 
 mod key;
 mod record;
+pub mod wal;
 mod writer;
 
 use std::path::Path;
@@ -32,6 +33,10 @@ const META_EPOCH: &str = "epoch";
 const META_SCHEMA: &str = "schema_version";
 const META_UPSTREAM_EPOCH: &str = "upstream_epoch";
 const META_UPSTREAM_SEQ: &str = "upstream_seq";
+/// The lsn of the last commit (see the write-ahead log, [`wal`]).
+const META_WAL_LSN: &str = "wal_lsn";
+/// The database's write-ahead log id, made with it and never changed.
+const META_WAL_ID: &str = "wal_id";
 const SCHEMA_VERSION: u64 = 2;
 
 /// Errors of the store.
@@ -52,6 +57,9 @@ pub enum StoreError {
     /// The request was dropped before it was committed.
     #[error("the store is shut down")]
     Closed,
+    /// The write-ahead log could not be read or written.
+    #[error("write-ahead log: {0}")]
+    Wal(Arc<std::io::Error>),
 }
 
 impl StoreError {
@@ -60,6 +68,10 @@ impl StoreError {
             redb::Error::DatabaseAlreadyOpen => StoreError::InUse,
             other => StoreError::Database(Arc::new(other)),
         }
+    }
+
+    fn wal(error: std::io::Error) -> Self {
+        StoreError::Wal(Arc::new(error))
     }
 }
 
@@ -271,12 +283,18 @@ pub struct StoreOptions {
     pub feed_capacity: usize,
     /// redb page cache size in bytes.
     pub cache_bytes: usize,
+    /// Size of the write-ahead log file: how much is written between redb's own syncs.
+    pub wal_bytes: u64,
 }
 
 /// Changes the log keeps by default (`mupdate_changelog_max`).
 pub const DEFAULT_CHANGELOG_MAX: u64 = 100_000;
 /// How long the log keeps a change by default (`mupdate_changelog_max_age`).
 pub const DEFAULT_CHANGELOG_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
+/// Size of the write-ahead log by default: some ten thousand commits of a few writes.
+pub const DEFAULT_WAL_BYTES: u64 = 8 << 20;
+/// The smallest write-ahead log.
+const MIN_WAL_BYTES: u64 = 4096;
 /// Changes a listener may lag behind by default (`mupdate_listener_queue`).
 pub const DEFAULT_FEED_CAPACITY: usize = 16_384;
 
@@ -288,6 +306,7 @@ impl Default for StoreOptions {
             changelog_max_age: Some(DEFAULT_CHANGELOG_MAX_AGE),
             feed_capacity: DEFAULT_FEED_CAPACITY,
             cache_bytes: 16 << 20,
+            wal_bytes: DEFAULT_WAL_BYTES,
         }
     }
 }
@@ -401,7 +420,14 @@ impl Store {
             .create(path)
             .map_err(StoreError::from_redb)?;
         let db = Arc::new(db);
-        let (last_seq, epoch) = initialise(&db)?;
+        let Opened {
+            last_seq,
+            epoch,
+            synced_lsn,
+            wal_id,
+        } = initialise(&db)?;
+        let (wal, frames) =
+            wal::Wal::open(path, options.wal_bytes.max(MIN_WAL_BYTES)).map_err(StoreError::wal)?;
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let committed = Arc::new(tokio::sync::watch::Sender::new(last_seq));
         let last_seq = Arc::new(AtomicU64::new(last_seq));
@@ -415,7 +441,17 @@ impl Store {
             last_seq: last_seq.clone(),
             committed: committed.clone(),
             metrics: stats.clone(),
+            wal: std::sync::Mutex::new(writer::WalState {
+                log: wal,
+                id: wal_id,
+                next_lsn: synced_lsn.saturating_add(1),
+                chained: true,
+            }),
         });
+        let replayed = committer.recover(synced_lsn, frames)?;
+        if replayed > 0 {
+            tracing::info!(replayed, "replayed commits from the write-ahead log");
+        }
         Ok(Store {
             db,
             committer,
@@ -682,9 +718,18 @@ impl Store {
     }
 }
 
-fn initialise(db: &Database) -> Result<(u64, u64), StoreError> {
+/// What a database holds about itself, read (or first written) at open.
+struct Opened {
+    last_seq: u64,
+    epoch: u64,
+    /// The lsn of its last synced commit.
+    synced_lsn: u64,
+    wal_id: u64,
+}
+
+fn initialise(db: &Database) -> Result<Opened, StoreError> {
     let txn = db.begin_write().map_err(StoreError::from_redb)?;
-    let (last_seq, epoch) = {
+    let opened = {
         txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
         txn.open_table(UPSTREAM_POSITIONS)
             .map_err(StoreError::from_redb)?;
@@ -713,10 +758,25 @@ fn initialise(db: &Database) -> Result<(u64, u64), StoreError> {
                 epoch
             }
         };
-        (last_seq, epoch)
+        let synced_lsn = read(&meta, META_WAL_LSN)?.unwrap_or(0);
+        let wal_id = match read(&meta, META_WAL_ID)? {
+            Some(id) => id,
+            None => {
+                let id = rand::random::<u64>();
+                meta.insert(META_WAL_ID, id)
+                    .map_err(StoreError::from_redb)?;
+                id
+            }
+        };
+        Opened {
+            last_seq,
+            epoch,
+            synced_lsn,
+            wal_id,
+        }
     };
     txn.commit().map_err(StoreError::from_redb)?;
-    Ok((last_seq, epoch))
+    Ok(opened)
 }
 
 /// The sequence number of the newest change: the log always keeps at least its last entry,

@@ -305,3 +305,115 @@ async fn checkpoints_older_than_the_change_log_are_forgotten() {
     assert_eq!(newest, Some(batches));
     assert!(snapshot.changes_after(batches - 1).unwrap().is_some());
 }
+
+/// Every record, and every change the log holds: what a replay must bring back exactly.
+fn contents(store: &Store) -> (Vec<MailboxRecord>, Vec<(u64, Vec<u8>)>) {
+    let snapshot = store.snapshot().unwrap();
+    let mut records = Vec::new();
+    snapshot
+        .walk(|r| {
+            records.push(MailboxRecord {
+                name: r.name.to_vec(),
+                state: r.state,
+                location: r.location.to_vec(),
+                acl: r.acl.to_vec(),
+            });
+            true
+        })
+        .unwrap();
+    let changes = snapshot.changes_after(0).unwrap().unwrap_or_default();
+    let changes = changes.into_iter().map(|c| (c.seq, c.name)).collect();
+    (records, changes)
+}
+
+#[tokio::test]
+async fn commits_in_the_write_ahead_log_are_replayed_after_a_crash() {
+    let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let db = dir.path().join("mailboxes.redb");
+    let store = open(&dir, ConflictPolicy::Standard);
+    // A crash leaves redb's file as its last synced commit (the one that opened it) and
+    // the write-ahead log as written.
+    std::fs::copy(&db, crashed.path().join("mailboxes.redb")).unwrap();
+    store
+        .apply(activate("user.a", "be1!p", "a\tlrs\t"))
+        .await
+        .unwrap();
+    store.apply(reserve("user.b", "be2!p")).await.unwrap();
+    replicate(&store, "user.c", 7, 10).await;
+    store.apply(delete("user.a")).await.unwrap();
+    // Same record again: still a change, which a replay must not skip.
+    store.apply(activate("user.c", "be1!p", "")).await.unwrap();
+    let wal = wal::wal_path(&db);
+    std::fs::copy(&wal, wal::wal_path(&crashed.path().join("mailboxes.redb"))).unwrap();
+    let expected = contents(&store);
+    assert_eq!(store.last_seq(), 5);
+    drop(store);
+
+    let recovered = open(&crashed, ConflictPolicy::Standard);
+    assert_eq!(contents(&recovered), expected);
+    assert_eq!(recovered.last_seq(), 5);
+    assert_eq!(recovered.upstream_position().unwrap(), Some((7, 10)));
+    assert_eq!(
+        recovered.snapshot().unwrap().local_position(7, 10).unwrap(),
+        Some(3)
+    );
+    // It goes on from there, and a second open replays nothing twice.
+    recovered
+        .apply(activate("user.d", "be1!p", ""))
+        .await
+        .unwrap();
+    assert_eq!(recovered.last_seq(), 6);
+    let expected = contents(&recovered);
+    drop(recovered);
+    let reopened = reopen(&crashed);
+    assert_eq!(contents(&reopened), expected);
+    assert_eq!(reopened.last_seq(), 6);
+}
+
+#[tokio::test]
+async fn a_full_write_ahead_log_starts_over_once_redb_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        wal_bytes: 4096,
+        ..StoreOptions::default()
+    };
+    let store = open_with(&dir, options.clone());
+    // Some 80 bytes a frame: the log starts over several times.
+    for n in 0..200 {
+        store
+            .apply(activate(&format!("user.u{n}"), "be1!p", ""))
+            .await
+            .unwrap();
+    }
+    let expected = contents(&store);
+    drop(store);
+    let reopened = reopen(&dir);
+    assert_eq!(contents(&reopened), expected);
+    assert_eq!(reopened.last_seq(), 200);
+}
+
+/// Opens the store in `dir` again once its last handle has let it go.
+fn reopen(dir: &tempfile::TempDir) -> Store {
+    for _ in 0..100 {
+        match Store::open(&dir.path().join("mailboxes.redb"), StoreOptions::default()) {
+            Ok(store) => return store,
+            Err(StoreError::InUse) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(other) => panic!("reopen: {other}"),
+        }
+    }
+    panic!("the database was never released");
+}
+
+#[tokio::test]
+async fn a_write_ahead_log_beside_another_database_is_not_replayed_into_it() {
+    let (dir, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = open(&dir, ConflictPolicy::Standard);
+    store.apply(activate("user.a", "be1!p", "")).await.unwrap();
+    let db = dir.path().join("mailboxes.redb");
+    let beside = fresh.path().join("mailboxes.redb");
+    std::fs::copy(wal::wal_path(&db), wal::wal_path(&beside)).unwrap();
+    // The database was deleted and is made anew: same lsns, another log.
+    let made_anew = open(&fresh, ConflictPolicy::Standard);
+    assert_eq!(made_anew.last_seq(), 0);
+    assert_eq!(contents(&made_anew), (Vec::new(), Vec::new()));
+}

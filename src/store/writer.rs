@@ -13,9 +13,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::key::row_key;
 use super::record::{MailboxRecord, MailboxState, normalize_acl, server_of};
+use super::wal::{Frame, Payload, Wal, decode_payload};
 use super::{
     CHANGES, Change, Checkpoint, ConflictPolicy, Keeping, MAILBOXES, META, META_UPSTREAM_EPOCH,
-    META_UPSTREAM_SEQ, Mutation, Outcome, StoreError, UPSTREAM_POSITIONS,
+    META_UPSTREAM_SEQ, META_WAL_LSN, Mutation, Outcome, StoreError, UPSTREAM_POSITIONS,
 };
 use crate::mailbox::MailboxWrite;
 
@@ -60,6 +61,8 @@ pub(crate) struct Committer {
     /// Follows `last_seq`, for tasks that wait for commits without taking the feed.
     pub(crate) committed: Arc<tokio::sync::watch::Sender<u64>>,
     pub(crate) metrics: Arc<super::CommitStats>,
+    /// The write-ahead log.
+    pub(crate) wal: std::sync::Mutex<WalState>,
 }
 
 impl Committer {
@@ -117,76 +120,323 @@ impl Committer {
     ) -> Result<(Vec<Vec<Outcome>>, Vec<Change>), StoreError> {
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
         let first_seq = self.last_seq.load(Ordering::Acquire);
-        let mut seq = first_seq;
+        let mut book = Book::new(first_seq, true);
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut changes = Vec::new();
-        // The last change not logged, if it is the batch's last change.
-        let mut unlogged_last: Option<Vec<u8>> = None;
-        let mut unlogged_any = false;
         {
-            let mut mailboxes = txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?;
-            let mut log = txn.open_table(CHANGES).map_err(StoreError::from_redb)?;
-            let mut positions = txn
-                .open_table(UPSTREAM_POSITIONS)
-                .map_err(StoreError::from_redb)?;
+            let mut tables = Tables::open(&txn)?;
             for request in batch {
+                book.begin_request(request.keeping, request.checkpoint);
                 let mut answers = Vec::with_capacity(request.mutations.len());
                 for mutation in &request.mutations {
-                    let (outcome, change) = apply(&mut mailboxes, mutation, self.policy)?;
+                    let (outcome, change) = apply(&mut tables.mailboxes, mutation, self.policy)?;
                     answers.push(outcome);
                     let Some(mut change) = change else { continue };
                     change.trace = request.trace.clone();
-                    seq += 1;
-                    change.seq = seq;
-                    let entry = change.encode_log_entry();
-                    if request.keeping.logged {
-                        log.insert(seq, entry.as_slice())
-                            .map_err(StoreError::from_redb)?;
-                        unlogged_last = None;
-                    } else {
-                        unlogged_any = true;
-                        unlogged_last = Some(entry);
-                    }
+                    change.seq = book.log(&mut tables, change.encode_log_entry())?;
                     changes.push(change);
                 }
-                if let Some(Checkpoint {
-                    epoch,
-                    seq: upstream_seq,
-                }) = request.checkpoint
-                {
-                    let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
-                    meta.insert(META_UPSTREAM_EPOCH, epoch)
-                        .map_err(StoreError::from_redb)?;
-                    meta.insert(META_UPSTREAM_SEQ, upstream_seq)
-                        .map_err(StoreError::from_redb)?;
-                    positions
-                        .insert((epoch, upstream_seq), seq)
-                        .map_err(StoreError::from_redb)?;
-                }
+                book.end_request(&mut tables)?;
                 outcomes.push(answers);
             }
-            if unlogged_any {
-                // The log keeps its newest entry (the sequence is read from it at open),
-                // and nothing older: a gap would pass for a complete history.
-                if let Some(entry) = unlogged_last {
-                    log.insert(seq, entry.as_slice())
-                        .map_err(StoreError::from_redb)?;
-                }
-                log.retain_in(..seq, |_, _| false)
-                    .map_err(StoreError::from_redb)?;
-                forget_positions_before(&mut positions, seq)?;
-            } else if let Some(kept_from) = self.trim(&mut log, seq)? {
-                forget_positions_before(&mut positions, kept_from)?;
-            }
+            book.finish(self, &mut tables)?;
+            let lsn = self.log().next_lsn;
+            tables
+                .meta
+                .insert(META_WAL_LSN, lsn)
+                .map_err(StoreError::from_redb)?;
         }
-        // A batch is synced to disk unless none of its requests asked for that.
         let durable = batch.iter().any(|request| request.keeping.durable);
-        commit(txn, durable)?;
+        let seq = book.seq;
+        self.seal(txn, book, durable)?;
         self.last_seq.store(seq, Ordering::Release);
         if seq != first_seq {
             self.committed.send_replace(seq);
         }
         Ok((outcomes, changes))
+    }
+
+    /// Commits `txn`: through the write-ahead log when there is one and the batch fits in
+    /// it, so that only its frame is synced; otherwise redb syncs its pages itself (when
+    /// `durable`), which makes everything before it durable too and lets the log start over.
+    fn seal(&self, txn: WriteTransaction, book: Book, durable: bool) -> Result<(), StoreError> {
+        let Some(payload) = book.payload else {
+            return commit(txn, durable);
+        };
+        let payload = payload.into_bytes();
+        let mut wal = self.log();
+        let lsn = wal.next_lsn;
+        // A failed commit gives its lsn back: redb does not hold it, and a frame of it is
+        // taken back or ends the chain.
+        self.seal_logged(&mut wal, txn, lsn, &payload, durable)?;
+        wal.next_lsn = lsn.saturating_add(1);
+        Ok(())
+    }
+
+    fn seal_logged(
+        &self,
+        wal: &mut WalState,
+        txn: WriteTransaction,
+        lsn: u64,
+        payload: &[u8],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if !(wal.chained && wal.log.fits(payload.len())) {
+            if durable {
+                return self.commit_past_log(wal, txn);
+            }
+            // Not in the log: no later frame may be replayed without it, until redb syncs.
+            wal.chained = false;
+            return commit(txn, false);
+        }
+        let appended = wal
+            .log
+            .append(wal.id, lsn, payload)
+            .and_then(|()| if durable { wal.log.sync() } else { Ok(()) });
+        if let Err(error) = appended {
+            tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
+            // The frame may be in the file, whole or in part: nothing may follow it there.
+            wal.chained = false;
+            return self.commit_past_log(wal, txn);
+        }
+        commit(txn, false).inspect_err(|_| {
+            if wal.log.retract(payload.len()).is_err() {
+                wal.chained = false;
+            }
+        })
+    }
+
+    /// Commits `txn` with redb's own sync: everything logged so far is durable in redb, and
+    /// the log starts over.
+    fn commit_past_log(&self, wal: &mut WalState, txn: WriteTransaction) -> Result<(), StoreError> {
+        commit(txn, true)?;
+        wal.log.restart();
+        wal.chained = true;
+        Ok(())
+    }
+
+    /// Redoes one frame of the write-ahead log (at open): each request's changes as they
+    /// were made, with the same sequence numbers, and its checkpoint. Not synced: the
+    /// caller syncs once after the last frame.
+    pub(crate) fn replay(&self, lsn: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("write-ahead log frame {lsn}"));
+        let requests = decode_payload(payload).ok_or_else(corrupt)?;
+        let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
+        let mut book = Book::new(self.last_seq.load(Ordering::Acquire), false);
+        {
+            let mut tables = Tables::open(&txn)?;
+            for request in requests {
+                book.begin_request(request.keeping, request.checkpoint);
+                for entry in request.entries {
+                    let change = Change::decode_log_entry(0, &entry).ok_or_else(corrupt)?;
+                    let key = row_key(&change.name);
+                    match &change.record {
+                        Some(record) => tables
+                            .mailboxes
+                            .insert(key.as_slice(), record.encode_value().as_slice())
+                            .map(drop),
+                        None => tables.mailboxes.remove(key.as_slice()).map(drop),
+                    }
+                    .map_err(StoreError::from_redb)?;
+                    book.log(&mut tables, entry)?;
+                }
+                book.end_request(&mut tables)?;
+            }
+            book.finish(self, &mut tables)?;
+            tables
+                .meta
+                .insert(META_WAL_LSN, lsn)
+                .map_err(StoreError::from_redb)?;
+        }
+        commit(txn, false)?;
+        let mut wal = self.log();
+        wal.next_lsn = wal.next_lsn.max(lsn.saturating_add(1));
+        drop(wal);
+        self.last_seq.store(book.seq, Ordering::Release);
+        self.committed.send_replace(book.seq);
+        Ok(())
+    }
+}
+
+impl Committer {
+    /// Replays the frames of the write-ahead log that redb's last synced commit (which
+    /// holds commits through `synced_lsn`) does not hold, then syncs redb. Returns how
+    /// many were replayed.
+    pub(crate) fn recover(&self, synced_lsn: u64, frames: Vec<Frame>) -> Result<usize, StoreError> {
+        let mut next = synced_lsn.checked_add(1);
+        let mut replayed = 0;
+        let mut gap = false;
+        let id = self.log().id;
+        let ours = frames
+            .into_iter()
+            .filter(|(of, lsn, _)| *of == id && *lsn > synced_lsn);
+        for (_, lsn, payload) in ours {
+            if Some(lsn) != next {
+                gap = true;
+                break;
+            }
+            self.replay(lsn, &payload)?;
+            replayed += 1;
+            next = lsn.checked_add(1);
+        }
+        if replayed > 0 {
+            let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
+            commit(txn, true)?;
+        }
+        let mut wal = self.log();
+        wal.next_lsn = wal.next_lsn.max(next.unwrap_or(u64::MAX));
+        if gap {
+            tracing::error!(
+                synced_lsn,
+                replayed,
+                "the write-ahead log skips a commit; what follows the gap is not replayed"
+            );
+            wal.log.clear().map_err(StoreError::wal)?;
+        }
+        Ok(replayed)
+    }
+
+    /// The write-ahead log; only the commit loop (or the open) takes it.
+    fn log(&self) -> std::sync::MutexGuard<'_, WalState> {
+        // A panic while holding it leaves no half-made change behind: the fields are
+        // set only after what they describe is done.
+        self.wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The write-ahead log and where it stands.
+pub(crate) struct WalState {
+    pub(crate) log: Wal,
+    /// The database's log id, which its frames carry.
+    pub(crate) id: u64,
+    /// The lsn of the next commit (each commit takes one, logged or not).
+    pub(crate) next_lsn: u64,
+    /// Whether every commit since redb last synced itself is in the log, so that a frame
+    /// may be appended (and replayed).
+    pub(crate) chained: bool,
+}
+
+/// The tables one commit writes.
+struct Tables<'t> {
+    mailboxes: MailboxTable<'t>,
+    log: redb::Table<'t, u64, &'static [u8]>,
+    positions: redb::Table<'t, (u64, u64), u64>,
+    meta: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            mailboxes: txn.open_table(MAILBOXES).map_err(StoreError::from_redb)?,
+            log: txn.open_table(CHANGES).map_err(StoreError::from_redb)?,
+            positions: txn
+                .open_table(UPSTREAM_POSITIONS)
+                .map_err(StoreError::from_redb)?,
+            meta: txn.open_table(META).map_err(StoreError::from_redb)?,
+        })
+    }
+}
+
+/// One commit's bookkeeping: the sequence numbers its changes take, what the change log
+/// keeps of them, the requests' checkpoints, and the commit's write-ahead frame.
+struct Book {
+    seq: u64,
+    /// The last change not logged, if it is the batch's last change.
+    unlogged_last: Option<Vec<u8>>,
+    unlogged_any: bool,
+    keeping: Keeping,
+    checkpoint: Option<Checkpoint>,
+    /// The frame being written, with a write-ahead log.
+    payload: Option<Payload>,
+}
+
+impl Book {
+    fn new(seq: u64, framed: bool) -> Book {
+        Book {
+            seq,
+            unlogged_last: None,
+            unlogged_any: false,
+            keeping: Keeping::DURABLE,
+            checkpoint: None,
+            payload: framed.then(Payload::default),
+        }
+    }
+
+    fn begin_request(&mut self, keeping: Keeping, checkpoint: Option<Checkpoint>) {
+        self.keeping = keeping;
+        self.checkpoint = checkpoint;
+        if let Some(payload) = &mut self.payload {
+            payload.begin_request(keeping, checkpoint);
+        }
+    }
+
+    /// Logs a change (its log entry): returns its sequence number.
+    fn log(&mut self, tables: &mut Tables<'_>, entry: Vec<u8>) -> Result<u64, StoreError> {
+        self.seq += 1;
+        if let Some(payload) = &mut self.payload {
+            payload.entry(&entry);
+        }
+        if self.keeping.logged {
+            tables
+                .log
+                .insert(self.seq, entry.as_slice())
+                .map_err(StoreError::from_redb)?;
+            self.unlogged_last = None;
+        } else {
+            self.unlogged_any = true;
+            self.unlogged_last = Some(entry);
+        }
+        Ok(self.seq)
+    }
+
+    /// Records the request's checkpoint, after its changes.
+    fn end_request(&mut self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
+        if let Some(payload) = &mut self.payload {
+            payload.end_request();
+        }
+        if let Some(Checkpoint {
+            epoch,
+            seq: upstream_seq,
+        }) = self.checkpoint.take()
+        {
+            tables
+                .meta
+                .insert(META_UPSTREAM_EPOCH, epoch)
+                .map_err(StoreError::from_redb)?;
+            tables
+                .meta
+                .insert(META_UPSTREAM_SEQ, upstream_seq)
+                .map_err(StoreError::from_redb)?;
+            tables
+                .positions
+                .insert((epoch, upstream_seq), self.seq)
+                .map_err(StoreError::from_redb)?;
+        }
+        Ok(())
+    }
+
+    /// Bounds the change log once the batch is in.
+    fn finish(&mut self, committer: &Committer, tables: &mut Tables<'_>) -> Result<(), StoreError> {
+        if self.unlogged_any {
+            // The log keeps its newest entry (the sequence is read from it at open),
+            // and nothing older: a gap would pass for a complete history.
+            if let Some(entry) = self.unlogged_last.take() {
+                tables
+                    .log
+                    .insert(self.seq, entry.as_slice())
+                    .map_err(StoreError::from_redb)?;
+            }
+            tables
+                .log
+                .retain_in(..self.seq, |_, _| false)
+                .map_err(StoreError::from_redb)?;
+            forget_positions_before(&mut tables.positions, self.seq)?;
+        } else if let Some(kept_from) = committer.trim(&mut tables.log, self.seq)? {
+            forget_positions_before(&mut tables.positions, kept_from)?;
+        }
+        Ok(())
     }
 }
 
