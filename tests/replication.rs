@@ -537,7 +537,6 @@ async fn a_master_answers_a_write_once_its_synchronous_replica_holds_it() {
 
     let slave_dir = tempfile::tempdir().unwrap();
     let mut slave = ServerProcess::start(&follow_config(slave_dir.path(), master.addr), &[], &[]);
-    let mut reader = logged_in(slave.addr).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while master.ctx.sync_replicas.connected() == 0 {
         assert!(Instant::now() < deadline, "the replica never acknowledged");
@@ -549,16 +548,27 @@ async fn a_master_answers_a_write_once_its_synchronous_replica_holds_it() {
         writer
             .done(format!("A{n} ACTIVATE \"user.s{n}\" \"be1!p\" \"\"\r\n").as_bytes())
             .await;
-        // Answered OK: the replica has it already, with no barrier asked for.
-        let mut found = mailbox("F1", &format!("user.s{n}"), "be1!p", "");
-        found.extend_from_slice(b"F1 OK \"Search completed\"\r\n");
-        reader
-            .exchange(format!("F1 FIND \"user.s{n}\"\r\n").as_bytes(), &found)
-            .await;
     }
+    // Answered OK: the replica holds each on disk. Killed at once, with no barrier asked
+    // for, it has every one when its store is opened (its write-ahead log replays them).
+    slave.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    let replica = open_store(
+        &slave_dir.path().join("mailboxes.redb"),
+        mupdate::store::StoreOptions::default(),
+    )
+    .await;
+    for n in 1..=20 {
+        let name = format!("user.s{n}");
+        let record = replica.find(name.as_bytes()).unwrap();
+        assert_eq!(
+            record.map(|r| r.location),
+            Some(b"be1!p".to_vec()),
+            "{name} acknowledged but not on the replica's disk"
+        );
+    }
+    drop(replica);
 
     // The replica gone, writes are refused again.
-    slave.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(20);
     while master.ctx.sync_replicas.connected() > 0 {
         assert!(Instant::now() < deadline, "the replica is still counted");

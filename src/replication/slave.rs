@@ -585,15 +585,36 @@ async fn stream(
         if !batch.is_empty() || checkpoint.is_some() {
             metrics.lag_sequences.set(batch.len() as i64);
             let span = crate::observability::traces::apply_span(batch.len(), &traced_writes);
-            store
-                .apply_replicated(batch, checkpoint, Keeping::DURABLE)
-                .instrument(span)
-                .await?;
+            // Acknowledged as soon as it is durable, while redb still takes it in: the
+            // master's writers wait for this.
+            let (durable, made_durable) = oneshot::channel();
+            let applying = store
+                .apply_replicated_telling(batch, checkpoint, Keeping::DURABLE, Some(durable))
+                .instrument(span);
+            tokio::pin!(applying);
+            let mut acknowledged = false;
+            let mut applied = None;
+            tokio::select! {
+                biased;
+                Ok(()) = made_durable => {
+                    if let Some(Checkpoint { seq, .. }) = checkpoint {
+                        acknowledge(link, seq, settings).await?;
+                        acknowledged = true;
+                    }
+                }
+                outcome = &mut applying => applied = Some(outcome),
+            }
+            match applied {
+                Some(outcome) => outcome?,
+                None => applying.await?,
+            };
+            if let (false, Some(Checkpoint { seq, .. })) = (acknowledged, checkpoint) {
+                acknowledge(link, seq, settings).await?;
+            }
             metrics.lag_sequences.set(0);
         }
         if let Some(Checkpoint { seq, .. }) = checkpoint {
             metrics.applied_seq.set(seq as i64);
-            acknowledge(link, seq, settings).await?;
         }
         status.confirm();
         // The master answered each NOOP after everything it had committed before it, and

@@ -57,6 +57,9 @@ pub enum StoreError {
     /// The request was dropped before it was committed.
     #[error("the store is shut down")]
     Closed,
+    /// A commit logged and published could not be taken into redb; a restart replays it.
+    #[error("the store stopped taking writes after a failed commit; restart to replay it")]
+    Halted,
     /// The write-ahead log could not be read or written.
     #[error("write-ahead log: {0}")]
     Wal(Arc<std::io::Error>),
@@ -447,6 +450,7 @@ impl Store {
                 next_lsn: synced_lsn.saturating_add(1),
                 chained: true,
             }),
+            halted: std::sync::atomic::AtomicBool::new(false),
         });
         let replayed = committer.recover(synced_lsn, frames)?;
         if replayed > 0 {
@@ -479,6 +483,7 @@ impl Store {
             reply,
             trace,
             keeping: Keeping::DURABLE,
+            durable: None,
         });
         if lead {
             self.hand_off();
@@ -502,6 +507,19 @@ impl Store {
         checkpoint: Option<Checkpoint>,
         keeping: Keeping,
     ) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_replicated_telling(mutations, checkpoint, keeping, None)
+            .await
+    }
+
+    /// [`Store::apply_replicated`], telling `durable` as soon as the mutations are durable,
+    /// which may be before readers see them.
+    pub async fn apply_replicated_telling(
+        &self,
+        mutations: Vec<Mutation>,
+        checkpoint: Option<Checkpoint>,
+        keeping: Keeping,
+        durable: Option<oneshot::Sender<()>>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let lead = self.queue.push(WriteRequest {
             mutations,
@@ -509,6 +527,7 @@ impl Store {
             reply,
             trace: None,
             keeping,
+            durable,
         });
         if lead {
             self.hand_off();

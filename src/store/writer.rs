@@ -32,6 +32,9 @@ pub(crate) struct WriteRequest {
     /// The requesting command's `traceparent`, when it is traced.
     pub(crate) trace: Option<Arc<str>>,
     pub(crate) keeping: Keeping,
+    /// Told once the request is durable, which may be before redb has taken it in and
+    /// readers see it (a replica acknowledges its master then).
+    pub(crate) durable: Option<oneshot::Sender<()>>,
 }
 
 /// A committed batch's answers, not yet sent.
@@ -63,12 +66,15 @@ pub(crate) struct Committer {
     pub(crate) metrics: Arc<super::CommitStats>,
     /// The write-ahead log.
     pub(crate) wal: std::sync::Mutex<WalState>,
+    /// Set when a logged (durable) commit could not be taken into redb: no more
+    /// writes until a restart replays it.
+    pub(crate) halted: std::sync::atomic::AtomicBool,
 }
 
 impl Committer {
     /// Commits `batch` durably and publishes its changes; returns the answers, for the
     /// caller to send.
-    pub(crate) fn commit_batch(&self, batch: Vec<WriteRequest>) -> Answers {
+    pub(crate) fn commit_batch(&self, mut batch: Vec<WriteRequest>) -> Answers {
         let writes: usize = batch.iter().map(|request| request.mutations.len()).sum();
         // A child of the command whose task leads this group commit.
         let _span = crate::observability::traces::child_only(|| {
@@ -82,11 +88,12 @@ impl Committer {
         })
         .entered();
         let started = Instant::now();
-        match self.commit(&batch) {
+        match self.commit(&mut batch) {
             Ok((outcomes, changes)) => {
                 self.metrics.record_commit(writes, started.elapsed());
-                // Publish before answering, so a client that saw OK and then asks a
-                // streaming connection for a NOOP barrier finds the change queued.
+                // Published once readers see it (a listener's snapshot holds what the feed
+                // sent before it), and before answering, so that a client that saw OK and
+                // then asks a streaming connection for a NOOP barrier finds it queued.
                 if self.feed.receiver_count() > 0 {
                     for change in changes {
                         let _ = self.feed.send(Arc::new(change));
@@ -112,12 +119,15 @@ impl Committer {
         }
     }
 
-    /// Applies `batch` in one transaction; returns each request's outcomes and the changes
-    /// made.
+    /// Applies `batch` in one transaction, telling the requests that ask once it is
+    /// durable; returns each request's outcomes and the changes made.
     fn commit(
         &self,
-        batch: &[WriteRequest],
+        batch: &mut [WriteRequest],
     ) -> Result<(Vec<Vec<Outcome>>, Vec<Change>), StoreError> {
+        if self.halted.load(Ordering::Acquire) {
+            return Err(StoreError::Halted);
+        }
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
         let first_seq = self.last_seq.load(Ordering::Acquire);
         let mut book = Book::new(first_seq, true);
@@ -125,7 +135,7 @@ impl Committer {
         let mut changes = Vec::new();
         {
             let mut tables = Tables::open(&txn)?;
-            for request in batch {
+            for request in batch.iter() {
                 book.begin_request(request.keeping, request.checkpoint);
                 let mut answers = Vec::with_capacity(request.mutations.len());
                 for mutation in &request.mutations {
@@ -148,7 +158,14 @@ impl Committer {
         }
         let durable = batch.iter().any(|request| request.keeping.durable);
         let seq = book.seq;
-        self.seal(txn, book, durable)?;
+        let mut made_durable = || {
+            for request in batch.iter_mut() {
+                if let Some(durable) = request.durable.take() {
+                    let _ = durable.send(());
+                }
+            }
+        };
+        self.seal(txn, book, durable, &mut made_durable)?;
         self.last_seq.store(seq, Ordering::Release);
         if seq != first_seq {
             self.committed.send_replace(seq);
@@ -159,16 +176,26 @@ impl Committer {
     /// Commits `txn`: through the write-ahead log when there is one and the batch fits in
     /// it, so that only its frame is synced; otherwise redb syncs its pages itself (when
     /// `durable`), which makes everything before it durable too and lets the log start over.
-    fn seal(&self, txn: WriteTransaction, book: Book, durable: bool) -> Result<(), StoreError> {
+    /// `made_durable` is called once the batch is durable: when the log holds it, before
+    /// redb commits it (a replica need not wait for that to acknowledge it).
+    fn seal(
+        &self,
+        txn: WriteTransaction,
+        book: Book,
+        durable: bool,
+        made_durable: &mut dyn FnMut(),
+    ) -> Result<(), StoreError> {
         let Some(payload) = book.payload else {
-            return commit(txn, durable);
+            commit(txn, durable)?;
+            made_durable();
+            return Ok(());
         };
         let payload = payload.into_bytes();
         let mut wal = self.log();
         let lsn = wal.next_lsn;
         // A failed commit gives its lsn back: redb does not hold it, and a frame of it is
         // taken back or ends the chain.
-        self.seal_logged(&mut wal, txn, lsn, &payload, durable)?;
+        self.seal_logged(&mut wal, txn, lsn, &payload, durable, made_durable)?;
         wal.next_lsn = lsn.saturating_add(1);
         Ok(())
     }
@@ -180,14 +207,19 @@ impl Committer {
         lsn: u64,
         payload: &[u8],
         durable: bool,
+        made_durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         if !(wal.chained && wal.log.fits(payload.len())) {
             if durable {
-                return self.commit_past_log(wal, txn);
+                self.commit_past_log(wal, txn)?;
+            } else {
+                // Not in the log: no later frame may be replayed without it, until redb
+                // syncs.
+                wal.chained = false;
+                commit(txn, false)?;
             }
-            // Not in the log: no later frame may be replayed without it, until redb syncs.
-            wal.chained = false;
-            return commit(txn, false);
+            made_durable();
+            return Ok(());
         }
         let appended = wal
             .log
@@ -197,13 +229,23 @@ impl Committer {
             tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
             // The frame may be in the file, whole or in part: nothing may follow it there.
             wal.chained = false;
-            return self.commit_past_log(wal, txn);
+            self.commit_past_log(wal, txn)?;
+            made_durable();
+            return Ok(());
         }
-        commit(txn, false).inspect_err(|_| {
-            if wal.log.retract(payload.len()).is_err() {
-                wal.chained = false;
-            }
-        })
+        made_durable();
+        let Err(error) = commit(txn, false) else {
+            return Ok(());
+        };
+        // Durable in the log, and maybe acknowledged as such: redb must take it in, or the
+        // store takes no more writes until a restart replays it.
+        tracing::error!(%error, lsn, "commit failed after its frame was logged; replaying the frame");
+        if let Err(error) = self.replay(lsn, payload) {
+            tracing::error!(%error, lsn, "replaying the frame failed: no more writes until a restart");
+            self.halted.store(true, Ordering::Release);
+            return Err(StoreError::Halted);
+        }
+        Ok(())
     }
 
     /// Commits `txn` with redb's own sync: everything logged so far is durable in redb, and
@@ -249,9 +291,6 @@ impl Committer {
                 .map_err(StoreError::from_redb)?;
         }
         commit(txn, false)?;
-        let mut wal = self.log();
-        wal.next_lsn = wal.next_lsn.max(lsn.saturating_add(1));
-        drop(wal);
         self.last_seq.store(book.seq, Ordering::Release);
         self.committed.send_replace(book.seq);
         Ok(())
