@@ -57,7 +57,8 @@ pub enum StoreError {
     /// The request was dropped before it was committed.
     #[error("the store is shut down")]
     Closed,
-    /// A commit logged and published could not be taken into redb; a restart replays it.
+    /// A commit durable in the write-ahead log could not be taken into redb; a restart
+    /// replays it.
     #[error("the store stopped taking writes after a failed commit; restart to replay it")]
     Halted,
     /// The write-ahead log could not be read or written.
@@ -741,7 +742,7 @@ impl Store {
 struct Opened {
     last_seq: u64,
     epoch: u64,
-    /// The lsn of its last synced commit.
+    /// The lsn of the last commit it holds.
     synced_lsn: u64,
     wal_id: u64,
 }

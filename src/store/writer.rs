@@ -173,9 +173,9 @@ impl Committer {
         Ok((outcomes, changes))
     }
 
-    /// Commits `txn`: through the write-ahead log when there is one and the batch fits in
-    /// it, so that only its frame is synced; otherwise redb syncs its pages itself (when
-    /// `durable`), which makes everything before it durable too and lets the log start over.
+    /// Commits `txn`: through the write-ahead log when the batch fits in it, so that only
+    /// its frame is synced; otherwise redb syncs its pages itself (when `durable`), which
+    /// makes everything before it durable too and lets the log start over.
     /// `made_durable` is called once the batch is durable: when the log holds it, before
     /// redb commits it (a replica need not wait for that to acknowledge it).
     fn seal(
@@ -193,8 +193,8 @@ impl Committer {
         let payload = payload.into_bytes();
         let mut wal = self.log();
         let lsn = wal.next_lsn;
-        // A failed commit gives its lsn back: redb does not hold it, and a frame of it is
-        // taken back or ends the chain.
+        // A failed commit gives its lsn back: neither redb nor the log's chain of frames
+        // holds it.
         self.seal_logged(&mut wal, txn, lsn, &payload, durable, made_durable)?;
         wal.next_lsn = lsn.saturating_add(1);
         Ok(())
