@@ -124,14 +124,14 @@ fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
 /// A frame of `payload` at `lsn` of log `id`; `None` if it is too long for one.
 pub fn encode_frame(id: u64, lsn: u64, payload: &[u8]) -> Option<Vec<u8>> {
     let length = u32::try_from(IDS + payload.len()).ok()?;
-    let mut body = Vec::with_capacity(IDS + payload.len());
-    body.extend_from_slice(&id.to_be_bytes());
-    body.extend_from_slice(&lsn.to_be_bytes());
-    body.extend_from_slice(payload);
-    let mut frame = Vec::with_capacity(HEAD + body.len());
+    let mut frame = Vec::with_capacity(HEAD + IDS + payload.len());
     frame.extend_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&lsn.to_be_bytes());
+    frame.extend_from_slice(payload);
+    let crc = crc32fast::hash(&frame[HEAD..]);
+    frame[4..HEAD].copy_from_slice(&crc.to_be_bytes());
     Some(frame)
 }
 
