@@ -586,31 +586,23 @@ async fn stream(
             metrics.lag_sequences.set(batch.len() as i64);
             let span = crate::observability::traces::apply_span(batch.len(), &traced_writes);
             // Acknowledged as soon as it is durable, while redb still takes it in: the
-            // master's writers wait for this.
+            // master's writers wait for this. The store tells `durable` before it answers,
+            // and drops it untold when the commit fails.
             let (durable, made_durable) = oneshot::channel();
             let applying = store
                 .apply_replicated_telling(batch, checkpoint, Keeping::DURABLE, Some(durable))
                 .instrument(span);
-            tokio::pin!(applying);
-            let mut acknowledged = false;
-            let mut applied = None;
-            tokio::select! {
-                biased;
-                Ok(()) = made_durable => {
-                    if let Some(Checkpoint { seq, .. }) = checkpoint {
-                        acknowledge(link, seq, settings).await?;
-                        acknowledged = true;
+            let acknowledging = async {
+                match (made_durable.await, checkpoint) {
+                    (Ok(()), Some(Checkpoint { seq, .. })) => {
+                        acknowledge(link, seq, settings).await
                     }
+                    _ => Ok(()),
                 }
-                outcome = &mut applying => applied = Some(outcome),
-            }
-            match applied {
-                Some(outcome) => outcome?,
-                None => applying.await?,
             };
-            if let (false, Some(Checkpoint { seq, .. })) = (acknowledged, checkpoint) {
-                acknowledge(link, seq, settings).await?;
-            }
+            let (applied, acknowledged) = tokio::join!(applying, acknowledging);
+            applied?;
+            acknowledged?;
             metrics.lag_sequences.set(0);
         }
         if let Some(Checkpoint { seq, .. }) = checkpoint {

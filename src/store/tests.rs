@@ -149,18 +149,7 @@ async fn changes_carry_filter_servers_and_persist() {
         store.apply(activate("user.b", "be1!p", "")).await.unwrap();
     }
     // The database closes when its last handle goes.
-    let mut reopened = None;
-    for _ in 0..100 {
-        match Store::open(&dir.path().join("mailboxes.redb"), StoreOptions::default()) {
-            Ok(store) => {
-                reopened = Some(store);
-                break;
-            }
-            Err(StoreError::InUse) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            Err(other) => panic!("reopen: {other}"),
-        }
-    }
-    let store = reopened.expect("database released");
+    let store = reopen(&dir);
     assert_eq!(store.last_seq(), 3);
     let snapshot = store.snapshot().unwrap();
     assert_eq!(snapshot.seq(), 3);

@@ -130,7 +130,7 @@ impl Committer {
         }
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
         let first_seq = self.last_seq.load(Ordering::Acquire);
-        let mut book = Book::new(first_seq, true);
+        let mut book = Book::new(first_seq);
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut changes = Vec::new();
         {
@@ -185,12 +185,7 @@ impl Committer {
         durable: bool,
         made_durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
-        let Some(payload) = book.payload else {
-            commit(txn, durable)?;
-            made_durable();
-            return Ok(());
-        };
-        let payload = payload.into_bytes();
+        let payload = book.payload.into_bytes();
         let mut wal = self.log();
         let lsn = wal.next_lsn;
         // A failed commit gives its lsn back: neither redb nor the log's chain of frames
@@ -260,11 +255,11 @@ impl Committer {
     /// Redoes one frame of the write-ahead log (at open): each request's changes as they
     /// were made, with the same sequence numbers, and its checkpoint. Not synced: the
     /// caller syncs once after the last frame.
-    pub(crate) fn replay(&self, lsn: u64, payload: &[u8]) -> Result<(), StoreError> {
+    fn replay(&self, lsn: u64, payload: &[u8]) -> Result<(), StoreError> {
         let corrupt = || StoreError::Corrupt(format!("write-ahead log frame {lsn}"));
         let requests = decode_payload(payload).ok_or_else(corrupt)?;
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
-        let mut book = Book::new(self.last_seq.load(Ordering::Acquire), false);
+        let mut book = Book::new(self.last_seq.load(Ordering::Acquire));
         {
             let mut tables = Tables::open(&txn)?;
             for request in requests {
@@ -387,36 +382,32 @@ struct Book {
     unlogged_any: bool,
     keeping: Keeping,
     checkpoint: Option<Checkpoint>,
-    /// The frame being written, with a write-ahead log.
-    payload: Option<Payload>,
+    /// The commit's write-ahead frame (a replay's is not written anywhere).
+    payload: Payload,
 }
 
 impl Book {
-    fn new(seq: u64, framed: bool) -> Book {
+    fn new(seq: u64) -> Book {
         Book {
             seq,
             unlogged_last: None,
             unlogged_any: false,
             keeping: Keeping::DURABLE,
             checkpoint: None,
-            payload: framed.then(Payload::default),
+            payload: Payload::default(),
         }
     }
 
     fn begin_request(&mut self, keeping: Keeping, checkpoint: Option<Checkpoint>) {
         self.keeping = keeping;
         self.checkpoint = checkpoint;
-        if let Some(payload) = &mut self.payload {
-            payload.begin_request(keeping, checkpoint);
-        }
+        self.payload.begin_request(keeping, checkpoint);
     }
 
     /// Logs a change (its log entry): returns its sequence number.
     fn log(&mut self, tables: &mut Tables<'_>, entry: Vec<u8>) -> Result<u64, StoreError> {
         self.seq += 1;
-        if let Some(payload) = &mut self.payload {
-            payload.entry(&entry);
-        }
+        self.payload.entry(&entry);
         if self.keeping.logged {
             tables
                 .log
@@ -432,9 +423,7 @@ impl Book {
 
     /// Records the request's checkpoint, after its changes.
     fn end_request(&mut self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
-        if let Some(payload) = &mut self.payload {
-            payload.end_request();
-        }
+        self.payload.end_request();
         if let Some(Checkpoint {
             epoch,
             seq: upstream_seq,
