@@ -519,6 +519,66 @@ async fn a_follower_ahead_of_the_new_master_rewinds_by_delta() {
     rewound_to_the_successor(&cluster, ahead, before, &mut new).await;
 }
 
+/// A master streams a commit while its own disk syncs it, so its replicas sync along: a
+/// crash of its machine can lose changes its replicas hold. Re-elected, it never gives
+/// their numbers to other changes, and the replicas rewind them by delta. The crash is a
+/// copy of its files from before those changes, put back once it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_crash_lost_what_its_replicas_hold_rewinds_them() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let first = cluster.master(Duration::from_secs(20)).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let mut old = cluster.client(first).await;
+    write_the_agreed_list(&cluster, &mut old, &others).await;
+    let dir = cluster.members[first].dir.path().to_owned();
+    let files = ["mailboxes.redb", "mailboxes.redb.wal"];
+    let image = tempfile::tempdir().expect("tempdir");
+    for file in files {
+        std::fs::copy(dir.join(file), image.path().join(file)).expect("copy");
+    }
+    write_what_the_successor_misses(&mut old).await;
+    for &index in &others {
+        converge(&mut cluster.client(index).await, &mut old).await;
+    }
+    let before: Vec<usize> = others
+        .iter()
+        .map(|&index| cluster.members[index].log_count(SYNCED))
+        .collect();
+
+    // The others cannot campaign; the master's machine crashes and it comes back alone.
+    for &index in &others {
+        cluster.members[index].cut_off();
+    }
+    let mut killed = cluster.members[first].process.take().expect("running");
+    killed.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    for file in files {
+        std::fs::copy(image.path().join(file), dir.join(file)).expect("put back");
+    }
+    cluster.members[first].start();
+    assert_eq!(
+        cluster
+            .master_among(&[first], Duration::from_secs(20))
+            .await,
+        first
+    );
+    for &index in &others {
+        cluster.members[index].reconnect();
+    }
+    for (&index, &before) in others.iter().zip(&before) {
+        cluster.members[index]
+            .log_grows(SYNCED, before, Duration::from_secs(20))
+            .await;
+    }
+    let mut new = cluster.client(first).await;
+    new.done(b"B1 ACTIVATE \"user.new\" \"be2!p\" \"\"\r\n")
+        .await;
+    for (&index, &before) in others.iter().zip(&before) {
+        rewound_to_the_successor(&cluster, index, before, &mut new).await;
+    }
+}
+
 /// Two mailboxes written through the master `old`, on every other instance (`others`).
 async fn write_the_agreed_list(cluster: &Cluster, old: &mut Client, others: &[usize]) {
     old.done(b"A1 ACTIVATE \"user.kept\" \"be1!p\" \"\"\r\n")

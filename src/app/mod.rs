@@ -334,6 +334,10 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
         changelog_max: settings.changelog_max,
         changelog_max_age: Some(settings.changelog_max_age).filter(|a| !a.is_zero()),
         feed_capacity: settings.listener_queue,
+        // Only where writes wait for synchronous replicas, which then sync along with the
+        // master; and only where an elected master's replicas can rewind what a crash of
+        // its own lost.
+        stream_before_sync: settings.ha.is_some() && settings.sync_replicas > 0,
         ..StoreOptions::default()
     }
 }

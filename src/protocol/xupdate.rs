@@ -73,10 +73,11 @@ impl DumpKind {
     }
 }
 
-/// `* XREWIND "seq"`, before `NO` to an elected replica's XUPDATE: this master knows that
-/// replica's history (it followed it while the replica was master) only through `seq`, so
-/// the replica holds changes past it that nobody else has. The replica takes this master's
-/// records of the names those changes touched (FIND) and asks again from `seq`.
+/// `* XREWIND "seq"`, before `NO` to an elected replica's XUPDATE: this master knows the
+/// history the replica asks from only through `seq` (it followed it while the replica was
+/// master, or it is its own and a crash lost what followed), so the replica holds changes
+/// past it that this master lacks. The replica takes this master's records of the names
+/// those changes touched (FIND) and asks again from `seq`.
 pub struct Rewind;
 
 impl Rewind {

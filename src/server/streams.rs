@@ -135,7 +135,30 @@ impl<IO: ClientStream> Session<IO> {
             );
             return Ok(Flow::Continue);
         }
+        // A replica of our own history past what this store holds received changes that a
+        // crash here lost, published before they were durable: their numbers are skipped,
+        // never reused, and the replica rewinds them (or, not elected, takes the whole list).
+        let lost = match position {
+            Some((epoch, seq)) if epoch == our_epoch => snapshot
+                .skipped_after(seq)
+                .map(|skipped| skipped.or((seq > dumped_through).then_some(dumped_through)))
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot read the skipped sequence numbers");
+                    Some(0)
+                }),
+            _ => None,
+        };
+        if let (Some(_), Some(through)) = (&term, lost) {
+            Rewind::encode(&mut self.out, through);
+            no(
+                &mut self.out,
+                &tag,
+                "changes past this master's history: rewind",
+            );
+            return Ok(Flow::Continue);
+        }
         let delta = match position {
+            _ if lost.is_some() => Ok(None),
             Some((epoch, seq)) if epoch == our_epoch => snapshot.changes_after(seq),
             Some((epoch, seq)) => match snapshot.local_position(epoch, seq) {
                 Ok(Some(from)) => snapshot.changes_after(from),

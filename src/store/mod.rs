@@ -37,6 +37,15 @@ const META_UPSTREAM_SEQ: &str = "upstream_seq";
 const META_WAL_LSN: &str = "wal_lsn";
 /// The database's write-ahead log id, made with it and never changed.
 const META_WAL_ID: &str = "wal_id";
+/// The end of the last run of sequence numbers skipped at open ([`SEQ_GAP`]), once any was.
+const META_SEQ_FLOOR: &str = "seq_floor";
+/// The runs of sequence numbers skipped at open, each (last, first): what a replica holding
+/// one of them received from this store before a crash lost it.
+const SEQ_GAPS: TableDefinition<u64, u64> = TableDefinition::new("seq_gaps");
+/// How many sequence numbers a store that publishes commits before they are durable skips
+/// at open: a crash may have lost changes that replicas already hold, and their numbers
+/// must never be given to other changes. More than any commit publishes early.
+pub const SEQ_GAP: u64 = 1 << 32;
 const SCHEMA_VERSION: u64 = 2;
 
 /// Errors of the store.
@@ -289,6 +298,9 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Size of the write-ahead log file: how much is written between redb's own syncs.
     pub wal_bytes: u64,
+    /// Whether commits are published while their frame syncs (a master whose writes
+    /// wait for synchronous replicas): see [`SEQ_GAP`].
+    pub stream_before_sync: bool,
 }
 
 /// Changes the log keeps by default (`mupdate_changelog_max`).
@@ -311,6 +323,7 @@ impl Default for StoreOptions {
             feed_capacity: DEFAULT_FEED_CAPACITY,
             cache_bytes: 16 << 20,
             wal_bytes: DEFAULT_WAL_BYTES,
+            stream_before_sync: false,
         }
     }
 }
@@ -429,6 +442,7 @@ impl Store {
             epoch,
             synced_lsn,
             wal_id,
+            seq_floor,
         } = initialise(&db)?;
         let (wal, frames) =
             wal::Wal::open(path, options.wal_bytes.max(MIN_WAL_BYTES)).map_err(StoreError::wal)?;
@@ -452,10 +466,16 @@ impl Store {
                 chained: true,
             }),
             halted: std::sync::atomic::AtomicBool::new(false),
+            stream_before_sync: options.stream_before_sync,
+            // The frames replayed took their numbers past it.
+            seq_floor: AtomicU64::new(seq_floor.unwrap_or(0)),
         });
         let replayed = committer.recover(synced_lsn, frames)?;
         if replayed > 0 {
             tracing::info!(replayed, "replayed commits from the write-ahead log");
+        }
+        if options.stream_before_sync || seq_floor.is_some() {
+            skip_seqs(&db, &committer)?;
         }
         Ok(Store {
             db,
@@ -745,6 +765,8 @@ struct Opened {
     /// The lsn of the last commit it holds.
     synced_lsn: u64,
     wal_id: u64,
+    /// The end of the last run of skipped sequence numbers, if any was.
+    seq_floor: Option<u64>,
 }
 
 fn initialise(db: &Database) -> Result<Opened, StoreError> {
@@ -793,10 +815,43 @@ fn initialise(db: &Database) -> Result<Opened, StoreError> {
             epoch,
             synced_lsn,
             wal_id,
+            seq_floor: read(&meta, META_SEQ_FLOOR)?,
         }
     };
     txn.commit().map_err(StoreError::from_redb)?;
     Ok(opened)
+}
+
+/// Skips [`SEQ_GAP`] sequence numbers past the last change and past any skipped before:
+/// for a store that publishes before commits are durable or ever did (a crash before this
+/// open may have lost published changes, whatever it publishes now). Records the run
+/// skipped and forgets runs older than the change log.
+fn skip_seqs(db: &Database, committer: &writer::Committer) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(StoreError::from_redb)?;
+    {
+        let mut meta = txn.open_table(META).map_err(StoreError::from_redb)?;
+        let last = committer.last_seq.load(Ordering::Acquire);
+        let end = last
+            .max(committer.seq_floor.load(Ordering::Acquire))
+            .checked_add(SEQ_GAP)
+            .ok_or_else(|| StoreError::Corrupt("sequence numbers exhausted".into()))?;
+        meta.insert(META_SEQ_FLOOR, end)
+            .map_err(StoreError::from_redb)?;
+        let oldest = txn
+            .open_table(CHANGES)
+            .map_err(StoreError::from_redb)?
+            .first()
+            .map_err(StoreError::from_redb)?
+            .map_or(last, |(seq, _)| seq.value());
+        let mut gaps = txn.open_table(SEQ_GAPS).map_err(StoreError::from_redb)?;
+        // A run skipped since the last change is part of this one; a run older than the
+        // change log leaves a replica nothing to resume from anyway.
+        gaps.retain(|gap_end, gap_last| gap_last < last && gap_end >= oldest.saturating_sub(1))
+            .map_err(StoreError::from_redb)?;
+        gaps.insert(end, last).map_err(StoreError::from_redb)?;
+        committer.seq_floor.store(end, Ordering::Release);
+    }
+    txn.commit().map_err(StoreError::from_redb)
 }
 
 /// The sequence number of the newest change: the log always keeps at least its last entry,
@@ -958,6 +1013,25 @@ impl Snapshot {
         Ok(at_or_before.map(|(position, local)| (position.value().1, local.value())))
     }
 
+    /// The last change before the run of skipped sequence numbers (see [`SEQ_GAP`]) that
+    /// holds `seq`, if one does.
+    pub fn skipped_after(&self, seq: u64) -> Result<Option<u64>, StoreError> {
+        let gaps = match self.txn.open_table(SEQ_GAPS) {
+            Ok(gaps) => gaps,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(StoreError::from_redb(error)),
+        };
+        let holding = gaps
+            .range(seq..)
+            .map_err(StoreError::from_redb)?
+            .next()
+            .transpose()
+            .map_err(StoreError::from_redb)?;
+        Ok(holding
+            .map(|(_, last)| last.value())
+            .filter(|&last| last < seq))
+    }
+
     /// How far this store has applied the history `epoch` (that history's seq), if at all.
     pub fn known_through(&self, epoch: u64) -> Result<Option<u64>, StoreError> {
         let positions = self
@@ -1003,7 +1077,14 @@ impl Snapshot {
             .first()
             .map_err(StoreError::from_redb)?
             .map(|(k, _)| k.value());
-        if seq < self.seq && oldest.is_none_or(|first| first > seq + 1) {
+        // Numbers skipped right after `seq` leave nothing out.
+        let reaches_back = |first: u64| {
+            first <= seq + 1
+                || self
+                    .skipped_after(first - 1)
+                    .is_ok_and(|skipped| skipped.is_some_and(|last| last <= seq))
+        };
+        if seq < self.seq && !oldest.is_some_and(reaches_back) {
             return Ok(None);
         }
         let mut changes = Vec::new();

@@ -406,3 +406,80 @@ async fn a_write_ahead_log_beside_another_database_is_not_replayed_into_it() {
     assert_eq!(made_anew.last_seq(), 0);
     assert_eq!(contents(&made_anew), (Vec::new(), Vec::new()));
 }
+
+#[tokio::test]
+async fn a_store_publishing_before_its_syncs_never_reuses_a_number_it_published() {
+    let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let db = dir.path().join("mailboxes.redb");
+    let early = StoreOptions {
+        stream_before_sync: true,
+        ..StoreOptions::default()
+    };
+    let store = open_with(&dir, early.clone());
+    // A crash image from before the writes: as if a crash lost every one of them after
+    // they were published.
+    std::fs::copy(&db, crashed.path().join("mailboxes.redb")).unwrap();
+    let mut feed = store.subscribe();
+    store.apply(activate("user.a", "be1!p", "")).await.unwrap();
+    store.apply(activate("user.b", "be1!p", "")).await.unwrap();
+    let published: Vec<u64> = [feed.recv().await.unwrap(), feed.recv().await.unwrap()]
+        .iter()
+        .map(|change| change.seq)
+        .collect();
+    assert_eq!(published, [SEQ_GAP + 1, SEQ_GAP + 2]);
+    // Published and synced: what a crash after the syncs keeps.
+    let wal = wal::wal_path(&db);
+    let kept = tempfile::tempdir().unwrap();
+    std::fs::copy(&db, kept.path().join("mailboxes.redb")).unwrap();
+    std::fs::copy(&wal, wal::wal_path(&kept.path().join("mailboxes.redb"))).unwrap();
+    let expected = contents(&store);
+    drop(store);
+    let replayed = open_with(&kept, early.clone());
+    assert_eq!(contents(&replayed), expected);
+
+    let lost = open_with(&crashed, early.clone());
+    assert_eq!(contents(&lost), (Vec::new(), Vec::new()));
+    let snapshot = lost.snapshot().unwrap();
+    for seq in published {
+        assert_eq!(snapshot.skipped_after(seq).unwrap(), Some(0), "{seq}");
+    }
+    // The first run skipped before the crash is part of this one.
+    assert_eq!(snapshot.skipped_after(2 * SEQ_GAP).unwrap(), Some(0));
+    assert_eq!(snapshot.skipped_after(2 * SEQ_GAP + 1).unwrap(), None);
+    drop(snapshot);
+    lost.apply(activate("user.c", "be1!p", "")).await.unwrap();
+    assert_eq!(lost.last_seq(), 2 * SEQ_GAP + 1);
+    let snapshot = lost.snapshot().unwrap();
+    assert_eq!(snapshot.skipped_after(2 * SEQ_GAP + 1).unwrap(), None);
+    drop((snapshot, lost));
+
+    // Opened without the option, it still skips: its last run may have published early.
+    let reopened = reopen(&crashed);
+    let snapshot = reopened.snapshot().unwrap();
+    assert_eq!(
+        snapshot.skipped_after(2 * SEQ_GAP + 2).unwrap(),
+        Some(2 * SEQ_GAP + 1)
+    );
+    assert_eq!(snapshot.skipped_after(SEQ_GAP).unwrap(), Some(0));
+    drop(snapshot);
+    reopened
+        .apply(activate("user.d", "be1!p", ""))
+        .await
+        .unwrap();
+    assert_eq!(reopened.last_seq(), 3 * SEQ_GAP + 2);
+}
+
+#[tokio::test]
+async fn a_store_that_never_published_early_skips_no_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, ConflictPolicy::Standard);
+    store.apply(activate("user.a", "be1!p", "")).await.unwrap();
+    drop(store);
+    let reopened = reopen(&dir);
+    reopened
+        .apply(activate("user.b", "be1!p", ""))
+        .await
+        .unwrap();
+    assert_eq!(reopened.last_seq(), 2);
+    assert_eq!(reopened.snapshot().unwrap().skipped_after(2).unwrap(), None);
+}

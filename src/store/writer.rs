@@ -69,6 +69,13 @@ pub(crate) struct Committer {
     /// Set when a logged (durable) commit could not be taken into redb: no more
     /// writes until a restart replays it.
     pub(crate) halted: std::sync::atomic::AtomicBool,
+    /// Whether a commit is published (streamed) while its frame syncs rather than after:
+    /// a master's synchronous replicas then sync along with it. What a crash loses was
+    /// maybe streamed; the sequence numbers skipped at open keep them from being reused.
+    pub(crate) stream_before_sync: bool,
+    /// Sequence numbers at or below this are never given to a change (see
+    /// [`super::SEQ_GAP`]); the next change takes the one after it or after `last_seq`.
+    pub(crate) seq_floor: AtomicU64,
 }
 
 impl Committer {
@@ -89,16 +96,9 @@ impl Committer {
         .entered();
         let started = Instant::now();
         match self.commit(&mut batch) {
-            Ok((outcomes, changes)) => {
+            Ok((outcomes, unpublished)) => {
                 self.metrics.record_commit(writes, started.elapsed());
-                // Published once readers see it (a listener's snapshot holds what the feed
-                // sent before it), and before answering, so that a client that saw OK and
-                // then asks a streaming connection for a NOOP barrier finds it queued.
-                if self.feed.receiver_count() > 0 {
-                    for change in changes {
-                        let _ = self.feed.send(Arc::new(change));
-                    }
-                }
+                self.publish(unpublished);
                 Answers(
                     batch
                         .into_iter()
@@ -119,8 +119,28 @@ impl Committer {
         }
     }
 
+    /// Sends `changes` to the feed's listeners. Only once readers see them (a listener's
+    /// snapshot holds what the feed sent before it), and before answering, so that a
+    /// client that saw OK and then asks a streaming connection for a NOOP barrier finds
+    /// them queued.
+    fn publish(&self, changes: Vec<Change>) {
+        if self.feed.receiver_count() > 0 {
+            for change in changes {
+                let _ = self.feed.send(Arc::new(change));
+            }
+        }
+    }
+
+    /// The sequence number the next commit's changes count on from.
+    fn seq_base(&self) -> u64 {
+        self.last_seq
+            .load(Ordering::Acquire)
+            .max(self.seq_floor.load(Ordering::Acquire))
+    }
+
     /// Applies `batch` in one transaction, telling the requests that ask once it is
-    /// durable; returns each request's outcomes and the changes made.
+    /// durable; returns each request's outcomes and the changes made that are not
+    /// published yet.
     fn commit(
         &self,
         batch: &mut [WriteRequest],
@@ -129,7 +149,7 @@ impl Committer {
             return Err(StoreError::Halted);
         }
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
-        let first_seq = self.last_seq.load(Ordering::Acquire);
+        let first_seq = self.seq_base();
         let mut book = Book::new(first_seq);
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut changes = Vec::new();
@@ -165,24 +185,32 @@ impl Committer {
                 }
             }
         };
-        self.seal(txn, book, durable, &mut made_durable)?;
-        self.last_seq.store(seq, Ordering::Release);
+        let early = self.stream_before_sync && durable && changes.len() as u64 <= super::SEQ_GAP;
+        let mut unpublished = Some(changes);
+        let mut publish = || self.publish(unpublished.take().unwrap_or_default());
+        let sealing = match (durable, early) {
+            (false, _) => Sealing::Unsynced,
+            (true, false) => Sealing::Synced,
+            (true, true) => Sealing::SyncedAfterPublishing(&mut publish),
+        };
+        self.seal(txn, book, sealing, &mut made_durable)?;
         if seq != first_seq {
+            self.last_seq.store(seq, Ordering::Release);
             self.committed.send_replace(seq);
         }
-        Ok((outcomes, changes))
+        Ok((outcomes, unpublished.unwrap_or_default()))
     }
 
     /// Commits `txn`: through the write-ahead log when the batch fits in it, so that only
-    /// its frame is synced; otherwise redb syncs its pages itself (when `durable`), which
-    /// makes everything before it durable too and lets the log start over.
-    /// `made_durable` is called once the batch is durable: when the log holds it, before
-    /// redb commits it (a replica need not wait for that to acknowledge it).
+    /// its frame is synced; otherwise redb syncs its pages itself (unless
+    /// [`Sealing::Unsynced`]), which makes everything before it durable too and lets the log
+    /// start over. `made_durable` is called once the batch is durable: when the log holds
+    /// it, before redb commits it (a replica need not wait for that to acknowledge it).
     fn seal(
         &self,
         txn: WriteTransaction,
         book: Book,
-        durable: bool,
+        sealing: Sealing<'_>,
         made_durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         let payload = book.payload.into_bytes();
@@ -190,7 +218,7 @@ impl Committer {
         let lsn = wal.next_lsn;
         // A failed commit gives its lsn back: neither redb nor the log's chain of frames
         // holds it.
-        self.seal_logged(&mut wal, txn, lsn, &payload, durable, made_durable)?;
+        self.seal_logged(&mut wal, txn, lsn, &payload, sealing, made_durable)?;
         wal.next_lsn = lsn.saturating_add(1);
         Ok(())
     }
@@ -201,9 +229,10 @@ impl Committer {
         txn: WriteTransaction,
         lsn: u64,
         payload: &[u8],
-        durable: bool,
+        sealing: Sealing<'_>,
         made_durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
+        let durable = !matches!(sealing, Sealing::Unsynced);
         if !(wal.chained && wal.log.fits(payload.len())) {
             if durable {
                 self.commit_past_log(wal, txn)?;
@@ -215,6 +244,9 @@ impl Committer {
             }
             made_durable();
             return Ok(());
+        }
+        if let Sealing::SyncedAfterPublishing(publish) = sealing {
+            return self.seal_published_early(wal, txn, lsn, payload, made_durable, publish);
         }
         let appended = wal
             .log
@@ -229,11 +261,56 @@ impl Committer {
             return Ok(());
         }
         made_durable();
+        self.take_in(txn, lsn, payload)
+    }
+
+    /// [`Committer::seal_logged`] for a commit published before its frame is synced:
+    /// appended, taken into redb, published, then synced. A frame that cannot be synced
+    /// is made durable by redb's own sync; if that fails too, what was published may be
+    /// lost, and the store takes no more writes.
+    fn seal_published_early(
+        &self,
+        wal: &mut WalState,
+        txn: WriteTransaction,
+        lsn: u64,
+        payload: &[u8],
+        made_durable: &mut dyn FnMut(),
+        publish: &mut dyn FnMut(),
+    ) -> Result<(), StoreError> {
+        if let Err(error) = wal.log.append(wal.id, lsn, payload) {
+            tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
+            wal.chained = false;
+            self.commit_past_log(wal, txn)?;
+            made_durable();
+            return Ok(());
+        }
+        self.take_in(txn, lsn, payload)?;
+        publish();
+        if let Err(error) = wal.log.sync() {
+            tracing::error!(%error, "cannot sync the write-ahead log; syncing redb");
+            wal.chained = false;
+            let synced = self
+                .db
+                .begin_write()
+                .map_err(StoreError::from_redb)
+                .and_then(|txn| self.commit_past_log(wal, txn));
+            if let Err(error) = synced {
+                tracing::error!(%error, lsn, "a published commit cannot be made durable: no more writes until a restart");
+                self.halted.store(true, Ordering::Release);
+                return Err(StoreError::Halted);
+            }
+        }
+        made_durable();
+        Ok(())
+    }
+
+    /// Commits `txn`, whose frame is in the log: redb must take it in (the frame may be
+    /// durable and acknowledged as such), by replaying the frame if its commit fails, or
+    /// the store takes no more writes until a restart replays it.
+    fn take_in(&self, txn: WriteTransaction, lsn: u64, payload: &[u8]) -> Result<(), StoreError> {
         let Err(error) = commit(txn, false) else {
             return Ok(());
         };
-        // Durable in the log, and maybe acknowledged as such: redb must take it in, or the
-        // store takes no more writes until a restart replays it.
         tracing::error!(%error, lsn, "commit failed after its frame was logged; replaying the frame");
         if let Err(error) = self.replay(lsn, payload) {
             tracing::error!(%error, lsn, "replaying the frame failed: no more writes until a restart");
@@ -259,7 +336,8 @@ impl Committer {
         let corrupt = || StoreError::Corrupt(format!("write-ahead log frame {lsn}"));
         let requests = decode_payload(payload).ok_or_else(corrupt)?;
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
-        let mut book = Book::new(self.last_seq.load(Ordering::Acquire));
+        let base = self.seq_base();
+        let mut book = Book::new(base);
         {
             let mut tables = Tables::open(&txn)?;
             for request in requests {
@@ -286,8 +364,10 @@ impl Committer {
                 .map_err(StoreError::from_redb)?;
         }
         commit(txn, false)?;
-        self.last_seq.store(book.seq, Ordering::Release);
-        self.committed.send_replace(book.seq);
+        if book.seq != base {
+            self.last_seq.store(book.seq, Ordering::Release);
+            self.committed.send_replace(book.seq);
+        }
         Ok(())
     }
 }
@@ -338,6 +418,17 @@ impl Committer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// How a commit is made durable.
+enum Sealing<'p> {
+    /// Not synced: on disk with the next commit that is (a replica's first list).
+    Unsynced,
+    /// Synced before readers see it and it is published.
+    Synced,
+    /// Seen by readers and published (by the function given) while it syncs, so that
+    /// the replicas that receive it sync at the same time as this store.
+    SyncedAfterPublishing(&'p mut dyn FnMut()),
 }
 
 /// The write-ahead log and where it stands.
