@@ -120,24 +120,10 @@ impl<IO: ClientStream> Session<IO> {
         // A replica of our own history resumes where it is; one of a master this store
         // followed (before a failover made it the master) from where this store had applied
         // as much of that history.
-        // An elected replica that was master holds changes past what this store has of its
-        // history: it rewinds them rather than take the whole list.
-        if let (Some(_), Some((epoch, seq))) = (&term, position)
-            && epoch != our_epoch
-            && let Ok(Some(known)) = snapshot.known_through(epoch)
-            && known < seq
-        {
-            Rewind::encode(&mut self.out, known);
-            no(
-                &mut self.out,
-                &tag,
-                "changes past this master's history: rewind",
-            );
-            return Ok(Flow::Continue);
-        }
-        // A replica of our own history past what this store holds received changes that a
-        // crash here lost, published before they were durable: their numbers are skipped,
-        // never reused, and the replica rewinds them (or, not elected, takes the whole list).
+        // A replica holding changes past what this store has of the history it asks from
+        // rewinds them (or, not elected, takes the whole list): an elected replica that was
+        // master, or one of our own history that received changes a crash here lost
+        // (published before they were durable; their numbers are skipped, never reused).
         let lost = match position {
             Some((epoch, seq)) if epoch == our_epoch => snapshot
                 .skipped_after(seq)
@@ -146,7 +132,11 @@ impl<IO: ClientStream> Session<IO> {
                     tracing::warn!(%error, "cannot read the skipped sequence numbers");
                     Some(0)
                 }),
-            _ => None,
+            Some((epoch, seq)) => match snapshot.known_through(epoch) {
+                Ok(Some(known)) if known < seq => Some(known),
+                _ => None,
+            },
+            None => None,
         };
         if let (Some(_), Some(through)) = (&term, lost) {
             Rewind::encode(&mut self.out, through);
