@@ -39,8 +39,9 @@ const META_WAL_LSN: &str = "wal_lsn";
 const META_WAL_ID: &str = "wal_id";
 /// The end of the last run of sequence numbers skipped at open ([`SEQ_GAP`]), once any was.
 const META_SEQ_FLOOR: &str = "seq_floor";
-/// The runs of sequence numbers skipped at open, each (last, first): what a replica holding
-/// one of them received from this store before a crash lost it.
+/// The runs of sequence numbers skipped at open, each keyed by its last number and holding
+/// the last change before it: a replica holding one of them received it from this store
+/// before a crash lost it.
 const SEQ_GAPS: TableDefinition<u64, u64> = TableDefinition::new("seq_gaps");
 /// How many sequence numbers a store that publishes commits before they are durable skips
 /// at open: a crash may have lost changes that replicas already hold, and their numbers
