@@ -590,7 +590,7 @@ async fn stream(
             // and drops it untold when the commit fails.
             let (durable, made_durable) = oneshot::channel();
             let applying = store
-                .apply_replicated_telling(batch, checkpoint, Keeping::DURABLE, Some(durable))
+                .apply_replicated_telling(batch, checkpoint, Keeping::DURABLE, durable)
                 .instrument(span);
             let acknowledging = async {
                 match (made_durable.await, checkpoint) {

@@ -497,20 +497,10 @@ impl Store {
     /// is empty, and answers each caller once its write is durable. The async workers
     /// never wait for an fsync: a FIND queued behind one would wait for the disk.
     pub async fn apply(&self, mutation: Mutation) -> Result<Outcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
         let trace = crate::observability::traces::current_traceparent();
-        let lead = self.queue.push(WriteRequest {
-            mutations: vec![mutation],
-            checkpoint: None,
-            reply,
-            trace,
-            keeping: Keeping::DURABLE,
-            durable: None,
-        });
-        if lead {
-            self.hand_off();
-        }
-        let mut outcomes = answer.await.map_err(|_| StoreError::Closed)??;
+        let mut outcomes = self
+            .submit(vec![mutation], None, trace, Keeping::DURABLE, None)
+            .await?;
         outcomes.pop().ok_or(StoreError::Closed)
     }
 
@@ -529,7 +519,7 @@ impl Store {
         checkpoint: Option<Checkpoint>,
         keeping: Keeping,
     ) -> Result<Vec<Outcome>, StoreError> {
-        self.apply_replicated_telling(mutations, checkpoint, keeping, None)
+        self.submit(mutations, checkpoint, None, keeping, None)
             .await
     }
 
@@ -540,6 +530,20 @@ impl Store {
         mutations: Vec<Mutation>,
         checkpoint: Option<Checkpoint>,
         keeping: Keeping,
+        durable: oneshot::Sender<()>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.submit(mutations, checkpoint, None, keeping, Some(durable))
+            .await
+    }
+
+    /// Queues a write request, starting the commit loop if none runs, and waits for its
+    /// answer.
+    async fn submit(
+        &self,
+        mutations: Vec<Mutation>,
+        checkpoint: Option<Checkpoint>,
+        trace: Option<Arc<str>>,
+        keeping: Keeping,
         durable: Option<oneshot::Sender<()>>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -547,7 +551,7 @@ impl Store {
             mutations,
             checkpoint,
             reply,
-            trace: None,
+            trace,
             keeping,
             durable,
         });

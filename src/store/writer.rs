@@ -245,13 +245,13 @@ impl Committer {
             made_durable();
             return Ok(());
         }
-        if let Sealing::SyncedAfterPublishing(publish) = sealing {
-            return self.seal_published_early(wal, txn, lsn, payload, made_durable, publish);
-        }
+        // Published early, the frame is synced only once redb has the commit and it is
+        // published, so that the replicas that receive it sync at the same time.
+        let sync_now = matches!(sealing, Sealing::Synced);
         let appended = wal
             .log
             .append(wal.id, lsn, payload)
-            .and_then(|()| if durable { wal.log.sync() } else { Ok(()) });
+            .and_then(|()| if sync_now { wal.log.sync() } else { Ok(()) });
         if let Err(error) = appended {
             tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
             // The frame may be in the file, whole or in part: nothing may follow it there.
@@ -260,33 +260,14 @@ impl Committer {
             made_durable();
             return Ok(());
         }
-        made_durable();
-        self.take_in(txn, lsn, payload)
-    }
-
-    /// [`Committer::seal_logged`] for a commit published before its frame is synced:
-    /// appended, taken into redb, published, then synced. A frame that cannot be synced
-    /// is made durable by redb's own sync; if that fails too, what was published may be
-    /// lost, and the store takes no more writes.
-    fn seal_published_early(
-        &self,
-        wal: &mut WalState,
-        txn: WriteTransaction,
-        lsn: u64,
-        payload: &[u8],
-        made_durable: &mut dyn FnMut(),
-        publish: &mut dyn FnMut(),
-    ) -> Result<(), StoreError> {
-        if let Err(error) = wal.log.append(wal.id, lsn, payload) {
-            tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
-            wal.chained = false;
-            self.commit_past_log(wal, txn)?;
+        let Sealing::SyncedAfterPublishing(publish) = sealing else {
             made_durable();
-            return Ok(());
-        }
+            return self.take_in(txn, lsn, payload);
+        };
         self.take_in(txn, lsn, payload)?;
         publish();
         if let Err(error) = wal.log.sync() {
+            // What was published may be lost unless redb's own sync makes it durable.
             tracing::error!(%error, "cannot sync the write-ahead log; syncing redb");
             wal.chained = false;
             let synced = self
@@ -296,8 +277,7 @@ impl Committer {
                 .and_then(|txn| self.commit_past_log(wal, txn));
             if let Err(error) = synced {
                 tracing::error!(%error, lsn, "a published commit cannot be made durable: no more writes until a restart");
-                self.halted.store(true, Ordering::Release);
-                return Err(StoreError::Halted);
+                return Err(self.halt());
             }
         }
         made_durable();
@@ -314,10 +294,15 @@ impl Committer {
         tracing::error!(%error, lsn, "commit failed after its frame was logged; replaying the frame");
         if let Err(error) = self.replay(lsn, payload) {
             tracing::error!(%error, lsn, "replaying the frame failed: no more writes until a restart");
-            self.halted.store(true, Ordering::Release);
-            return Err(StoreError::Halted);
+            return Err(self.halt());
         }
         Ok(())
+    }
+
+    /// Refuses every write from now on, until a restart; returns the error that says so.
+    fn halt(&self) -> StoreError {
+        self.halted.store(true, Ordering::Release);
+        StoreError::Halted
     }
 
     /// Commits `txn` with redb's own sync: everything logged so far is durable in redb, and
