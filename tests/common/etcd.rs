@@ -24,15 +24,31 @@ pub struct Etcd {
 
 impl Etcd {
     /// Starts it and waits until it answers, or `None` (SKIPPED; a failure under CI) when it
-    /// is not installed.
+    /// is not installed. Its ports are picked free and then released, so another test may
+    /// take one first: an etcd that exits before it answers is started again on new ports.
     pub fn start() -> Option<Etcd> {
         if !cyrus_available("etcd", ETCD) {
             return None;
         }
+        let mut failures = Vec::new();
+        for _attempt in 0..3 {
+            match Etcd::start_once() {
+                Ok(etcd) => return Some(etcd),
+                Err(log) => failures.push(log),
+            }
+        }
+        panic!(
+            "etcd never became healthy; its logs:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn start_once() -> Result<Etcd, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd.log");
+        let log_path = dir.path().join("etcd.log");
+        let log = std::fs::File::create(&log_path).expect("etcd.log");
         let child = Command::new(ETCD)
             .arg("--name=test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
@@ -46,13 +62,20 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("start etcd");
-        let etcd = Etcd {
+        let mut etcd = Etcd {
             child,
             endpoint: client.trim_start_matches("http://").to_owned(),
             _dir: dir,
         };
-        etcd.wait_until_healthy();
-        Some(etcd)
+        if etcd.wait_until_healthy() {
+            return Ok(etcd);
+        }
+        // Stopped first, so the log is complete.
+        let _ = etcd.child.kill();
+        let _ = etcd.child.wait();
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
     }
 
     /// Its process id (to stop and resume it).
@@ -60,19 +83,23 @@ impl Etcd {
         self.child.id()
     }
 
-    fn wait_until_healthy(&self) {
+    /// Whether it answers healthy within 30 s; false at once if it exits.
+    fn wait_until_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
             if std::net::TcpStream::connect(&self.endpoint).is_ok()
                 && super::http_get(&self.endpoint, "/health")
                     .1
                     .contains("\"health\":\"true\"")
             {
-                return;
+                return true;
             }
-            assert!(Instant::now() < deadline, "etcd never became healthy");
             std::thread::sleep(Duration::from_millis(50));
         }
+        false
     }
 }
 
