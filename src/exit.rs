@@ -7,6 +7,9 @@ pub const EXIT_CONFIG: i32 = 78;
 pub const EXIT_OS: i32 = 71;
 /// `EX_CANTCREAT`: a file the server must write cannot be opened or created.
 pub const EXIT_CANTCREAT: i32 = 73;
+/// `EX_TEMPFAIL`: the server stopped on a failure a restart mends (its supervisor, Cyrus's
+/// master(8) or Kubernetes, starts it again).
+pub const EXIT_TEMPFAIL: i32 = 75;
 /// `EX_SOFTWARE`: anything else.
 pub const EXIT_SOFTWARE: i32 = 70;
 

@@ -16,7 +16,7 @@ use crate::config::{self, MailboxesDb, MupdateConfig, Settings};
 use crate::cyrus_master::{self, Launch};
 use crate::cyrusdb::mboxlist::Naming;
 use crate::exit::fatal;
-use crate::exit::{EXIT_CANTCREAT, EXIT_CONFIG, EXIT_OS, EXIT_SOFTWARE, Fatal};
+use crate::exit::{EXIT_CANTCREAT, EXIT_CONFIG, EXIT_OS, EXIT_SOFTWARE, EXIT_TEMPFAIL, Fatal};
 use crate::observability::metrics::Metrics;
 use crate::observability::sidecar::{self, Readiness, SidecarLimits};
 use crate::projection::{Mapping, Projection, ProjectionOptions, TransactionLimits};
@@ -345,6 +345,7 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
 /// Serves `role` on a bound `listener` until `stop` (then drains: not ready at once, still
 /// serving for `mupdate_shutdown_delay`, then goodbye): opens the store, starts the
 /// replication link and kick socket, and (a slave after its first sync) accepts clients.
+/// A store that halts drains it the same way, and then it fails with `EX_TEMPFAIL`.
 /// Tests run masters and slaves in-process through this.
 pub async fn run(
     settings: Settings,
@@ -352,12 +353,6 @@ pub async fn run(
     listener: TcpListener,
     stop: CancellationToken,
 ) -> Result<(), Fatal> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(shut_down_after_delay(
-        stop.clone(),
-        settings.shutdown_delay,
-        shutdown.clone(),
-    ));
     let store = Store::open(&settings.db_path, store_options(&settings)).map_err(|e| match e {
         StoreError::InUse => fatal(
             EXIT_CONFIG,
@@ -371,6 +366,55 @@ pub async fn run(
             format!("{}: {other}", settings.db_path.display()),
         ),
     })?;
+    let halted = store.halted();
+    let stop = stop_on_halt(stop, store.halted());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shut_down_after_delay(
+        stop.clone(),
+        settings.shutdown_delay,
+        shutdown.clone(),
+    ));
+    let served = serve_store(settings, store, role, listener, stop, shutdown).await;
+    if *halted.borrow() {
+        return Err(fatal(
+            EXIT_TEMPFAIL,
+            "stopped: the database took no more writes after a failed commit (see the log); \
+             a restart replays its write-ahead log",
+        ));
+    }
+    served
+}
+
+/// A token cancelled with `stop`, or once the store has `halted`: a store that takes no
+/// more writes until a restart stops the server (a master under failover resigns, so a
+/// successor takes the writes), which exits for its supervisor to start it again.
+fn stop_on_halt(
+    stop: CancellationToken,
+    mut halted: tokio::sync::watch::Receiver<bool>,
+) -> CancellationToken {
+    let stopping = stop.child_token();
+    let cancel = stopping.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            seen = halted.wait_for(|halted| *halted) => if seen.is_ok() {
+                tracing::error!("the database takes no more writes: stopping, to be restarted");
+                cancel.cancel();
+            }
+        }
+    });
+    stopping
+}
+
+/// [`run`] once the store is open.
+async fn serve_store(
+    settings: Settings,
+    store: Store,
+    role: Role,
+    listener: TcpListener,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<(), Fatal> {
     let address = listener
         .local_addr()
         .map_err(|e| fatal(EXIT_OS, e.to_string()))?;

@@ -67,8 +67,8 @@ pub enum StoreError {
     /// The request was dropped before it was committed.
     #[error("the store is shut down")]
     Closed,
-    /// A commit durable in the write-ahead log could not be taken into redb; a restart
-    /// replays it.
+    /// A commit durable in the write-ahead log could not be taken into redb, or redb cannot
+    /// be written until it is opened again; a restart replays the log.
     #[error("the store stopped taking writes after a failed commit; restart to replay it")]
     Halted,
     /// The write-ahead log could not be read or written.
@@ -82,6 +82,13 @@ impl StoreError {
             redb::Error::DatabaseAlreadyOpen => StoreError::InUse,
             other => StoreError::Database(Arc::new(other)),
         }
+    }
+
+    /// Whether the database file failed to be written: redb then refuses everything,
+    /// reads too, until the database is opened again.
+    fn needs_reopen(&self) -> bool {
+        matches!(self, StoreError::Database(error)
+            if matches!(**error, redb::Error::Io(_) | redb::Error::PreviousIo))
     }
 
     fn wal(error: std::io::Error) -> Self {
@@ -466,7 +473,7 @@ impl Store {
                 next_lsn: synced_lsn.saturating_add(1),
                 chained: true,
             }),
-            halted: std::sync::atomic::AtomicBool::new(false),
+            halted: tokio::sync::watch::Sender::new(false),
             stream_before_sync: options.stream_before_sync,
             // The frames replayed took their numbers past it.
             seq_floor: AtomicU64::new(seq_floor.unwrap_or(0)),
@@ -661,6 +668,12 @@ impl Store {
     /// commit that made changes, without holding changes back as a feed listener does.
     pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+
+    /// Turns true once the store takes no more writes until a restart (see
+    /// [`StoreError::Halted`]); the restart replays what it logged.
+    pub fn halted(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.committer.halted.subscribe()
     }
 
     /// Sequence number of the last committed change.

@@ -66,9 +66,9 @@ pub(crate) struct Committer {
     pub(crate) metrics: Arc<super::CommitStats>,
     /// The write-ahead log.
     pub(crate) wal: std::sync::Mutex<WalState>,
-    /// Set when a logged (durable) commit could not be taken into redb: no more
-    /// writes until a restart replays it.
-    pub(crate) halted: std::sync::atomic::AtomicBool,
+    /// Set when a logged (durable) commit could not be taken into redb, or redb lost its
+    /// file after an I/O error: no more writes until a restart (which replays the log).
+    pub(crate) halted: tokio::sync::watch::Sender<bool>,
     /// Whether a commit is published (streamed) while its frame syncs rather than after:
     /// a master's synchronous replicas then sync along with it. What a crash loses was
     /// maybe streamed; the sequence numbers skipped at open keep them from being reused.
@@ -108,7 +108,13 @@ impl Committer {
                 )
             }
             Err(error) => {
-                tracing::error!(%error, batch = writes, "commit failed; no change of this batch was made");
+                if error.needs_reopen() {
+                    tracing::error!(%error, "the database cannot be written until it is opened again: no more writes until a restart");
+                    self.halt();
+                }
+                if !matches!(error, StoreError::Halted) {
+                    tracing::error!(%error, batch = writes, "commit failed; no change of this batch was made");
+                }
                 Answers(
                     batch
                         .into_iter()
@@ -145,7 +151,7 @@ impl Committer {
         &self,
         batch: &mut [WriteRequest],
     ) -> Result<(Vec<Vec<Outcome>>, Vec<Change>), StoreError> {
-        if self.halted.load(Ordering::Acquire) {
+        if *self.halted.borrow() {
             return Err(StoreError::Halted);
         }
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
@@ -301,7 +307,7 @@ impl Committer {
 
     /// Refuses every write from now on, until a restart; returns the error that says so.
     fn halt(&self) -> StoreError {
-        self.halted.store(true, Ordering::Release);
+        self.halted.send_replace(true);
         StoreError::Halted
     }
 

@@ -160,6 +160,24 @@ impl Client {
         self.stream.write_all(bytes).await.expect("send");
     }
 
+    /// Sends `bytes`; whether the connection took them (a server that stopped may not).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
+    }
+
+    /// The next line, `\r\n` included, or `None` once the server has closed the
+    /// connection without completing one.
+    pub async fn read_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(at) = find(&self.pending, b"\r\n") {
+                return Some(self.pending.drain(..at + 2).collect());
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
     async fn fill(&mut self) -> bool {
         self.pending.reserve(64 * 1024);
         match tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.pending)).await {
@@ -404,6 +422,37 @@ pub fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
 }
 
+/// Whether this test may mount filesystems (root, for a private mount namespace): when not,
+/// says SKIPPED and returns false, or fails under CI, where the suite runs as root.
+pub fn may_mount(what: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} needs root under CI"
+    );
+    skipped(&format!("{what}: needs root (a private mount namespace)"));
+    false
+}
+
+/// `sh -c script` in a private mount namespace where `dir` is a tmpfs of `size` (`11m`)
+/// that starts with a copy of what `dir` holds: a disk that fills up, seen by that process
+/// tree alone. Needs [`may_mount`].
+pub fn on_small_tmpfs(dir: &Path, size: &str, script: &str) -> std::process::Command {
+    let dir = dir.display();
+    let whole = format!(
+        "stash=$(mktemp -d) && cp -a '{dir}/.' \"$stash\" && \
+         mount -t tmpfs -o size={size} tmpfs '{dir}' && cp -a \"$stash/.\" '{dir}' && \
+         rm -rf \"$stash\" && {script}"
+    );
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["-m", "--propagation", "private", "sh", "-c", &whole])
+        .env("RUST_LOG", "info");
+    command
+}
+
 /// The `mupdate` binary running as a child process.
 pub struct ServerProcess {
     pub child: std::process::Child,
@@ -436,17 +485,22 @@ impl ServerProcess {
     /// Starts `mupdate args…` with `env` added without waiting for it to accept clients
     /// (a slave does only after its first sync): `addr` stays 0.0.0.0:0.
     pub fn spawn(args: &[String], env: &[(String, String)]) -> ServerProcess {
-        use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mupdate"));
-        command
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+        command.args(args).env("RUST_LOG", "info");
         for (k, v) in env {
             command.env(k, v);
         }
+        ServerProcess::spawn_command(command)
+    }
+
+    /// Starts `command` (one that runs `mupdate`, maybe through a wrapper) with its log
+    /// collected, without waiting for it: `addr` stays 0.0.0.0:0.
+    pub fn spawn_command(mut command: std::process::Command) -> ServerProcess {
+        use std::io::BufRead;
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let mut child = command.spawn().expect("spawn mupdate");
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
