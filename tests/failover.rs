@@ -284,6 +284,102 @@ async fn no_acknowledged_write_is_lost_when_the_master_is_cut_off() {
     survives(Fault::CutOff).await;
 }
 
+/// A master whose disk fills up stops (exit 75) rather than refuse every write from then
+/// on, resigning as it stops: its synchronous replica is master at once, and no write
+/// either master acknowledged is lost. The old master, its disk replaced (an empty
+/// directory), rejoins as a follower and takes the whole list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_disk_fills_up_hands_over_to_its_synchronous_replica() {
+    if !common::may_mount("a master's full disk") {
+        return;
+    }
+    let Some(mut cluster) = Cluster::start_with_small_disk(3, "11m").await else {
+        return;
+    };
+    assert_eq!(cluster.master(Duration::from_secs(20)).await, 0);
+    let addresses: Vec<String> = cluster.members.iter().map(|m| m.address()).collect();
+    let writers = Writers::start(&addresses);
+    let recorded = cluster.members[0]
+        .log_grows("synchronous replicas recorded", 0, Duration::from_secs(20))
+        .await;
+    // Big records fill the disk in a few thousand writes.
+    let acl = format!("{}\tlrs\t", "a".repeat(2000));
+    let mut filler = cluster.client(0).await;
+    let mut filled = Vec::new();
+    // The refusal: a NO, the goodbye, or the connection closed.
+    let refused = loop {
+        let name = format!("user.fill{}", filled.len());
+        let request = format!("F1 ACTIVATE \"{name}\" \"be!p\" \"{acl}\"\r\n");
+        let answer = match filler.try_send(request.as_bytes()).await {
+            true => filler.read_line().await,
+            false => None,
+        };
+        match answer {
+            Some(line) if line == b"F1 OK \"done\"\r\n" => filled.push(name),
+            other => break other.map(|line| String::from_utf8_lossy(&line).into_owned()),
+        }
+    };
+    let struck = Instant::now();
+    assert!(
+        refused
+            .as_ref()
+            .is_none_or(|line| line.starts_with("F1 NO") || line.starts_with("* BYE")),
+        "refused, or the connection closed: {refused:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let process = cluster.members[0].process.as_mut().expect("started");
+        if let Some(status) = process.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "it never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let log = cluster.members[0].log();
+    assert_eq!(status.code(), Some(75), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    let second = cluster.master_among(&[1, 2], Duration::from_secs(20)).await;
+    let elected_after = struck.elapsed();
+    assert!(
+        recorded.contains(&cluster.members[second].advertised()),
+        "the successor is the synchronous replica: {recorded}"
+    );
+
+    // The old master, on an empty disk now, follows the new one.
+    cluster.members[0].small_disk = None;
+    cluster.members[0].start();
+    cluster.members[0]
+        .log_grows(SYNCED, 0, Duration::from_secs(20))
+        .await;
+    assert_eq!(cluster.master(Duration::from_secs(20)).await, second);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let history = writers.stop().await;
+    let mut master = cluster.client(second).await;
+    for index in [0, 1, 2] {
+        if index != second {
+            converge(&mut cluster.client(index).await, &mut master).await;
+        }
+    }
+    let acknowledged = check_history(&cluster, &history).await;
+    for index in [0, 1, 2] {
+        let listed = common::list(&mut cluster.client(index).await).await;
+        let listed: std::collections::HashSet<String> = common::parse_records(&listed)
+            .into_iter()
+            .map(|record| record.name)
+            .collect();
+        let lost: Vec<&String> = filled
+            .iter()
+            .filter(|name| !listed.contains(*name))
+            .collect();
+        assert!(lost.is_empty(), "member {index} lost {lost:?}");
+    }
+    eprintln!(
+        "{} big writes filled the disk; {acknowledged} of {} writers' writes acknowledged; the replica was master {elected_after:?} after the refusal",
+        filled.len(),
+        history.len()
+    );
+}
+
 /// Patroni's synchronous mode: once a master has recorded its synchronous replicas, only
 /// they (or it) may succeed it; another instance waits rather than take over without
 /// the writes it acknowledged.
@@ -571,6 +667,10 @@ async fn a_master_whose_crash_lost_what_its_replicas_hold_rewinds_them() {
             .log_grows(SYNCED, before, Duration::from_secs(20))
             .await;
     }
+    // It takes writes once it has recorded a synchronous replica for its term.
+    cluster.members[first]
+        .log_grows("synchronous replicas recorded", 0, Duration::from_secs(20))
+        .await;
     let mut new = cluster.client(first).await;
     new.done(b"B1 ACTIVATE \"user.new\" \"be2!p\" \"\"\r\n")
         .await;

@@ -16,6 +16,9 @@ use super::{
     Client, ServerProcess, base_config, free_port, list, logged_in, parse_records, write_passwd,
 };
 
+/// What an instance logs when its port is held by another process.
+const PORT_TAKEN: &str = "Address already in use";
+
 /// One elected instance: its directory, configuration and port survive a restart. The
 /// other instances and etcd are reached only through paths a test can sever (its own
 /// writers reach it directly, as clients on its side of a partition would).
@@ -28,6 +31,8 @@ pub struct Member {
     pub to_etcd: Severable,
     /// The others' way to it: what it advertises.
     pub from_others: Severable,
+    /// The size of the tmpfs its directory is when it runs on a small disk.
+    pub small_disk: Option<&'static str>,
 }
 
 impl Member {
@@ -98,13 +103,47 @@ impl Member {
 
     /// Starts (or restarts) the process; returns once it accepts clients.
     pub fn start(&mut self) {
+        // Its port, free when picked and again whenever its process stops, may be taken a
+        // moment by another test's connection meanwhile: it is tried again then.
+        let deadline = Instant::now() + super::PATIENCE;
+        loop {
+            let mut process = self.spawn();
+            let log = loop {
+                let log = process.stderr.lock().map(|l| l.clone()).unwrap_or_default();
+                if log.contains("listening on ") || log.contains(PORT_TAKEN) {
+                    break log;
+                }
+                assert!(Instant::now() < deadline, "it never listened:\n{log}");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            if log.contains(PORT_TAKEN) && Instant::now() < deadline {
+                let _ = process.child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            process.addr = process
+                .address_after("listening on ")
+                .parse()
+                .expect("listening address");
+            self.process = Some(process);
+            return;
+        }
+    }
+
+    /// Its process, started.
+    fn spawn(&self) -> ServerProcess {
         let args = vec!["-C".to_owned(), self.conf.display().to_string()];
-        let mut process = ServerProcess::spawn(&args, &[]);
-        process.addr = process
-            .address_after("listening on ")
-            .parse()
-            .expect("listening address");
-        self.process = Some(process);
+        match self.small_disk {
+            None => ServerProcess::spawn(&args, &[]),
+            Some(size) => {
+                let script = format!(
+                    "exec '{}' -C '{}'",
+                    env!("CARGO_BIN_EXE_mupdate"),
+                    self.conf.display()
+                );
+                ServerProcess::spawn_command(super::on_small_tmpfs(self.dir.path(), size, &script))
+            }
+        }
     }
 
     /// Its log so far.
@@ -159,9 +198,23 @@ impl Cluster {
 
     /// [`Cluster::start`] with `extra` imapd.conf lines on every instance.
     pub async fn start_with(ttl_secs: u64, extra: &str) -> Option<Cluster> {
+        Cluster::start_on(ttl_secs, extra, None).await
+    }
+
+    /// [`Cluster::start`] with the first instance (the one elected) on a small disk
+    /// ([`super::on_small_tmpfs`] of `size`).
+    pub async fn start_with_small_disk(ttl_secs: u64, size: &'static str) -> Option<Cluster> {
+        Cluster::start_on(ttl_secs, "", Some(size)).await
+    }
+
+    async fn start_on(
+        ttl_secs: u64,
+        extra: &str,
+        first_disk: Option<&'static str>,
+    ) -> Option<Cluster> {
         let etcd = Etcd::start()?;
         let mut members = Vec::new();
-        for _ in 0..3 {
+        for index in 0..3 {
             let port = free_port();
             let to_etcd = Severable::to(&etcd.endpoint).await;
             let from_others = Severable::to(&format!("127.0.0.1:{port}")).await;
@@ -190,6 +243,7 @@ impl Cluster {
                     process: None,
                     to_etcd,
                     from_others,
+                    small_disk: first_disk.filter(|_| index == 0),
                 }
             });
         }
