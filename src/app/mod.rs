@@ -367,7 +367,7 @@ pub async fn run(
         ),
     })?;
     let halted = store.halted();
-    let stop = stop_on_halt(stop, store.halted());
+    let stop = stop_on_halt(stop, halted.clone());
     let shutdown = CancellationToken::new();
     tokio::spawn(shut_down_after_delay(
         stop.clone(),
