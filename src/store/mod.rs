@@ -242,14 +242,50 @@ impl Change {
     }
 
     fn encode_log_entry(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.name.len() + 72);
-        out.extend_from_slice(&now_secs().to_be_bytes());
-        out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
-        out.extend_from_slice(&self.name);
-        if let Some(record) = &self.record {
-            record::encode_value(record.state, &record.location, &record.acl, &mut out);
-        }
-        out
+        let record = self
+            .record
+            .as_ref()
+            .map(|r| (r.state, r.location.as_slice(), r.acl.as_slice()));
+        encode_entry(&self.name, record)
+    }
+}
+
+/// A change log entry (also a write-ahead frame's): when, the name, and the record after
+/// the change (nothing when it was removed).
+fn encode_entry(name: &[u8], record: Option<(MailboxState, &[u8], &[u8])>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 72);
+    out.extend_from_slice(&now_secs().to_be_bytes());
+    out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    out.extend_from_slice(name);
+    if let Some((state, location, acl)) = record {
+        record::encode_value(state, location, acl, &mut out);
+    }
+    out
+}
+
+impl Mutation {
+    /// A replicated mutation as a change log entry, which [`Mutation::from_entry`] reads.
+    fn replicated_entry(&self) -> Option<Vec<u8>> {
+        let Mutation::Replicate { name, record } = self else {
+            return None;
+        };
+        let record = record
+            .as_ref()
+            .map(|r| (r.state, r.location.as_slice(), r.acl.as_slice()));
+        Some(encode_entry(name, record))
+    }
+
+    /// The replicated mutation a change log entry describes.
+    fn from_entry(entry: &[u8]) -> Option<Mutation> {
+        let change = Change::decode_log_entry(0, entry)?;
+        Some(Mutation::Replicate {
+            name: change.name,
+            record: change.record.map(|r| ReplicaRecord {
+                state: r.state,
+                location: r.location,
+                acl: r.acl,
+            }),
+        })
     }
 }
 
@@ -543,6 +579,47 @@ impl Store {
             .await
     }
 
+    /// [`Store::apply_replicated`] committed on the calling thread, which blocks meanwhile,
+    /// calling `on_durable` once the mutations are durable (before readers see them): no
+    /// hand-off to the commit loop and back. When a commit loop runs or requests are
+    /// queued it does nothing and gives the mutations back, for the caller to queue.
+    pub fn apply_replicated_here(
+        &self,
+        mutations: Vec<Mutation>,
+        checkpoint: Option<Checkpoint>,
+        keeping: Keeping,
+        on_durable: &mut dyn FnMut(),
+    ) -> Result<Result<Vec<Outcome>, StoreError>, Vec<Mutation>> {
+        {
+            let mut queue = self.queue.lock();
+            if queue.leader || !queue.pending.is_empty() {
+                return Err(mutations);
+            }
+            queue.leader = true;
+        }
+        let (reply, mut answer) = oneshot::channel();
+        let request = WriteRequest {
+            mutations,
+            checkpoint,
+            reply,
+            trace: None,
+            keeping,
+            durable: None,
+        };
+        let answers = self.committer.commit_batch(vec![request], on_durable);
+        let queued_meanwhile = {
+            let mut queue = self.queue.lock();
+            let queued = !queue.pending.is_empty();
+            queue.leader = queued;
+            queued
+        };
+        if queued_meanwhile {
+            self.hand_off();
+        }
+        answers.send();
+        Ok(answer.try_recv().unwrap_or(Err(StoreError::Closed)))
+    }
+
     /// Queues a write request, starting the commit loop if none runs, and waits for its
     /// answer.
     async fn submit(
@@ -610,7 +687,7 @@ impl Store {
                 std::mem::take(&mut queue.pending)
             };
             let answered = batch.len();
-            let answers = self.committer.commit_batch(batch);
+            let answers = self.committer.commit_batch(batch, &mut || {});
             let last = {
                 let mut queue = self.queue.lock();
                 queue.expected = answered + queue.pending.len();

@@ -483,3 +483,103 @@ async fn a_store_that_never_published_early_skips_no_numbers() {
     assert_eq!(reopened.last_seq(), 2);
     assert_eq!(reopened.snapshot().unwrap().skipped_after(2).unwrap(), None);
 }
+
+/// A record as a master sends it to its replicas (`None`: removed).
+fn sent(name: &str, record: Option<(MailboxState, &str, &str)>) -> Mutation {
+    Mutation::Replicate {
+        name: name.into(),
+        record: record.map(|(state, location, acl)| ReplicaRecord {
+            state,
+            location: location.into(),
+            acl: acl.into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_replicas_batches_logged_before_they_are_applied_replay_alike() {
+    let (dir, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let db = dir.path().join("mailboxes.redb");
+    let store = open(&dir, ConflictPolicy::Replicated);
+    std::fs::copy(&db, crashed.path().join("mailboxes.redb")).unwrap();
+    let active = Some((MailboxState::Active, "be1!p", "a\tlrs\t"));
+    let batches = [
+        (
+            vec![
+                sent("user.a", active),
+                sent("user.b", Some((MailboxState::Reserved, "be2!p", ""))),
+            ],
+            2,
+        ),
+        // A record already so, and the removal of one never held, change nothing (and take
+        // no number, live or replayed); a reserved record's ACL is not kept.
+        (
+            vec![
+                sent("user.a", active),
+                sent("user.never", None),
+                sent("user.b", Some((MailboxState::Reserved, "be3!p", "x\tl\t"))),
+            ],
+            5,
+        ),
+        (vec![sent("user.a", None)], 6),
+        // A checkpoint alone.
+        (vec![], 9),
+    ];
+    for (mutations, seq) in batches {
+        let checkpoint = Some(Checkpoint { epoch: 7, seq });
+        store
+            .apply_replicated(mutations, checkpoint, Keeping::DURABLE)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.last_seq(), 4);
+    assert_eq!(store.find(b"user.b").unwrap().unwrap().acl, b"");
+    std::fs::copy(
+        wal::wal_path(&db),
+        wal::wal_path(&crashed.path().join("mailboxes.redb")),
+    )
+    .unwrap();
+    let expected = contents(&store);
+    drop(store);
+
+    let recovered = open(&crashed, ConflictPolicy::Replicated);
+    assert_eq!(contents(&recovered), expected);
+    assert_eq!(recovered.last_seq(), 4);
+    assert_eq!(recovered.upstream_position().unwrap(), Some((7, 9)));
+    let snapshot = recovered.snapshot().unwrap();
+    assert_eq!(snapshot.local_position(7, 5).unwrap(), Some(3));
+    assert_eq!(snapshot.local_position(7, 9).unwrap(), Some(4));
+}
+
+#[tokio::test]
+async fn a_replica_commits_on_its_own_thread_and_is_told_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, ConflictPolicy::Replicated);
+    let record = Some((MailboxState::Active, "be1!p", ""));
+    let checkpoint = Some(Checkpoint { epoch: 3, seq: 1 });
+    let mut told = 0;
+    let outcomes = store
+        .apply_replicated_here(
+            vec![sent("user.a", record)],
+            checkpoint,
+            Keeping::DURABLE,
+            &mut || told += 1,
+        )
+        .map_err(|_| "a commit was under way")
+        .unwrap()
+        .unwrap();
+    assert_eq!((outcomes, told), (vec![Outcome::Done], 1));
+    assert_eq!(store.find(b"user.a").unwrap().unwrap().location, b"be1!p");
+    assert_eq!(store.upstream_position().unwrap(), Some((3, 1)));
+
+    // With a commit under way the batch comes back untouched, for the caller to queue.
+    store.queue.lock().leader = true;
+    let batch = vec![sent("user.b", record)];
+    let returned = store.apply_replicated_here(batch.clone(), None, Keeping::DURABLE, &mut || {
+        told += 1;
+    });
+    assert_eq!(returned.map(|_| ()), Err(batch));
+    assert_eq!(told, 1);
+    assert_eq!(store.find(b"user.b").unwrap(), None);
+    store.queue.lock().leader = false;
+}

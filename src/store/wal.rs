@@ -176,12 +176,15 @@ pub struct LoggedRequest {
     pub keeping: Keeping,
     /// Recorded after its changes.
     pub checkpoint: Option<Checkpoint>,
-    /// Each change's entry in the change log, which a replay writes again.
+    /// Each change's entry in the change log, which a replay writes again; or, when
+    /// `replicated`, the records a replica was sent, which a replay applies as it did.
     pub entries: Vec<Vec<u8>>,
+    /// Whether the entries are the records as sent, logged before they were applied.
+    pub replicated: bool,
 }
 
 /// A frame's payload, written request by request: per request, a flags byte (durable,
-/// logged, checkpointed), the checkpoint's epoch and seq if any, the count of entries, and
+/// logged, checkpointed, replicated), the checkpoint's epoch and seq if any, the count of entries, and
 /// each entry after its length.
 #[derive(Debug, Default)]
 pub struct Payload {
@@ -193,10 +196,16 @@ pub struct Payload {
 
 impl Payload {
     /// Starts a request.
-    pub fn begin_request(&mut self, keeping: Keeping, checkpoint: Option<Checkpoint>) {
+    pub fn begin_request(
+        &mut self,
+        keeping: Keeping,
+        checkpoint: Option<Checkpoint>,
+        replicated: bool,
+    ) {
         let flags = u8::from(keeping.durable)
             | u8::from(keeping.logged) << 1
-            | u8::from(checkpoint.is_some()) << 2;
+            | u8::from(checkpoint.is_some()) << 2
+            | u8::from(replicated) << 3;
         self.bytes.push(flags);
         if let Some(Checkpoint { epoch, seq }) = checkpoint {
             self.bytes.extend_from_slice(&epoch.to_be_bytes());
@@ -245,7 +254,7 @@ pub fn decode_payload(mut bytes: &[u8]) -> Option<Vec<LoggedRequest>> {
     let mut requests = Vec::new();
     while let Some((&flags, rest)) = bytes.split_first() {
         bytes = rest;
-        if flags > 7 {
+        if flags > 15 {
             return None;
         }
         let keeping = Keeping {
@@ -276,6 +285,7 @@ pub fn decode_payload(mut bytes: &[u8]) -> Option<Vec<LoggedRequest>> {
             keeping,
             checkpoint,
             entries,
+            replicated: flags & 8 != 0,
         });
     }
     Some(requests)
@@ -285,7 +295,7 @@ pub fn decode_payload(mut bytes: &[u8]) -> Option<Vec<LoggedRequest>> {
 pub fn encode_payload(requests: &[LoggedRequest]) -> Vec<u8> {
     let mut payload = Payload::default();
     for request in requests {
-        payload.begin_request(request.keeping, request.checkpoint);
+        payload.begin_request(request.keeping, request.checkpoint, request.replicated);
         for entry in &request.entries {
             payload.entry(entry);
         }
@@ -362,14 +372,17 @@ mod tests {
     fn logged_requests() -> impl proptest::strategy::Strategy<Value = Vec<LoggedRequest>> {
         use proptest::prelude::*;
         let request = (
-            any::<(bool, bool)>(),
+            any::<(bool, bool, bool)>(),
             proptest::option::of(any::<(u64, u64)>()),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..5),
         )
-            .prop_map(|((durable, logged), checkpoint, entries)| LoggedRequest {
-                keeping: Keeping { durable, logged },
-                checkpoint: checkpoint.map(|(epoch, seq)| Checkpoint { epoch, seq }),
-                entries,
+            .prop_map(|((durable, logged, replicated), checkpoint, entries)| {
+                LoggedRequest {
+                    keeping: Keeping { durable, logged },
+                    checkpoint: checkpoint.map(|(epoch, seq)| Checkpoint { epoch, seq }),
+                    entries,
+                    replicated,
+                }
             });
         proptest::collection::vec(request, 0..5)
     }

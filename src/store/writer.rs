@@ -81,7 +81,12 @@ pub(crate) struct Committer {
 impl Committer {
     /// Commits `batch` durably and publishes its changes; returns the answers, for the
     /// caller to send.
-    pub(crate) fn commit_batch(&self, mut batch: Vec<WriteRequest>) -> Answers {
+    /// `also_durable` is called along with the requests' own `durable` senders.
+    pub(crate) fn commit_batch(
+        &self,
+        mut batch: Vec<WriteRequest>,
+        also_durable: &mut dyn FnMut(),
+    ) -> Answers {
         let writes: usize = batch.iter().map(|request| request.mutations.len()).sum();
         // A child of the command whose task leads this group commit.
         let _span = crate::observability::traces::child_only(|| {
@@ -95,7 +100,7 @@ impl Committer {
         })
         .entered();
         let started = Instant::now();
-        match self.commit(&mut batch) {
+        match self.commit(&mut batch, also_durable) {
             Ok((outcomes, unpublished)) => {
                 self.metrics.record_commit(writes, started.elapsed());
                 self.publish(unpublished);
@@ -150,18 +155,64 @@ impl Committer {
     fn commit(
         &self,
         batch: &mut [WriteRequest],
+        also_durable: &mut dyn FnMut(),
     ) -> Result<(Vec<Vec<Outcome>>, Vec<Change>), StoreError> {
         if *self.halted.borrow() {
             return Err(StoreError::Halted);
         }
-        let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
+        let mut telling: Vec<_> = batch
+            .iter_mut()
+            .filter_map(|request| request.durable.take())
+            .collect();
+        let mut made_durable = || {
+            also_durable();
+            for durable in telling.drain(..) {
+                let _ = durable.send(());
+            }
+        };
+        if let Some(lsn) = self.log_replicated_first(batch, &mut made_durable) {
+            return self.take_in_logged(batch, lsn);
+        }
         let first_seq = self.seq_base();
-        let mut book = Book::new(first_seq);
+        let lsn = self.log().next_lsn;
+        let Built {
+            txn,
+            book,
+            outcomes,
+            changes,
+        } = self.build(batch, lsn)?;
+        let durable = batch.iter().any(|request| request.keeping.durable);
+        let seq = book.seq;
+        let early = self.stream_before_sync && durable && changes.len() as u64 <= super::SEQ_GAP;
+        let mut unpublished = Some(changes);
+        let mut publish = || self.publish(unpublished.take().unwrap_or_default());
+        let sealing = match (durable, early) {
+            (false, _) => Sealing::Unsynced,
+            (true, false) => Sealing::Synced,
+            (true, true) => Sealing::SyncedAfterPublishing(&mut publish),
+        };
+        self.seal(txn, book, sealing, &mut made_durable)?;
+        self.advance(first_seq, seq);
+        Ok((outcomes, unpublished.unwrap_or_default()))
+    }
+
+    /// Makes `seq` the last change's number if the commit from `first_seq` made any.
+    fn advance(&self, first_seq: u64, seq: u64) {
+        if seq != first_seq {
+            self.last_seq.store(seq, Ordering::Release);
+            self.committed.send_replace(seq);
+        }
+    }
+
+    /// The transaction applying `batch`, not committed, recording `lsn` as its frame's.
+    fn build(&self, batch: &[WriteRequest], lsn: u64) -> Result<Built, StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
+        let mut book = Book::new(self.seq_base());
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut changes = Vec::new();
         {
             let mut tables = Tables::open(&txn)?;
-            for request in batch.iter() {
+            for request in batch {
                 book.begin_request(request.keeping, request.checkpoint);
                 let mut answers = Vec::with_capacity(request.mutations.len());
                 for mutation in &request.mutations {
@@ -176,35 +227,86 @@ impl Committer {
                 outcomes.push(answers);
             }
             book.finish(self, &mut tables)?;
-            let lsn = self.log().next_lsn;
             tables
                 .meta
                 .insert(META_WAL_LSN, lsn)
                 .map_err(StoreError::from_redb)?;
         }
-        let durable = batch.iter().any(|request| request.keeping.durable);
-        let seq = book.seq;
-        let mut made_durable = || {
-            for request in batch.iter_mut() {
-                if let Some(durable) = request.durable.take() {
-                    let _ = durable.send(());
-                }
+        Ok(Built {
+            txn,
+            book,
+            outcomes,
+            changes,
+        })
+    }
+
+    /// A replica's batch (every request durable, every mutation a record as its master
+    /// sent it) is logged as received, and synced, before it is applied: the replica may
+    /// acknowledge it without waiting for the transaction to be built, and a replay
+    /// applies it the same way. Returns the frame's lsn, `made_durable` told; `None` (the
+    /// batch to be committed the usual way) for any other batch, or when the frame does
+    /// not fit in the log or cannot be written.
+    fn log_replicated_first(
+        &self,
+        batch: &[WriteRequest],
+        made_durable: &mut dyn FnMut(),
+    ) -> Option<u64> {
+        let mut payload = Payload::default();
+        for request in batch {
+            if !request.keeping.durable {
+                return None;
             }
-        };
-        let early = self.stream_before_sync && durable && changes.len() as u64 <= super::SEQ_GAP;
-        let mut unpublished = Some(changes);
-        let mut publish = || self.publish(unpublished.take().unwrap_or_default());
-        let sealing = match (durable, early) {
-            (false, _) => Sealing::Unsynced,
-            (true, false) => Sealing::Synced,
-            (true, true) => Sealing::SyncedAfterPublishing(&mut publish),
-        };
-        self.seal(txn, book, sealing, &mut made_durable)?;
-        if seq != first_seq {
-            self.last_seq.store(seq, Ordering::Release);
-            self.committed.send_replace(seq);
+            payload.begin_request(request.keeping, request.checkpoint, true);
+            for mutation in &request.mutations {
+                payload.entry(&mutation.replicated_entry()?);
+            }
+            payload.end_request();
         }
-        Ok((outcomes, unpublished.unwrap_or_default()))
+        let payload = payload.into_bytes();
+        let mut wal = self.log();
+        if !(wal.chained && wal.log.fits(payload.len())) {
+            return None;
+        }
+        let lsn = wal.next_lsn;
+        let id = wal.id;
+        if let Err(error) = wal
+            .log
+            .append(id, lsn, &payload)
+            .and_then(|()| wal.log.sync())
+        {
+            tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
+            // The frame may be in the file, whole or in part: nothing may follow it there.
+            wal.chained = false;
+            return None;
+        }
+        wal.next_lsn = lsn.saturating_add(1);
+        drop(wal);
+        made_durable();
+        Some(lsn)
+    }
+
+    /// Applies `batch`, whose frame `lsn` is durable (and acknowledged): if that fails,
+    /// no more writes until a restart replays the frame.
+    fn take_in_logged(
+        &self,
+        batch: &[WriteRequest],
+        lsn: u64,
+    ) -> Result<(Vec<Vec<Outcome>>, Vec<Change>), StoreError> {
+        let first_seq = self.seq_base();
+        let built = self.build(batch, lsn).and_then(|built| {
+            commit(built.txn, false)?;
+            Ok((built.book.seq, built.outcomes, built.changes))
+        });
+        match built {
+            Ok((seq, outcomes, changes)) => {
+                self.advance(first_seq, seq);
+                Ok((outcomes, changes))
+            }
+            Err(error) => {
+                tracing::error!(%error, lsn, "a logged replicated commit cannot be applied: no more writes until a restart");
+                Err(self.halt())
+            }
+        }
     }
 
     /// Commits `txn`: through the write-ahead log when the batch fits in it, so that only
@@ -333,6 +435,17 @@ impl Committer {
             let mut tables = Tables::open(&txn)?;
             for request in requests {
                 book.begin_request(request.keeping, request.checkpoint);
+                if request.replicated {
+                    for entry in request.entries {
+                        let mutation = Mutation::from_entry(&entry).ok_or_else(corrupt)?;
+                        let (_, change) = apply(&mut tables.mailboxes, &mutation, self.policy)?;
+                        if let Some(change) = change {
+                            book.log(&mut tables, change.encode_log_entry())?;
+                        }
+                    }
+                    book.end_request(&mut tables)?;
+                    continue;
+                }
                 for entry in request.entries {
                     let change = Change::decode_log_entry(0, &entry).ok_or_else(corrupt)?;
                     let key = row_key(&change.name);
@@ -411,6 +524,14 @@ impl Committer {
     }
 }
 
+/// A batch's transaction, built and not committed, with what it did.
+struct Built {
+    txn: WriteTransaction,
+    book: Book,
+    outcomes: Vec<Vec<Outcome>>,
+    changes: Vec<Change>,
+}
+
 /// How a commit is made durable.
 enum Sealing<'p> {
     /// Not synced: on disk with the next commit that is (a replica's first list).
@@ -483,7 +604,7 @@ impl Book {
     fn begin_request(&mut self, keeping: Keeping, checkpoint: Option<Checkpoint>) {
         self.keeping = keeping;
         self.checkpoint = checkpoint;
-        self.payload.begin_request(keeping, checkpoint);
+        self.payload.begin_request(keeping, checkpoint, false);
     }
 
     /// Logs a change (its log entry): returns its sequence number.
