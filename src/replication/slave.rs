@@ -585,24 +585,7 @@ async fn stream(
         if !batch.is_empty() || checkpoint.is_some() {
             metrics.lag_sequences.set(batch.len() as i64);
             let span = crate::observability::traces::apply_span(batch.len(), &traced_writes);
-            // Acknowledged as soon as it is durable, while redb still takes it in: the
-            // master's writers wait for this. The store tells `durable` before it answers,
-            // and drops it untold when the commit fails.
-            let (durable, made_durable) = oneshot::channel();
-            let applying = store
-                .apply_replicated_telling(batch, checkpoint, Keeping::DURABLE, durable)
-                .instrument(span);
-            let acknowledging = async {
-                match (made_durable.await, checkpoint) {
-                    (Ok(()), Some(Checkpoint { seq, .. })) => {
-                        acknowledge(link, seq, settings).await
-                    }
-                    _ => Ok(()),
-                }
-            };
-            let (applied, acknowledged) = tokio::join!(applying, acknowledging);
-            applied?;
-            acknowledged?;
+            apply_and_acknowledge(store, link, settings, batch, checkpoint, span).await?;
             metrics.lag_sequences.set(0);
         }
         if let Some(Checkpoint { seq, .. }) = checkpoint {
@@ -615,6 +598,67 @@ async fn stream(
             let _ = waiter.send(());
         }
     }
+}
+
+/// Applies a batch of the master's stream, acknowledging `checkpoint` as soon as the
+/// batch is durable, while redb still takes it in: the master's writers wait for this.
+async fn apply_and_acknowledge(
+    store: &Store,
+    link: &mut Link,
+    settings: &SlaveSettings,
+    batch: Vec<Mutation>,
+    checkpoint: Option<Checkpoint>,
+    span: tracing::Span,
+) -> Result<(), LinkError> {
+    let batch = match apply_here(store, link, settings, batch, checkpoint, &span) {
+        Ok(applied) => return applied,
+        Err(batch) => batch,
+    };
+    // The store tells `durable` before it answers, and drops it untold when the commit
+    // fails.
+    let (durable, made_durable) = oneshot::channel();
+    let applying = store
+        .apply_replicated_telling(batch, checkpoint, Keeping::DURABLE, durable)
+        .instrument(span);
+    let acknowledging = async {
+        match (made_durable.await, checkpoint) {
+            (Ok(()), Some(Checkpoint { seq, .. })) => acknowledge(link, seq, settings).await,
+            _ => Ok(()),
+        }
+    };
+    let (applied, acknowledged) = tokio::join!(applying, acknowledging);
+    applied?;
+    acknowledged
+}
+
+/// [`apply_and_acknowledge`] on this thread, the batch committed and XACK sent without
+/// handing either to another thread and back (each a wake-up across CPUs, on the master's
+/// writers' path), while the runtime's other tasks move to another thread. The batch back
+/// when that cannot be: a single-threaded runtime, or a commit under way.
+fn apply_here(
+    store: &Store,
+    link: &mut Link,
+    settings: &SlaveSettings,
+    batch: Vec<Mutation>,
+    checkpoint: Option<Checkpoint>,
+    span: &tracing::Span,
+) -> Result<Result<(), LinkError>, Vec<Mutation>> {
+    let runtime = tokio::runtime::Handle::current();
+    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return Err(batch);
+    }
+    let mut acknowledged = Ok(());
+    let mut tell_master = || {
+        if let Some(Checkpoint { seq, .. }) = checkpoint {
+            acknowledged = runtime.block_on(acknowledge(link, seq, settings));
+        }
+    };
+    let applied = tokio::task::block_in_place(|| {
+        span.in_scope(|| {
+            store.apply_replicated_here(batch, checkpoint, Keeping::DURABLE, &mut tell_master)
+        })
+    })?;
+    Ok(applied.map_err(LinkError::from).and(acknowledged))
 }
 
 /// Sends XUPDATE from `position` (none: the whole list), naming `term` under failover.
