@@ -251,11 +251,19 @@ impl Committer {
         batch: &[WriteRequest],
         made_durable: &mut dyn FnMut(),
     ) -> Option<u64> {
+        let replicated = batch.iter().all(|request| {
+            request.keeping.durable
+                && request
+                    .mutations
+                    .iter()
+                    .all(|mutation| matches!(mutation, Mutation::Replicate { .. }))
+        });
+        // A master's commits (every write its clients make) are not: nothing is built.
+        if !replicated {
+            return None;
+        }
         let mut payload = Payload::default();
         for request in batch {
-            if !request.keeping.durable {
-                return None;
-            }
             payload.begin_request(request.keeping, request.checkpoint, true);
             for mutation in &request.mutations {
                 payload.entry(&mutation.replicated_entry()?);
