@@ -184,8 +184,8 @@ pub struct LoggedRequest {
 }
 
 /// A frame's payload, written request by request: per request, a flags byte (durable,
-/// logged, checkpointed, replicated), the checkpoint's epoch and seq if any, the count of entries, and
-/// each entry after its length.
+/// logged, checkpointed, replicated), the checkpoint's epoch and seq if any, the count of
+/// entries, and each entry after its length.
 #[derive(Debug, Default)]
 pub struct Payload {
     bytes: Vec<u8>,

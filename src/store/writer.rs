@@ -180,7 +180,7 @@ impl Committer {
             book,
             outcomes,
             changes,
-        } = self.build(batch, lsn)?;
+        } = self.build(batch, lsn, true)?;
         let durable = batch.iter().any(|request| request.keeping.durable);
         let seq = book.seq;
         let early = self.stream_before_sync && durable && changes.len() as u64 <= super::SEQ_GAP;
@@ -204,10 +204,11 @@ impl Committer {
         }
     }
 
-    /// The transaction applying `batch`, not committed, recording `lsn` as its frame's.
-    fn build(&self, batch: &[WriteRequest], lsn: u64) -> Result<Built, StoreError> {
+    /// The transaction applying `batch`, not committed, recording `lsn` as its frame's;
+    /// the frame is built too if `framed`.
+    fn build(&self, batch: &[WriteRequest], lsn: u64, framed: bool) -> Result<Built, StoreError> {
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
-        let mut book = Book::new(self.seq_base());
+        let mut book = Book::new(self.seq_base(), framed);
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut changes = Vec::new();
         {
@@ -272,19 +273,11 @@ impl Committer {
         }
         let payload = payload.into_bytes();
         let mut wal = self.log();
-        if !(wal.chained && wal.log.fits(payload.len())) {
+        if !wal.takes(payload.len()) {
             return None;
         }
         let lsn = wal.next_lsn;
-        let id = wal.id;
-        if let Err(error) = wal
-            .log
-            .append(id, lsn, &payload)
-            .and_then(|()| wal.log.sync())
-        {
-            tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
-            // The frame may be in the file, whole or in part: nothing may follow it there.
-            wal.chained = false;
+        if !wal.append(lsn, &payload, true) {
             return None;
         }
         wal.next_lsn = lsn.saturating_add(1);
@@ -301,7 +294,7 @@ impl Committer {
         lsn: u64,
     ) -> Result<(Vec<Vec<Outcome>>, Vec<Change>), StoreError> {
         let first_seq = self.seq_base();
-        let built = self.build(batch, lsn).and_then(|built| {
+        let built = self.build(batch, lsn, false).and_then(|built| {
             commit(built.txn, false)?;
             Ok((built.book.seq, built.outcomes, built.changes))
         });
@@ -329,7 +322,7 @@ impl Committer {
         sealing: Sealing<'_>,
         made_durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
-        let payload = book.payload.into_bytes();
+        let payload = book.payload.map(Payload::into_bytes).unwrap_or_default();
         let mut wal = self.log();
         let lsn = wal.next_lsn;
         // A failed commit gives its lsn back: neither redb nor the log's chain of frames
@@ -349,7 +342,7 @@ impl Committer {
         made_durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         let durable = !matches!(sealing, Sealing::Unsynced);
-        if !(wal.chained && wal.log.fits(payload.len())) {
+        if !wal.takes(payload.len()) {
             if durable {
                 self.commit_past_log(wal, txn)?;
             } else {
@@ -363,15 +356,7 @@ impl Committer {
         }
         // Published early, the frame is synced only once redb has the commit and it is
         // published, so that the replicas that receive it sync at the same time.
-        let sync_now = matches!(sealing, Sealing::Synced);
-        let appended = wal
-            .log
-            .append(wal.id, lsn, payload)
-            .and_then(|()| if sync_now { wal.log.sync() } else { Ok(()) });
-        if let Err(error) = appended {
-            tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
-            // The frame may be in the file, whole or in part: nothing may follow it there.
-            wal.chained = false;
+        if !wal.append(lsn, payload, matches!(sealing, Sealing::Synced)) {
             self.commit_past_log(wal, txn)?;
             made_durable();
             return Ok(());
@@ -438,7 +423,7 @@ impl Committer {
         let requests = decode_payload(payload).ok_or_else(corrupt)?;
         let txn = self.db.begin_write().map_err(StoreError::from_redb)?;
         let base = self.seq_base();
-        let mut book = Book::new(base);
+        let mut book = Book::new(base, false);
         {
             let mut tables = Tables::open(&txn)?;
             for request in requests {
@@ -563,6 +548,29 @@ pub(crate) struct WalState {
     pub(crate) chained: bool,
 }
 
+impl WalState {
+    /// Whether a frame of `payload` bytes may be appended (and later replayed).
+    fn takes(&self, payload: usize) -> bool {
+        self.chained && self.log.fits(payload)
+    }
+
+    /// Appends the frame of commit `lsn` (and syncs the log, if `sync`). Whether it did;
+    /// if not, the log is unchained, for the commit to go through redb's own sync.
+    fn append(&mut self, lsn: u64, payload: &[u8], sync: bool) -> bool {
+        let appended = self
+            .log
+            .append(self.id, lsn, payload)
+            .and_then(|()| if sync { self.log.sync() } else { Ok(()) });
+        let Err(error) = appended else {
+            return true;
+        };
+        tracing::error!(%error, "cannot write the write-ahead log; committing through redb");
+        // The frame may be in the file, whole or in part: nothing may follow it there.
+        self.chained = false;
+        false
+    }
+}
+
 /// The tables one commit writes.
 struct Tables<'t> {
     mailboxes: MailboxTable<'t>,
@@ -593,32 +601,38 @@ struct Book {
     unlogged_any: bool,
     keeping: Keeping,
     checkpoint: Option<Checkpoint>,
-    /// The commit's write-ahead frame (a replay's is not written anywhere).
-    payload: Payload,
+    /// The commit's write-ahead frame, when it is to be written (not a replay's, nor that
+    /// of a batch logged before it was applied).
+    payload: Option<Payload>,
 }
 
 impl Book {
-    fn new(seq: u64) -> Book {
+    /// A commit's bookkeeping from `seq` on, building its frame if `framed`.
+    fn new(seq: u64, framed: bool) -> Book {
         Book {
             seq,
             unlogged_last: None,
             unlogged_any: false,
             keeping: Keeping::DURABLE,
             checkpoint: None,
-            payload: Payload::default(),
+            payload: framed.then(Payload::default),
         }
     }
 
     fn begin_request(&mut self, keeping: Keeping, checkpoint: Option<Checkpoint>) {
         self.keeping = keeping;
         self.checkpoint = checkpoint;
-        self.payload.begin_request(keeping, checkpoint, false);
+        if let Some(payload) = &mut self.payload {
+            payload.begin_request(keeping, checkpoint, false);
+        }
     }
 
     /// Logs a change (its log entry): returns its sequence number.
     fn log(&mut self, tables: &mut Tables<'_>, entry: Vec<u8>) -> Result<u64, StoreError> {
         self.seq += 1;
-        self.payload.entry(&entry);
+        if let Some(payload) = &mut self.payload {
+            payload.entry(&entry);
+        }
         if self.keeping.logged {
             tables
                 .log
@@ -634,7 +648,9 @@ impl Book {
 
     /// Records the request's checkpoint, after its changes.
     fn end_request(&mut self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
-        self.payload.end_request();
+        if let Some(payload) = &mut self.payload {
+            payload.end_request();
+        }
         if let Some(Checkpoint {
             epoch,
             seq: upstream_seq,
